@@ -1,0 +1,26 @@
+# Two commands on a fresh machine:  `make demo`  and  `make test`.
+# Each creates .venv and installs rtsflow (with torch + torchvision from the
+# registry) on first use; later calls reuse it.
+PY ?= python3
+VENV := .venv
+STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+
+.PHONY: demo test lint bench install
+
+$(STAMP): pyproject.toml
+	@test -x $(VENV)/bin/python || $(PY) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install -q --upgrade pip uv
+	$(VENV)/bin/uv pip install --python $(VENV)/bin/python -e '.[dev]'
+	@rm -f $(VENV)/.installed-* && touch $@
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/rtsflow demo
+
+test: $(STAMP)
+	$(VENV)/bin/ruff check rtsflow pipelines tests benchmarks
+	$(VENV)/bin/python -m pytest -q tests
+
+bench: $(STAMP)
+	$(VENV)/bin/python benchmarks/bench_ingest.py

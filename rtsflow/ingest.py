@@ -1,0 +1,315 @@
+"""Ingest products into the observation cube: check everything, then write only touched blocks.
+
+Ingest is all-or-nothing per call. Every product is checked (sidecar, CRS,
+layer grids, pixel value ranges, duplicate ids) before the store is touched,
+so bad input leaves the cube byte-identical. If a write fails later, the new
+observations are rolled back; an ingest killed mid-write is rolled back by the
+next one (the store records how many observations are committed).
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import dask
+import numpy as np
+import zarr
+
+from rtsflow.grid import DEFAULT_GRID, Grid, Window
+from rtsflow.io import cube as cubeio
+from rtsflow.io.rasters import (
+    LAYER_RULES,
+    RasterInfo,
+    check_layer_values,
+    inspect_raster,
+    warp_to_window,
+)
+from rtsflow.products import Product, ProductError, read_product
+
+__all__ = ["IngestReport", "PreparedProduct", "ingest", "prepare_product"]
+
+log = logging.getLogger(__name__)
+
+COMMITTED_ATTR = "rtsflow_committed_obs"
+
+
+@dataclass(frozen=True)
+class PreparedProduct:
+    """A product whose sidecar and rasters passed every check."""
+
+    product: Product
+    content_hash: str
+    layers: dict[str, RasterInfo]
+    footprint: Window
+
+
+@dataclass
+class IngestReport:
+    """What one ingest call did."""
+
+    cube: Path
+    added: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    blocks_written: int = 0
+    input_bytes: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        lines = [
+            f"cube: {self.cube}",
+            f"added {len(self.added)} observation(s), skipped {len(self.skipped)} already present",
+            f"wrote {self.blocks_written} block(s) from {self.input_bytes / 1e6:.1f} MB of input",
+        ]
+        lines += [f"note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+
+def prepare_product(sidecar: str | Path, *, grid: Grid = DEFAULT_GRID) -> PreparedProduct:
+    """Check one product completely (reads every pixel once) without writing anything.
+
+    Raises
+    ------
+    ProductError
+        Naming the file and field at fault.
+    """
+    product = read_product(sidecar)
+    layers = {k: inspect_raster(p, sidecar=product.sidecar, key=k) for k, p in product.rasters.items()}
+    dem = layers["dem"]
+    for key, info in layers.items():
+        if key == "dem":
+            continue
+        if info.crs != dem.crs:
+            raise ProductError(
+                info.path, key, f"CRS {info.crs} differs from the DEM's {dem.crs}; "
+                "all layers of a product must share the DEM's grid",
+            )  # fmt: skip
+        if (info.height, info.width) != (dem.height, dem.width):
+            raise ProductError(
+                info.path, key, f"shape {info.height}x{info.width} differs from the DEM's "
+                f"{dem.height}x{dem.width}; all layers of a product must share the DEM's grid",
+            )  # fmt: skip
+        if not info.transform.almost_equals(dem.transform, precision=1e-6 * abs(dem.transform.a)):
+            raise ProductError(
+                info.path, key, "geotransform differs from the DEM's; "
+                "all layers of a product must share the DEM's grid",
+            )  # fmt: skip
+    for key, info in layers.items():
+        check_layer_values(info, key=key)
+    footprint = grid.window_from_bounds(dem.grid_bounds())
+    return PreparedProduct(product, product.content_hash(), layers, footprint)
+
+
+def _catch(fn, *args, **kwargs):
+    """Run ``fn`` and return ``(result, None)`` or ``(None, exception)``.
+
+    Tasks return their errors instead of raising so that every task finishes
+    before a rollback (a raising task would leave siblings writing).
+    """
+    try:
+        return fn(*args, **kwargs), None
+    except Exception as e:  # noqa: BLE001 - re-raised by the caller
+        return None, e
+
+
+def _write_product_block(
+    prepared: PreparedProduct, *, cube: str, grid: Grid, cube_window: Window, obs_index: int, block: Window
+) -> bool:
+    """Warp every layer of one product onto one block and write it; False if nothing to write."""
+    part = prepared.footprint.intersection(block)
+    if part is None:
+        return False
+    # Warp only the footprint part (+2 px for the bilinear kernel), then embed in the block.
+    grown = Window(part.row - 2, part.col - 2, part.height + 4, part.width + 4).intersection(block)
+    ys, xs = grown.relative_to(block)
+    layers = {}
+    for key, info in prepared.layers.items():
+        sub = warp_to_window(info, grid=grid, window=grown, resampling=LAYER_RULES[key].resampling)
+        if np.isfinite(sub).any():
+            full = np.full(block.shape, np.nan, dtype=np.float32)
+            full[ys, xs] = sub
+            layers[key] = full
+    if "dem" not in layers:
+        return False
+    cubeio.write_block(cube, obs_index=obs_index, block=block, cube_window=cube_window, layers=layers)
+    return True
+
+
+def _obs_coords(prepared: Sequence[PreparedProduct]) -> dict[str, np.ndarray]:
+    return {
+        "time": np.array([p.product.acquired for p in prepared], dtype="datetime64[ns]"),
+        "hoa": np.array([p.product.hoa for p in prepared], dtype=np.float64),
+        "orbit": np.array([p.product.orbit for p in prepared], dtype=object),
+        "sensor": np.array([p.product.sensor for p in prepared], dtype=object),
+        "product_id": np.array([p.product.id for p in prepared], dtype=object),
+        "kind": np.array([p.product.kind for p in prepared], dtype=object),
+        "source": np.array([str(p.product.sidecar) for p in prepared], dtype=object),
+        "content_hash": np.array([p.content_hash for p in prepared], dtype=object),
+    }
+
+
+def _committed(cube: Path) -> int | None:
+    group = zarr.open_group(str(cube), mode="r", zarr_format=3)
+    value = group.attrs.get(COMMITTED_ATTR)
+    return None if value is None else int(value)
+
+
+def _set_committed(cube: Path, n: int) -> None:
+    group = zarr.open_group(str(cube), mode="r+", zarr_format=3)
+    group.attrs[COMMITTED_ATTR] = int(n)
+
+
+def recover_cube(cube: str | Path) -> int:
+    """Roll back observations of an ingest that was killed before it committed.
+
+    Returns the number of observations removed.
+    """
+    cube = Path(cube)
+    committed = _committed(cube)
+    group = zarr.open_group(str(cube), mode="r", zarr_format=3)
+    n = group["product_id"].shape[0]
+    if committed is None or committed >= n:
+        return 0
+    cubeio.truncate_obs(cube, committed)
+    log.warning("%s: rolled back %d uncommitted observation(s) of an interrupted ingest", cube, n - committed)
+    return n - committed
+
+
+def ingest(
+    products: Sequence[str | Path],
+    *,
+    cube: str | Path,
+    grid: Grid = DEFAULT_GRID,
+    region: Window | None = None,
+    scheduler: str | None = None,
+) -> IngestReport:
+    """Ingest product sidecars into an observation cube, in parallel on the current Dask scheduler.
+
+    Parameters
+    ----------
+    products
+        Sidecar JSON paths.
+    cube
+        Zarr store path; created if it does not exist.
+    grid
+        Grid of a new cube (an existing cube keeps its own).
+    region
+        Window of a new cube (block-aligned); default: the union of the
+        products' footprints, snapped to blocks.
+    scheduler
+        Passed to :func:`dask.compute`; ``None`` uses the active
+        ``distributed.Client`` if there is one, else threads.
+
+    Returns
+    -------
+    IngestReport
+
+    Raises
+    ------
+    ProductError
+        For any bad product; the cube is left exactly as it was.
+    """
+    cube = Path(cube)
+    report = IngestReport(cube=cube)
+    if not products:
+        raise ValueError("no products given")
+    exists = (cube / "zarr.json").exists()
+    if exists:
+        recovered = recover_cube(cube)
+        if recovered:
+            report.notes.append(f"rolled back {recovered} observation(s) of an interrupted ingest")
+        info = cubeio.cube_info(cube)
+        grid = info.grid
+    elif cube.exists() and any(cube.iterdir()):
+        raise ProductError(cube, None, "exists and is not an rtsflow cube; refusing to overwrite it")
+
+    # 1. Check every product (in parallel); nothing is written before all pass.
+    results = dask.compute(
+        *[dask.delayed(_catch)(prepare_product, p, grid=grid) for p in products], scheduler=scheduler
+    )
+    errors = [e for _, e in results if e is not None]
+    if errors:
+        for e in errors[1:]:
+            log.error("%s", e)
+        raise errors[0]
+    prepared: list[PreparedProduct] = [r for r, _ in results]
+
+    # 2. Duplicates: within this call and against the cube.
+    existing: dict[str, str] = {}
+    if exists:
+        existing = dict(zip(info.product_ids, info.content_hashes, strict=True))
+    new: list[PreparedProduct] = []
+    seen: dict[str, PreparedProduct] = {}
+    for p in prepared:
+        pid = p.product.id
+        if pid in seen:
+            if seen[pid].content_hash != p.content_hash:
+                raise ProductError(p.product.sidecar, "id", f"duplicate id {pid!r} with different content "
+                                   f"than {seen[pid].product.sidecar}")  # fmt: skip
+            continue
+        seen[pid] = p
+        if pid in existing:
+            if existing[pid] != p.content_hash:
+                raise ProductError(p.product.sidecar, "id", f"product {pid!r} is already in {cube} "
+                                   "with different content; give the new product another id")  # fmt: skip
+            report.skipped.append(pid)
+            continue
+        new.append(p)
+    if not new:
+        return report
+
+    # 3. Footprints vs the cube window.
+    if exists:
+        window = info.window
+    elif region is not None:
+        window = grid.snap(region, to="block")
+    else:
+        window = new[0].footprint
+        for p in new[1:]:
+            window = window.union(p.footprint)
+        window = grid.snap(window, to="block")
+    for p in new:
+        inside = p.footprint.intersection(window)
+        if inside is None:
+            raise ProductError(p.product.sidecar, "dem", f"footprint {grid.bounds(p.footprint)} lies "
+                               f"outside the cube extent {grid.bounds(window)}")  # fmt: skip
+        if inside != p.footprint:
+            msg = f"{p.product.id}: footprint extends beyond the cube extent; clipped"
+            warnings.warn(msg, stacklevel=2)
+            report.notes.append(msg)
+
+    # 4. Metadata first (uncommitted), then block writes, then commit.
+    n_before = info.n_obs if exists else 0
+    coords = _obs_coords(new)
+    try:
+        if exists:
+            obs_slice = cubeio.append_obs_template(cube, grid=grid, window=window, obs=coords)
+        else:
+            cubeio.create_cube(cube, grid=grid, window=window, obs=coords)
+            _set_committed(cube, 0)
+            obs_slice = slice(0, len(new))
+        tasks = []
+        for i, p in zip(range(obs_slice.start, obs_slice.stop), new, strict=True):
+            for _, part in grid.blocks(p.footprint.intersection(window)):
+                block = grid.snap(part, to="block")
+                tasks.append(
+                    dask.delayed(_catch)(
+                        _write_product_block, p, cube=str(cube), grid=grid, cube_window=window,
+                        obs_index=i, block=block,
+                    )  # fmt: skip
+                )
+        results = dask.compute(*tasks, scheduler=scheduler)
+        errors = [e for _, e in results if e is not None]
+        if errors:
+            raise errors[0]
+        report.blocks_written = sum(bool(r) for r, _ in results)
+        _set_committed(cube, n_before + len(new))
+    except BaseException:
+        cubeio.truncate_obs(cube, n_before)
+        raise
+    report.added = [p.product.id for p in new]
+    report.input_bytes = sum(lay.path.stat().st_size for p in new for lay in p.layers.values())
+    return report

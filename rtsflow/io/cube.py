@@ -1,0 +1,288 @@
+"""The observation cube: a Zarr v3 store of every ingested observation on the grid.
+
+Layout: dims ``obs x y x``; inner chunk = tile (512²), shard = block (4096²),
+Blosc-zstd compressed. Pixels no product covered are never stored (reading
+them gives the fill value, NaN, or 255 for the layover/shadow mask).
+
+The cube is created by the first ingest and grows along ``obs``; its spatial
+window (block-aligned) is fixed at creation.
+"""
+
+from __future__ import annotations
+
+import shutil
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import dask.array as da
+import numpy as np
+import rioxarray  # noqa: F401 - registers the .rio accessor
+import xarray as xr
+import zarr
+from zarr.codecs import BloscCodec
+
+from rtsflow import __version__
+from rtsflow.grid import GRID_CRS, Grid, Window
+
+__all__ = [
+    "CUBE_VARIABLES",
+    "OBS_COORDS",
+    "CubeInfo",
+    "append_obs_template",
+    "create_cube",
+    "cube_info",
+    "open_cube",
+    "truncate_obs",
+    "write_block",
+]
+
+
+@dataclass(frozen=True)
+class VariableSpec:
+    dtype: str
+    fill: float | int
+    long_name: str
+    units: str
+    description: str
+
+
+CUBE_VARIABLES: dict[str, VariableSpec] = {
+    "dem": VariableSpec(
+        "float32", np.nan, "surface elevation", "m",
+        "Elevation of the observation resampled (bilinear) onto the rtsflow grid.",
+    ),
+    "coherence": VariableSpec(
+        "float32", np.nan, "interferometric coherence", "1",
+        "InSAR coherence γ in [0, 1] (bilinear); NaN for DEM-only products.",
+    ),
+    "layover_shadow": VariableSpec(
+        "uint8", 255, "SAR layover/shadow mask", "1",
+        "1 = layover or shadow, 0 = clear (nearest neighbour); missing where not supplied.",
+    ),
+    "incidence": VariableSpec(
+        "float32", np.nan, "local incidence angle", "rad",
+        "Local incidence angle of the radar beam on the terrain (bilinear).",
+    ),
+    "sigma": VariableSpec(
+        "float32", np.nan, "elevation error (1 sigma) supplied with the product", "m",
+        "Per-pixel elevation error of DEM-only products (e.g. ArcticDEM); "
+        "for InSAR products σ_h is derived from coherence instead.",
+    ),
+}  # fmt: skip
+
+#: Per-observation coordinates: name -> (long_name, units, description).
+OBS_COORDS: dict[str, tuple[str, str, str]] = {
+    "time": ("acquisition time", "", "Acquisition time (UTC)."),
+    "hoa": ("height of ambiguity", "m", "InSAR height of ambiguity; NaN for DEM-only products."),
+    "orbit": ("orbit direction", "", "ascending, descending or unknown."),
+    "sensor": ("sensor", "", "Sensor or mission that acquired the observation."),
+    "product_id": ("product id", "", "Unique id from the product sidecar."),
+    "kind": ("product kind", "", "insar (DEM + coherence) or dem (DEM-only)."),
+    "source": ("source sidecar", "", "Path of the sidecar JSON the observation came from."),
+    "content_hash": ("content hash", "", "sha256 of the sidecar metadata and raster bytes."),
+}
+
+#: Obs coordinates are tiny; long chunks keep the file count low as obs grows.
+OBS_COORD_CHUNK = 4096
+
+_COMPRESSORS = {
+    "float32": BloscCodec(cname="zstd", clevel=3, shuffle="shuffle"),
+    "uint8": BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle"),
+}
+
+
+@dataclass(frozen=True)
+class CubeInfo:
+    """What a cube's metadata says about its grid and extent."""
+
+    path: Path
+    grid: Grid
+    window: Window
+    n_obs: int
+    product_ids: tuple[str, ...]
+    content_hashes: tuple[str, ...]
+
+
+def _obs_dataset(grid: Grid, window: Window, obs: Mapping[str, np.ndarray]) -> xr.Dataset:
+    """A lazy (never computed) all-fill dataset for ``len(obs['time'])`` observations."""
+    n = len(obs["time"])
+    x, y = grid.coords(window)
+    b = grid.block_size
+    data_vars = {}
+    for name, spec in CUBE_VARIABLES.items():
+        arr = da.full((n, *window.shape), spec.fill, dtype=spec.dtype, chunks=(1, b, b))
+        attrs = {
+            "long_name": spec.long_name,
+            "units": spec.units,
+            "description": spec.description,
+            "grid_mapping": "spatial_ref",
+        }
+        data_vars[name] = (("obs", "y", "x"), arr, attrs)
+    coords: dict[str, Any] = {
+        "x": ("x", x, {"long_name": "x coordinate of projection", "units": "m",
+                       "standard_name": "projection_x_coordinate"}),
+        "y": ("y", y, {"long_name": "y coordinate of projection", "units": "m",
+                       "standard_name": "projection_y_coordinate"}),
+    }  # fmt: skip
+    for name, (long_name, units, description) in OBS_COORDS.items():
+        values = np.asarray(obs[name])
+        if values.dtype.kind in "OUT":
+            values = values.astype(object)
+        attrs = {"long_name": long_name, "description": description}
+        if units:
+            attrs["units"] = units
+        coords[name] = ("obs", values, attrs)
+    ds = xr.Dataset(data_vars, coords=coords)
+    return ds.rio.write_crs(GRID_CRS, grid_mapping_name="spatial_ref")
+
+
+def _encoding(grid: Grid) -> dict[str, dict[str, Any]]:
+    t, b = grid.tile_size, grid.block_size
+    enc: dict[str, dict[str, Any]] = {}
+    for name, spec in CUBE_VARIABLES.items():
+        enc[name] = {
+            "chunks": (1, t, t),
+            "shards": (1, b, b),
+            "compressors": [_COMPRESSORS[spec.dtype]],
+            "_FillValue": spec.fill,
+            "fill_value": spec.fill,
+        }
+    for name in OBS_COORDS:
+        enc[name] = {"chunks": (OBS_COORD_CHUNK,)}
+    enc["time"] |= {"units": "seconds since 1970-01-01T00:00:00", "calendar": "proleptic_gregorian",
+                   "dtype": "int64"}  # fmt: skip
+    return enc
+
+
+def create_cube(path: str | Path, *, grid: Grid, window: Window, obs: Mapping[str, np.ndarray]) -> None:
+    """Create the store's metadata and obs coordinates for the first batch of observations.
+
+    No pixel is written here; :func:`write_block` fills the blocks each product
+    touches. ``window`` must be block-aligned.
+    """
+    if grid.snap(window, to="block") != window:
+        raise ValueError(f"cube window {window} is not aligned to {grid.block_size}-px blocks")
+    ds = _obs_dataset(grid, window, obs)
+    ds.attrs.update(
+        {
+            "title": "rtsflow observation cube",
+            "Conventions": "CF-1.10",
+            "rtsflow_version": __version__,
+            "grid_crs": GRID_CRS,
+            "grid_resolution": grid.resolution,
+            "grid_tile_size": grid.tile_size,
+            "grid_block_tiles": grid.block_tiles,
+            "grid_window": [window.row, window.col, window.height, window.width],
+        }
+    )
+    ds.to_zarr(
+        str(path), mode="w-", encoding=_encoding(grid), compute=False, zarr_format=3, consolidated=False
+    )
+
+
+def append_obs_template(path: str | Path, *, grid: Grid, window: Window, obs: Mapping[str, np.ndarray]) -> slice:
+    """Grow the cube by ``len(obs['time'])`` observations (metadata and coordinates only).
+
+    Returns the ``obs`` index slice of the new observations.
+    """
+    n_before = cube_info(path).n_obs
+    ds = _obs_dataset(grid, window, obs).drop_vars(["x", "y", "spatial_ref"])
+    ds.to_zarr(str(path), append_dim="obs", compute=False, consolidated=False)
+    return slice(n_before, n_before + len(obs["time"]))
+
+
+def write_block(path: str | Path, *, obs_index: int, block: Window, cube_window: Window,
+                layers: Mapping[str, np.ndarray]) -> None:  # fmt: skip
+    """Write one observation's layers for one block (a shard-aligned region write)."""
+    ys, xs = block.relative_to(cube_window)
+    data_vars = {}
+    for name, arr in layers.items():
+        spec = CUBE_VARIABLES[name]
+        if spec.dtype == "uint8":
+            out = np.where(np.isfinite(arr), arr, spec.fill).astype(np.uint8)
+        else:
+            out = arr.astype(spec.dtype, copy=False)
+        data_vars[name] = (("obs", "y", "x"), out[np.newaxis])
+    ds = xr.Dataset(data_vars)
+    ds.to_zarr(
+        str(path),
+        region={"obs": slice(obs_index, obs_index + 1), "y": ys, "x": xs},
+        consolidated=False,
+    )
+
+
+def truncate_obs(path: str | Path, n_obs: int) -> None:
+    """Shrink every obs-dimensioned array back to ``n_obs`` (drops their chunks).
+
+    This is the rollback of a failed ingest; with ``n_obs == 0`` on a cube
+    created by that ingest, the whole store is removed instead.
+    """
+    if n_obs == 0:
+        shutil.rmtree(path, ignore_errors=True)
+        return
+    group = zarr.open_group(str(path), mode="r+", zarr_format=3)
+    for _, arr in group.arrays():
+        names = arr.metadata.dimension_names or ()
+        if names and names[0] == "obs" and arr.shape[0] != n_obs:
+            arr.resize((n_obs, *arr.shape[1:]))
+
+
+def cube_info(path: str | Path) -> CubeInfo:
+    """Read a cube's grid, window and product ids without touching pixel data."""
+    path = Path(path)
+    group = zarr.open_group(str(path), mode="r", zarr_format=3)
+    a = group.attrs
+    try:
+        grid = Grid(
+            resolution=float(a["grid_resolution"]),
+            tile_size=int(a["grid_tile_size"]),
+            block_tiles=int(a["grid_block_tiles"]),
+        )
+        window = Window(*(int(v) for v in a["grid_window"]))
+    except KeyError as e:
+        raise ValueError(f"{path}: not an rtsflow observation cube (missing attribute {e})") from e
+    ids = tuple(str(v) for v in group["product_id"][:])
+    hashes = tuple(str(v) for v in group["content_hash"][:])
+    return CubeInfo(path=path, grid=grid, window=window, n_obs=len(ids), product_ids=ids,
+                    content_hashes=hashes)  # fmt: skip
+
+
+def open_cube(path: str | Path, *, sort_by_time: bool = True) -> xr.Dataset:
+    """Open an observation cube lazily, with dask chunks equal to blocks.
+
+    Parameters
+    ----------
+    path
+        The cube store.
+    sort_by_time
+        Return observations in acquisition order (the store keeps ingest order).
+
+    Returns
+    -------
+    xarray.Dataset
+        Dask-backed; obs coordinates are loaded (they are small).
+    """
+    info = cube_info(path)
+    b = info.grid.block_size
+    with warnings.catch_warnings():
+        # The small obs coordinates are stored in long chunks and loaded right away.
+        warnings.filterwarnings("ignore", "The specified chunks separate", UserWarning)
+        ds = xr.open_zarr(
+            str(path), consolidated=False, chunks={"obs": 1, "y": b, "x": b}, decode_coords="all"
+        )
+    # Observations of an ingest that has not committed (or was killed) are not shown.
+    committed = ds.attrs.get("rtsflow_committed_obs")
+    if committed is not None and int(committed) < ds.sizes["obs"]:
+        ds = ds.isel(obs=slice(0, int(committed)))
+    text = ("orbit", "sensor", "product_id", "kind", "source", "content_hash")
+    ds = ds.assign_coords(
+        {name: ds[name].load().astype(object) if name in text else ds[name].load() for name in OBS_COORDS}
+    )
+    if sort_by_time and ds.sizes["obs"] > 1:
+        order = np.argsort(ds["time"].values, kind="stable")
+        if not np.array_equal(order, np.arange(len(order))):
+            ds = ds.isel(obs=order)
+    return ds
