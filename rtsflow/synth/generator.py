@@ -1,0 +1,366 @@
+"""Write a synthetic region to disk: products in the user format plus ground truth.
+
+The region is generated window by window (windows aligned to a fixed global
+lattice of the grid), so memory stays bounded whatever the region size, and a
+pixel's values depend only on the seed and its position.
+
+Output layout::
+
+    OUT/
+      region.json                      what was generated (config, window, files)
+      products/<id>.json               sidecars (rtsflow product format)
+      products/<id>_<layer>.tif        dem, coherence, layover_shadow, incidence
+      truth/slumps.parquet             one row per slump and epoch pair it changed in
+      truth/confounders.parquet        pits and lakes (with level changes)
+      truth/dh_<w0>_<w1>.tif           slump-only elevation change per epoch pair
+      truth/rts_mask_<w0>_<w1>.tif     1 = slump active in that pair (training label)
+      truth/water.tif                  1 = lake
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from itertools import combinations
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import rasterio
+import rasterio.features
+import shapely
+from pyproj import Transformer
+from rasterio.windows import Window as RioWindow
+
+from rtsflow import __version__
+from rtsflow.grid import GRID_CRS, Grid, Window
+from rtsflow.products import write_sidecar
+from rtsflow.synth.fields import rng_for
+from rtsflow.synth.observations import Observation, render_observation, schedule
+from rtsflow.synth.scene import Scene, Slump
+
+__all__ = ["SynthConfig", "SynthRegion", "synthesize"]
+
+#: Generation windows are aligned to this lattice of global pixels.
+GEN_WINDOW = 2048
+_LAYERS = ("dem", "coherence", "layover_shadow", "incidence")
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    """What to generate.
+
+    Parameters
+    ----------
+    seed
+        Determines everything.
+    center_lonlat
+        Region centre (default: Banks Island, 72.9°N, where EPSG:3413's scale ≈ 1).
+    size_km
+        Region width and height in km.
+    resolution
+        Pixel size (m) of the products (on the rtsflow grid).
+    winters
+        Epochs: winters labelled by the year they start.
+    obs_per_winter
+        Winter acquisitions per winter; one summer acquisition is added per
+        winter when ``summer`` is true.
+    slump_density
+        Expected slump sites per km² (real landscapes: ~0.07 over Maier et al.'s
+        71 400 km², up to several per km² in hot spots).
+    """
+
+    seed: int = 0
+    center_lonlat: tuple[float, float] = (-119.6, 72.9)
+    size_km: tuple[float, float] = (5.0, 5.0)
+    resolution: float = 10.0
+    winters: tuple[int, ...] = (2010, 2013, 2016)
+    obs_per_winter: int = 3
+    summer: bool = True
+    slump_density: float = 1.5
+
+    def scene(self) -> Scene:
+        return Scene(seed=self.seed, epochs=tuple(self.winters), slump_density=self.slump_density)
+
+    def grid(self) -> Grid:
+        return Grid(resolution=self.resolution)
+
+    def window(self) -> Window:
+        """Pixel window of the region (pixel-aligned, not block-aligned)."""
+        grid = self.grid()
+        t = Transformer.from_crs("EPSG:4326", GRID_CRS, always_xy=True)
+        cx, cy = t.transform(*self.center_lonlat)
+        w, h = self.size_km[0] * 1000.0, self.size_km[1] * 1000.0
+        row, col = grid.pixel_of(cx - w / 2, cy + h / 2)
+        return Window(int(row), int(col), max(1, round(h / grid.resolution)), max(1, round(w / grid.resolution)))
+
+
+@dataclass
+class SynthRegion:
+    """Paths and facts of a generated region."""
+
+    root: Path
+    config: SynthConfig
+    window: Window
+    products: list[Path] = field(default_factory=list)
+    observations: list[Observation] = field(default_factory=list)
+    truth_slumps: Path | None = None
+    truth_confounders: Path | None = None
+    truth_rasters: dict[str, Path] = field(default_factory=dict)
+    n_slumps: int = 0
+
+    @classmethod
+    def load(cls, root: str | Path) -> SynthRegion:
+        """Re-open a region written by :func:`synthesize`."""
+        root = Path(root)
+        doc = json.loads((root / "region.json").read_text())
+        cfg = doc["config"]
+        config = SynthConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()})
+        region = cls(root=root, config=config, window=Window(*doc["window"]))
+        region.products = [root / p for p in doc["products"]]
+        region.truth_slumps = root / doc["truth"]["slumps"]
+        region.truth_confounders = root / doc["truth"]["confounders"]
+        region.truth_rasters = {k: root / v for k, v in doc["truth"]["rasters"].items()}
+        region.n_slumps = doc["n_slumps"]
+        region.observations = schedule(config.scene(), per_winter=config.obs_per_winter,
+                                       summer=config.summer, resolution=config.resolution)  # fmt: skip
+        return region
+
+
+def _profile(grid: Grid, window: Window, dtype: str, nodata: float | None) -> dict:
+    return {
+        "driver": "GTiff",
+        "height": window.height,
+        "width": window.width,
+        "count": 1,
+        "dtype": dtype,
+        "crs": GRID_CRS,
+        "transform": grid.transform(window),
+        "nodata": nodata,
+        "tiled": True,
+        "blockxsize": 512,
+        "blockysize": 512,
+        "compress": "zstd",
+        "zstd_level": 1,
+        "predictor": 3 if dtype.startswith("float") else 2,
+        "BIGTIFF": "IF_SAFER",
+    }
+
+
+def _gen_windows(window: Window) -> list[Window]:
+    """Intersections of the region with the global lattice of generation windows."""
+    g = GEN_WINDOW
+    out = []
+    for r in range((window.row // g) * g, window.row_stop, g):
+        for c in range((window.col // g) * g, window.col_stop, g):
+            part = Window(r, c, g, g).intersection(window)
+            if part is not None:
+                out.append(part)
+    return out
+
+
+def _noise(seed: int, obs_index: int, part: Window) -> np.ndarray:
+    """Standard-normal fields of a window, cropped from its global lattice window."""
+    g = GEN_WINDOW
+    r0, c0 = (part.row // g) * g, (part.col // g) * g
+    rng = rng_for(seed, "noise", obs_index, r0 // g, c0 // g)
+    full = rng.standard_normal((3, g, g), dtype=np.float32)
+    return full[:, part.row - r0 : part.row_stop - r0, part.col - c0 : part.col_stop - c0]
+
+
+def synthesize(out: str | Path, *, config: SynthConfig | None = None) -> SynthRegion:
+    """Generate a synthetic region: products (user format) and ground truth.
+
+    Parameters
+    ----------
+    out
+        Output directory (created; existing files of the same names are replaced).
+    config
+        What to generate; defaults to :class:`SynthConfig()`.
+
+    Returns
+    -------
+    SynthRegion
+    """
+    config = config or SynthConfig()
+    out = Path(out)
+    (out / "products").mkdir(parents=True, exist_ok=True)
+    (out / "truth").mkdir(parents=True, exist_ok=True)
+    grid = config.grid()
+    window = config.window()
+    scene = config.scene()
+    observations = schedule(scene, per_winter=config.obs_per_winter, summer=config.summer,
+                            resolution=config.resolution)  # fmt: skip
+    left, bottom, right, top = grid.bounds(window)
+    centre = ((left + right) / 2, (bottom + top) / 2)
+    region = SynthRegion(root=out, config=config, window=window, observations=observations)
+
+    # -- products -------------------------------------------------------------
+    paths = {(o.index, k): out / "products" / f"{o.id}_{k}.tif" for o in observations for k in _LAYERS}
+    dtypes = {"dem": "float32", "coherence": "float32", "layover_shadow": "uint8", "incidence": "float32"}
+    files = {
+        key: rasterio.open(p, "w", **_profile(grid, window, dtypes[key[1]], None)) for key, p in paths.items()
+    }
+    pairs = list(combinations(range(len(scene.epochs)), 2))
+    truth_paths = {"water": out / "truth" / "water.tif"}
+    for i, j in pairs:
+        w0, w1 = scene.epochs[i], scene.epochs[j]
+        truth_paths[f"dh_{w0}_{w1}"] = out / "truth" / f"dh_{w0}_{w1}.tif"
+        truth_paths[f"rts_mask_{w0}_{w1}"] = out / "truth" / f"rts_mask_{w0}_{w1}.tif"
+    truth_files = {
+        k: rasterio.open(p, "w", **_profile(grid, window, "float32" if k.startswith("dh") else "uint8", None))
+        for k, p in truth_paths.items()
+    }
+    try:
+        for part in _gen_windows(window):
+            x, y = grid.coords(part)
+            rw = RioWindow(part.col - window.col, part.row - window.row, part.width, part.height)
+            for obs in observations:
+                layers = render_observation(scene, obs, x, y, noise=_noise(config.seed, obs.index, part),
+                                            centre=centre)  # fmt: skip
+                for k in _LAYERS:
+                    files[(obs.index, k)].write(layers[k].astype(dtypes[k]), 1, window=rw)
+            truth_files["water"].write(scene.water(x, y).astype(np.uint8), 1, window=rw)
+            for i, j in pairs:
+                w0, w1 = scene.epochs[i], scene.epochs[j]
+                dh = scene.slump_change(x, y, j, since=i)
+                truth_files[f"dh_{w0}_{w1}"].write(dh.astype(np.float32), 1, window=rw)
+                truth_files[f"rts_mask_{w0}_{w1}"].write(
+                    _active_mask(scene, x, y, i, j).astype(np.uint8), 1, window=rw
+                )
+    finally:
+        for f in (*files.values(), *truth_files.values()):
+            f.close()
+
+    for obs in observations:
+        sidecar = out / "products" / f"{obs.id}.json"
+        write_sidecar(
+            sidecar, id=obs.id, acquired=obs.time, sensor="TanDEM-X (synthetic)", orbit=obs.orbit,
+            hoa_m=obs.hoa, **{k: paths[(obs.index, k)] for k in _LAYERS},
+        )  # fmt: skip
+        region.products.append(sidecar)
+
+    # -- truth vectors --------------------------------------------------------
+    slumps = _truth_slumps(scene, grid, window)
+    region.n_slumps = int(slumps["slump_id"].nunique()) if len(slumps) else 0
+    region.truth_slumps = out / "truth" / "slumps.parquet"
+    slumps.to_parquet(region.truth_slumps)
+    region.truth_confounders = out / "truth" / "confounders.parquet"
+    _truth_confounders(scene, grid, window).to_parquet(region.truth_confounders)
+    region.truth_rasters = truth_paths
+
+    doc = {
+        "rtsflow_version": __version__,
+        "config": asdict(config),
+        "window": [window.row, window.col, window.height, window.width],
+        "bounds_epsg3413": list(grid.bounds(window)),
+        "epochs": list(scene.epochs),
+        "products": [str(p.relative_to(out)) for p in region.products],
+        "observations": [
+            {"id": o.id, "time": str(o.time), "winter": o.winter, "hoa_m": o.hoa, "orbit": o.orbit,
+             "shift_m": list(o.shift), "tilt": list(o.tilt)}
+            for o in observations
+        ],  # fmt: skip
+        "truth": {
+            "slumps": str(region.truth_slumps.relative_to(out)),
+            "confounders": str(region.truth_confounders.relative_to(out)),
+            "rasters": {k: str(p.relative_to(out)) for k, p in truth_paths.items()},
+        },
+        "n_slumps": region.n_slumps,
+    }
+    (out / "region.json").write_text(json.dumps(doc, indent=2) + "\n")
+    return region
+
+
+def _active_mask(scene: Scene, x: np.ndarray, y: np.ndarray, i: int, j: int) -> np.ndarray:
+    """Pixels inside the end-of-period scar of every slump that changed between epochs i and j."""
+    from rtsflow.synth.scene import _local
+
+    out = np.zeros((y.size, x.size), dtype=bool)
+    for s in scene.slumps((float(x.min()), float(y.min()), float(x.max()), float(y.max()))):
+        if s.fractions[j] == s.fractions[i]:
+            continue
+        sl = _local(x, y, s.x, s.y, s.radius)
+        if sl is not None:
+            out[sl] |= s.footprint(x[sl[1]], y[sl[0]], s.fractions[j])
+    return out
+
+
+def _slump_window(grid: Grid, s: Slump) -> Window:
+    row, col = grid.pixel_of(s.x, s.y)
+    r = math.ceil(s.radius / grid.resolution) + 1
+    return Window(int(row) - r, int(col) - r, 2 * r + 1, 2 * r + 1)
+
+
+def _truth_slumps(scene: Scene, grid: Grid, window: Window) -> gpd.GeoDataFrame:
+    """Per slump and epoch pair: scar polygon (pixel union) and exact area/volume on the grid."""
+    to_ll = Transformer.from_crs(GRID_CRS, "EPSG:4326", always_xy=True)
+    rows = []
+    for s in scene.slumps(grid.bounds(window)):
+        full = _slump_window(grid, s)
+        win = full.intersection(window)
+        if win is None:
+            continue
+        x, y = grid.coords(win)
+        ground = grid.pixel_ground_area(win)
+        for i, j in combinations(range(len(scene.epochs)), 2):
+            f0, f1 = s.fractions[i], s.fractions[j]
+            if f0 == f1:
+                continue
+            mask = s.footprint(x, y, f1)
+            if not mask.any():
+                continue
+            dh = s.elevation_change(x, y, f1) - (s.elevation_change(x, y, f0) if f0 > 0 else 0.0)
+            shapes = [shapely.geometry.shape(g) for g, v in
+                      rasterio.features.shapes(mask.astype(np.uint8), mask=mask, transform=grid.transform(win))
+                      if v == 1]  # fmt: skip
+            geom = shapely.union_all(shapes)
+            c = geom.centroid
+            lon, lat = to_ll.transform(c.x, c.y)
+            w0, w1 = scene.epochs[i], scene.epochs[j]
+            rows.append({
+                "slump_id": s.id,
+                "winter_start": w0,
+                "winter_end": w1,
+                "years": w1 - w0,
+                "onset_winter": scene.epochs[s.onset],
+                "new_in_period": s.fractions[i] == 0,
+                "n_pixels": int(mask.sum()),
+                "area_m2": float(ground[mask].sum()),
+                "area_nominal_m2": float(mask.sum() * grid.pixel_area_nominal),
+                "volume_m3": float((dh * ground)[mask].sum()),
+                "volume_nominal_m3": float(dh[mask].sum() * grid.pixel_area_nominal),
+                "mean_dh_m": float(dh[mask].mean()),
+                "max_depth_m": float(-dh[mask].min()),
+                "clipped": win != full,
+                "lon": lon,
+                "lat": lat,
+                "geometry": geom,
+            })  # fmt: skip
+    cols = ["slump_id", "winter_start", "winter_end", "geometry"]
+    if not rows:
+        return gpd.GeoDataFrame(columns=cols, geometry="geometry", crs=GRID_CRS)
+    return gpd.GeoDataFrame(rows, geometry="geometry", crs=GRID_CRS)
+
+
+def _truth_confounders(scene: Scene, grid: Grid, window: Window) -> gpd.GeoDataFrame:
+    bounds = grid.bounds(window)
+    box = shapely.box(*bounds)
+    rows = []
+    for p in scene.pits(bounds):
+        geom = shapely.Point(p.x, p.y).buffer(p.radius, quad_segs=16)
+        if geom.intersects(box):
+            rows.append({"kind": "pit", "object_id": p.id, "onset_winter": scene.epochs[p.onset],
+                         "depth_m": p.depth, "level_change_m": 0.0, "geometry": geom})  # fmt: skip
+    for lake in scene.lakes(bounds):
+        circle = shapely.Point(0, 0).buffer(1.0, quad_segs=32)
+        geom = shapely.affinity.scale(circle, lake.a, lake.b)
+        geom = shapely.affinity.rotate(geom, lake.angle, use_radians=True, origin=(0, 0))
+        geom = shapely.affinity.translate(geom, lake.x, lake.y)
+        if geom.intersects(box):
+            rows.append({"kind": "lake", "object_id": lake.id, "onset_winter": scene.epochs[0],
+                         "depth_m": 0.0, "level_change_m": float(lake.level_change[-1]), "geometry": geom})  # fmt: skip
+    if not rows:
+        return gpd.GeoDataFrame(columns=["kind", "object_id", "geometry"], geometry="geometry", crs=GRID_CRS)
+    return gpd.GeoDataFrame(rows, geometry="geometry", crs=GRID_CRS)
