@@ -10,6 +10,7 @@ next one (the store records how many observations are committed).
 from __future__ import annotations
 
 import logging
+import shutil
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ import zarr
 
 from rtsflow.grid import DEFAULT_GRID, Grid, Window
 from rtsflow.io import cube as cubeio
+from rtsflow.io import transaction
 from rtsflow.io.rasters import (
     LAYER_RULES,
     RasterInfo,
@@ -162,20 +164,21 @@ def _set_committed(cube: Path, n: int) -> None:
     group.attrs[COMMITTED_ATTR] = int(n)
 
 
-def recover_cube(cube: str | Path) -> int:
-    """Roll back observations of an ingest that was killed before it committed.
+def recover_cube(cube: str | Path) -> bool:
+    """Undo an ingest that was killed before it committed; True if there was one.
 
-    Returns the number of observations removed.
+    An existing cube is restored from its pending backup (byte-identical); a
+    cube whose very first ingest never committed is removed.
     """
     cube = Path(cube)
+    recovered = transaction.recover(cube)
     committed = _committed(cube)
     group = zarr.open_group(str(cube), mode="r", zarr_format=3)
-    n = group["product_id"].shape[0]
-    if committed is None or committed >= n:
-        return 0
-    cubeio.truncate_obs(cube, committed)
-    log.warning("%s: rolled back %d uncommitted observation(s) of an interrupted ingest", cube, n - committed)
-    return n - committed
+    if committed is not None and committed < group["product_id"].shape[0]:
+        cubeio.truncate_obs(cube, committed)
+        log.warning("%s: removed the uncommitted observations of an interrupted ingest", cube)
+        recovered = True
+    return recovered
 
 
 def ingest(
@@ -216,11 +219,10 @@ def ingest(
     report = IngestReport(cube=cube)
     if not products:
         raise ValueError("no products given")
+    if (cube / "zarr.json").exists() and recover_cube(cube):
+        report.notes.append("rolled back the observations of an interrupted ingest")
     exists = (cube / "zarr.json").exists()
     if exists:
-        recovered = recover_cube(cube)
-        if recovered:
-            report.notes.append(f"rolled back {recovered} observation(s) of an interrupted ingest")
         info = cubeio.cube_info(cube)
         grid = info.grid
     elif cube.exists() and any(cube.iterdir()):
@@ -284,8 +286,10 @@ def ingest(
     # 4. Metadata first (uncommitted), then block writes, then commit.
     n_before = info.n_obs if exists else 0
     coords = _obs_coords(new)
+    tx = transaction.CubeTransaction(cube) if exists else None
     try:
-        if exists:
+        if tx is not None:
+            tx.begin(n_obs=n_before)
             obs_slice = cubeio.append_obs_template(cube, grid=grid, window=window, obs=coords)
         else:
             cubeio.create_cube(cube, grid=grid, window=window, obs=coords)
@@ -308,8 +312,13 @@ def ingest(
         report.blocks_written = sum(bool(r) for r, _ in results)
         _set_committed(cube, n_before + len(new))
     except BaseException:
-        cubeio.truncate_obs(cube, n_before)
+        if tx is not None:
+            tx.rollback()
+        else:
+            shutil.rmtree(cube, ignore_errors=True)
         raise
+    if tx is not None:
+        tx.commit()
     report.added = [p.product.id for p in new]
     report.input_bytes = sum(lay.path.stat().st_size for p in new for lay in p.layers.values())
     return report

@@ -64,6 +64,9 @@ class ProductError(ValueError):
         where = f"{self.path}: field '{field}'" if field else self.path
         super().__init__(f"{where}: {problem}")
 
+    def __reduce__(self):  # travels between dask worker processes intact
+        return (type(self), (self.path, self.field, self.problem))
+
 
 @dataclass(frozen=True)
 class Product:

@@ -135,8 +135,13 @@ def _obs_dataset(grid: Grid, window: Window, obs: Mapping[str, np.ndarray]) -> x
         if units:
             attrs["units"] = units
         coords[name] = ("obs", values, attrs)
-    ds = xr.Dataset(data_vars, coords=coords)
-    return ds.rio.write_crs(GRID_CRS, grid_mapping_name="spatial_ref")
+    ds = xr.Dataset(data_vars, coords=coords).rio.write_crs(GRID_CRS, grid_mapping_name="spatial_ref")
+    # Keep the CF link as an attribute: our explicit to_zarr encoding replaces
+    # the variable encoding where rioxarray puts it.
+    for name in CUBE_VARIABLES:
+        ds[name].encoding.pop("grid_mapping", None)
+        ds[name].attrs["grid_mapping"] = "spatial_ref"
+    return ds
 
 
 def _encoding(grid: Grid) -> dict[str, dict[str, Any]]:
@@ -190,6 +195,8 @@ def append_obs_template(path: str | Path, *, grid: Grid, window: Window, obs: Ma
     """
     n_before = cube_info(path).n_obs
     ds = _obs_dataset(grid, window, obs).drop_vars(["x", "y", "spatial_ref"])
+    # xarray rewrites the group attributes on append: carry the existing ones over.
+    ds.attrs = dict(zarr.open_group(str(path), mode="r", zarr_format=3).attrs)
     ds.to_zarr(str(path), append_dim="obs", compute=False, consolidated=False)
     return slice(n_before, n_before + len(obs["time"]))
 

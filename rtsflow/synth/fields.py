@@ -16,7 +16,7 @@ import numpy as np
 __all__ = [
     "PlaneWaves",
     "bump",
-    "lattice_points",
+    "cell_candidate",
     "rng_for",
 ]
 
@@ -91,38 +91,25 @@ class PlaneWaves:
         return np.sum(s * self.kx, axis=-1), np.sum(s * self.ky, axis=-1)
 
 
-def lattice_points(
-    seed: int,
-    purpose: str,
-    *,
-    cell: float,
-    bounds: tuple[float, float, float, float],
-    probability: float,
-    margin: float,
-) -> list[tuple[int, int, np.random.Generator, float, float]]:
-    """At most one random point per lattice cell, for cells overlapping ``bounds``.
+def cell_candidate(
+    seed: int, purpose: str, i: int, j: int, *, cell: float, probability: float
+) -> tuple[np.random.Generator, float, float, float] | None:
+    """The random candidate point of lattice cell ``(i, j)``, or ``None``.
 
-    The point of cell ``(i, j)`` lies at least ``margin`` from the cell edges,
-    so objects of radius ≤ ``margin`` never overlap objects of other cells.
-    Whether a cell has a point and where depends only on ``(seed, purpose, i, j)``.
+    Whether the cell has a candidate, where (uniform in the cell) and its
+    thinning priority depend only on ``(seed, purpose, i, j)``.
 
     Returns
     -------
-    list of ``(i, j, rng, x, y)``; ``rng`` continues the cell's stream for the
+    ``(rng, x, y, priority)``; ``rng`` continues the cell's stream for the
     object's other random properties.
     """
-    left, bottom, right, top = bounds
-    out = []
-    for i in range(int(np.floor(left / cell)), int(np.floor(right / cell)) + 1):
-        for j in range(int(np.floor(bottom / cell)), int(np.floor(top / cell)) + 1):
-            rng = rng_for(seed, purpose, i, j)
-            if rng.random() >= probability:
-                continue
-            span = cell - 2.0 * margin
-            x = i * cell + margin + rng.random() * span
-            y = j * cell + margin + rng.random() * span
-            out.append((i, j, rng, x, y))
-    return out
+    rng = rng_for(seed, purpose, i, j)
+    if rng.random() >= probability:
+        return None
+    x = (i + rng.random()) * cell
+    y = (j + rng.random()) * cell
+    return rng, x, y, float(rng.random())
 
 
 def bump(r2: np.ndarray, power: float = 1.0) -> np.ndarray:

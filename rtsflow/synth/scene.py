@@ -17,12 +17,13 @@ Slump statistics follow real inventories (fitted once, values below):
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from functools import cached_property
 
 import numpy as np
 
-from rtsflow.synth.fields import PlaneWaves, bump, lattice_points, rng_for
+from rtsflow.synth.fields import PlaneWaves, bump, cell_candidate, rng_for
 
 __all__ = ["SLUMP_STATS", "Lake", "Pit", "Scene", "Slump"]
 
@@ -38,11 +39,20 @@ SLUMP_STATS = {
     "max_depth_cap": 20.0,
 }
 
-SLUMP_CELL = 800.0  # m; one slump site at most per cell, so slumps never overlap
-LAKE_CELL = 2_400.0
-PIT_CELL = 1_000.0
-_SLUMP_MARGIN = 350.0  # > the reach of the largest slump and its debris tongue
-_LAKE_MARGIN = 700.0
+# Lattice cell (m) and the largest reach (m) of each object kind; densities per km² from the Scene.
+SLUMP_CELL = 400.0
+LAKE_CELL = 1_500.0
+PIT_CELL = 500.0
+_KINDS = {
+    "slumps": (SLUMP_CELL, 360.0),
+    "lakes": (LAKE_CELL, 700.0),
+    "pits": (PIT_CELL, 30.0),
+}
+_DENSITY = {
+    "slumps": lambda scene: scene.slump_density,
+    "lakes": lambda scene: scene.lake_density,
+    "pits": lambda scene: scene.pit_density,
+}
 
 
 def _shape(s: np.ndarray, t: np.ndarray) -> np.ndarray:
@@ -94,6 +104,7 @@ class Slump:
     width: float
     depth: float
     fractions: tuple[float, ...]
+    priority: float = field(default=0.0, compare=False)
 
     @property
     def onset(self) -> int:
@@ -143,6 +154,11 @@ class Slump:
         """Distance from the centre beyond which the slump changes nothing."""
         return 0.5 * self.length * 1.7 + 1.0
 
+    @property
+    def reach(self) -> float:
+        """Half the minimum distance kept to other objects' centres."""
+        return max(self.radius, 0.5 * self.width) + 10.0
+
 
 @dataclass(frozen=True)
 class Lake:
@@ -154,6 +170,8 @@ class Lake:
     angle: float
     level: float
     level_change: tuple[float, ...]  # per epoch, relative to ``level``
+    priority: float = field(default=0.0, compare=False)
+    reach: float = field(default=0.0, compare=False)
 
     def rho2(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         px = x[None, :] - self.x
@@ -172,6 +190,11 @@ class Pit:
     radius: float
     depth: float
     onset: int
+    priority: float = field(default=0.0, compare=False)
+
+    @property
+    def reach(self) -> float:
+        return self.radius + 10.0
 
 
 @dataclass(frozen=True)
@@ -196,7 +219,7 @@ class Scene:
     lake_density: float = 0.15
     pit_density: float = 0.4
     relief: float = 30.0
-    valley_depth: float = 35.0
+    valley_depth: float = 45.0
     stats: dict = field(default_factory=lambda: dict(SLUMP_STATS))
 
     @cached_property
@@ -210,7 +233,7 @@ class Scene:
                                  rms=1.0, spectral_slope=0.5)  # fmt: skip
 
     # -- base terrain ----------------------------------------------------------
-    _VALLEY_HALF_WIDTH = 0.045  # in units of the valley field
+    _VALLEY_HALF_WIDTH = 0.06  # in units of the valley field
 
     def base_terrain(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         """Hills plus incised valleys (along zero lines of a smooth field), float64 (m)."""
@@ -232,65 +255,109 @@ class Scene:
         return float(gx + k * vx), float(gy + k * vy)
 
     # -- objects -----------------------------------------------------------------
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_cells", {})
+
+    def _objects(self, kind: str, bounds: tuple[float, float, float, float]) -> list:
+        """Objects of one kind that can affect ``bounds``, thinned so none overlap.
+
+        Each lattice cell holds at most one candidate; a candidate is dropped
+        when a neighbour with a higher priority lies closer than their two
+        reaches (a Matérn type-II hard-core process). Placement therefore
+        looks random, not gridded, and depends only on the seed.
+        """
+        cell, reach_max = _KINDS[kind]
+        p = min(_DENSITY[kind](self) * (cell / 1000.0) ** 2, 1.0)
+        left, bottom, right, top = _grow(bounds, reach_max)
+        ring = math.ceil(2 * reach_max / cell)
+        out = []
+        for i in range(math.floor(left / cell), math.floor(right / cell) + 1):
+            for j in range(math.floor(bottom / cell), math.floor(top / cell) + 1):
+                c = self._candidate(kind, i, j, cell, p)
+                if c is None:
+                    continue
+                keep = True
+                for di in range(-ring, ring + 1):
+                    for dj in range(-ring, ring + 1):
+                        if di == dj == 0:
+                            continue
+                        n = self._candidate(kind, i + di, j + dj, cell, p)
+                        if n is not None and n.priority > c.priority and (
+                            math.hypot(n.x - c.x, n.y - c.y) < n.reach + c.reach
+                        ):
+                            keep = False
+                            break
+                    if not keep:
+                        break
+                if keep:
+                    out.append(c)
+        return out
+
+    def _candidate(self, kind: str, i: int, j: int, cell: float, p: float):
+        key = (kind, i, j)
+        cache = self._cells  # type: ignore[attr-defined]
+        if key not in cache:
+            point = cell_candidate(self.seed, kind, i, j, cell=cell, probability=p)
+            cache[key] = None if point is None else getattr(self, f"_make_{kind[:-1]}")(i, j, *point)
+        return cache[key]
+
     def lakes(self, bounds: tuple[float, float, float, float]) -> list[Lake]:
         """Lakes that can affect ``bounds`` (left, bottom, right, top)."""
-        p = self.lake_density * (LAKE_CELL / 1000.0) ** 2
-        out = []
-        for i, j, rng, x, y in lattice_points(self.seed, "lakes", cell=LAKE_CELL,
-                                              bounds=_grow(bounds, _LAKE_MARGIN), probability=min(p, 1.0),
-                                              margin=_LAKE_MARGIN):  # fmt: skip
-            a = rng.uniform(120.0, 450.0)
-            b = a * rng.uniform(0.45, 1.0)
-            angle = rng.uniform(0.0, np.pi)
-            level = float(self.base_terrain_at(np.array([x]), np.array([y]))[0]) - 1.0
-            change = [0.0]
-            drains = rng.random() < 0.35
-            for _ in self.epochs[1:]:
-                change.append(change[-1] - (rng.uniform(0.3, 2.0) if drains else rng.uniform(-0.1, 0.1)))
-            out.append(Lake(_cell_id(i, j), x, y, a, b, angle, level, tuple(change)))
-        return out
+        return self._objects("lakes", bounds)
 
     def slumps(self, bounds: tuple[float, float, float, float]) -> list[Slump]:
         """Slumps that can affect ``bounds``, with sizes and depths from :data:`SLUMP_STATS`."""
-        st = self.stats
-        p = min(self.slump_density * (SLUMP_CELL / 1000.0) ** 2, 1.0)
-        lakes = self.lakes(_grow(bounds, _SLUMP_MARGIN + _LAKE_MARGIN))
-        out = []
-        for i, j, rng, x, y in lattice_points(self.seed, "slumps", cell=SLUMP_CELL,
-                                              bounds=_grow(bounds, _SLUMP_MARGIN), probability=p,
-                                              margin=_SLUMP_MARGIN):  # fmt: skip
-            area = float(np.clip(rng.lognormal(st["log_area_mean"], st["log_area_sd"]),
-                                 st["area_min"], st["area_max"]))  # fmt: skip
-            aspect = rng.uniform(0.8, 1.8)  # width / length: RTS are often wider than long
-            length = float(np.sqrt(4.0 * area / (np.pi * aspect)))
-            width = aspect * length
-            mean_depth = float(np.clip(rng.lognormal(st["log_depth_mean"], st["log_depth_sd"]),
-                                       st["depth_min"], st["depth_max"]))  # fmt: skip
-            depth = min(mean_depth / SHAPE_MEAN, st["max_depth_cap"])
-            onset = int(rng.integers(1, len(self.epochs))) if len(self.epochs) > 1 else 0
-            fractions = [0.0] * onset + [rng.uniform(0.45, 0.85)]
-            for _ in range(onset + 1, len(self.epochs)):
-                fractions.append(fractions[-1] + (1.0 - fractions[-1]) * rng.uniform(0.4, 1.0))
-            fractions[-1] = 1.0 if fractions[-1] > 0 else 0.0
-            gx, gy = self.base_gradient_at(x, y)
-            slope = np.hypot(gx, gy)
-            if slope < np.tan(np.deg2rad(0.5)) or slope > np.tan(np.deg2rad(30.0)):
-                continue  # slumps form on gentle-to-moderate slopes
-            direction = (-gx / slope, -gy / slope)
-            reach = 0.85 * length + 0.5 * width
-            if any(np.hypot(x - lk.x, y - lk.y) < max(lk.a, lk.b) + reach for lk in lakes):
-                continue  # keep scars out of lakes (they may still sit near shores)
-            out.append(Slump(_cell_id(i, j), x, y, direction, length, width, depth, tuple(fractions)))
-        return out
+        return self._objects("slumps", bounds)
 
     def pits(self, bounds: tuple[float, float, float, float]) -> list[Pit]:
-        p = min(self.pit_density * (PIT_CELL / 1000.0) ** 2, 1.0)
-        out = []
-        for i, j, rng, x, y in lattice_points(self.seed, "pits", cell=PIT_CELL, bounds=_grow(bounds, 60.0),
-                                              probability=p, margin=60.0):  # fmt: skip
-            onset = int(rng.integers(1, len(self.epochs))) if len(self.epochs) > 1 else 0
-            out.append(Pit(_cell_id(i, j), x, y, rng.uniform(6.0, 17.0), rng.uniform(1.0, 3.5), onset))
-        return out
+        """Confounder pits that can affect ``bounds``."""
+        return self._objects("pits", bounds)
+
+    def _make_lake(self, i: int, j: int, rng: np.random.Generator, x: float, y: float, priority: float) -> Lake:
+        a = rng.uniform(120.0, 450.0)
+        b = a * rng.uniform(0.45, 1.0)
+        angle = rng.uniform(0.0, np.pi)
+        level = float(self.base_terrain_at(np.array([x]), np.array([y]))[0]) - 1.0
+        change = [0.0]
+        drains = rng.random() < 0.35  # some lakes drain: a confounder for dDEM
+        for _ in self.epochs[1:]:
+            change.append(change[-1] - (rng.uniform(0.3, 2.0) if drains else rng.uniform(-0.1, 0.1)))
+        return Lake(_cell_id(i, j), x, y, a, b, angle, level, tuple(change), priority, 1.5 * a + 20.0)
+
+    def _make_slump(self, i: int, j: int, rng: np.random.Generator, x: float, y: float,
+                    priority: float) -> Slump | None:  # fmt: skip
+        st = self.stats
+        area = float(np.clip(rng.lognormal(st["log_area_mean"], st["log_area_sd"]),
+                             st["area_min"], st["area_max"]))  # fmt: skip
+        aspect = rng.uniform(0.8, 1.8)  # width / length: RTS are often wider than long
+        length = float(np.sqrt(4.0 * area / (np.pi * aspect)))
+        width = aspect * length
+        mean_depth = float(np.clip(rng.lognormal(st["log_depth_mean"], st["log_depth_sd"]),
+                                   st["depth_min"], st["depth_max"]))  # fmt: skip
+        depth = min(mean_depth / SHAPE_MEAN, st["max_depth_cap"])
+        onset = int(rng.integers(1, len(self.epochs))) if len(self.epochs) > 1 else 0
+        fractions = [0.0] * onset + [rng.uniform(0.45, 0.85)]
+        for _ in range(onset + 1, len(self.epochs)):
+            fractions.append(fractions[-1] + (1.0 - fractions[-1]) * rng.uniform(0.4, 1.0))
+        fractions[-1] = 1.0 if fractions[-1] > 0 else 0.0
+        gx, gy = self.base_gradient_at(x, y)
+        slope = math.hypot(gx, gy)
+        if slope < math.tan(math.radians(0.5)) or slope > math.tan(math.radians(30.0)):
+            return None  # slumps form on gentle-to-moderate slopes
+        direction = (-gx / slope, -gy / slope)
+        slump = Slump(_cell_id(i, j), x, y, direction, length, width, depth, tuple(fractions), priority)
+        for lake in self.lakes((x - 1, y - 1, x + 1, y + 1)):
+            if math.hypot(x - lake.x, y - lake.y) < max(lake.a, lake.b) + slump.reach:
+                return None  # keep scars out of lakes (they may still sit near shores)
+        return slump
+
+    def _make_pit(self, i: int, j: int, rng: np.random.Generator, x: float, y: float, priority: float) -> Pit | None:
+        onset = int(rng.integers(1, len(self.epochs))) if len(self.epochs) > 1 else 0
+        pit = Pit(_cell_id(i, j), x, y, rng.uniform(6.0, 17.0), rng.uniform(1.0, 3.5), onset, priority)
+        for s in self.slumps((x - 1, y - 1, x + 1, y + 1)):
+            if math.hypot(x - s.x, y - s.y) < s.reach + pit.reach:
+                return None  # confounders sit apart from slumps so truth stays clean
+        return pit
 
     # -- surfaces ----------------------------------------------------------------
     def water(self, x: np.ndarray, y: np.ndarray, epoch: int = 0) -> np.ndarray:

@@ -1,0 +1,142 @@
+"""The ``rtsflow`` command line."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from rtsflow import __version__
+
+CLUSTER_HELP = "'local' (embedded LocalCluster, default) or a scheduler address such as tcp://host:8786."
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="rtsflow")
+@click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
+def main(verbose: int) -> None:
+    """Find retrogressive thaw slumps in time series of elevation models and measure their volume change."""
+    level = logging.WARNING - 10 * min(verbose, 2)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    # distributed configures its own loggers at INFO; keep them quiet unless asked.
+    logging.getLogger("distributed").setLevel(logging.DEBUG if verbose >= 2 else logging.WARNING)
+
+
+@main.command()
+@click.argument("out", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--seed", type=int, default=0, show_default=True, help="Everything random derives from it.")
+@click.option("--size-km", type=float, nargs=2, default=(5.0, 5.0), show_default=True,
+              help="Region width and height (km).")  # fmt: skip
+@click.option("--center", type=float, nargs=2, default=(-119.6, 72.9), show_default=True,
+              help="Region centre as LON LAT (degrees).")  # fmt: skip
+@click.option("--resolution", type=float, default=10.0, show_default=True, help="Pixel size (m).")
+@click.option("--winters", type=str, default="2010,2013,2016", show_default=True,
+              help="Comma-separated winters (year each starts).")  # fmt: skip
+@click.option("--obs-per-winter", type=int, default=3, show_default=True)
+@click.option("--no-summer", is_flag=True, help="Leave out the summer acquisitions.")
+@click.option("--slump-density", type=float, default=1.5, show_default=True, help="Slump sites per km².")
+def synth(out, seed, size_km, center, resolution, winters, obs_per_winter, no_summer, slump_density) -> None:
+    """Generate a synthetic region (products + ground truth) in OUT."""
+    from rtsflow.synth.generator import SynthConfig, synthesize
+
+    try:
+        years = tuple(int(w) for w in winters.split(","))
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated years, got {winters!r}", param_hint="--winters")
+    config = SynthConfig(seed=seed, center_lonlat=tuple(center), size_km=tuple(size_km), resolution=resolution,
+                         winters=years, obs_per_winter=obs_per_winter, summer=not no_summer,
+                         slump_density=slump_density)  # fmt: skip
+    region = synthesize(out, config=config)
+    click.echo(f"wrote {len(region.products)} products and truth for {region.n_slumps} slumps to {out}")
+    click.echo(f"products: {out / 'products'}/*.json")
+
+
+@main.command(name="ingest")
+@click.argument("products", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--cube", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Observation cube (Zarr); created if missing.")  # fmt: skip
+@click.option("--bbox", type=float, nargs=4, default=None,
+              help="Extent of a new cube: LEFT BOTTOM RIGHT TOP (in --bbox-crs); default: the products' union.")
+@click.option("--bbox-crs", default="EPSG:3413", show_default=True)
+@click.option("--resolution", type=float, default=10.0, show_default=True, help="Grid resolution of a new cube (m).")
+@click.option("--cluster", default="local", show_default=True, help=CLUSTER_HELP)
+@click.option("--workers", type=int, default=None, help="Workers of the local cluster (default: one per core).")
+def ingest_cmd(products, cube, bbox, bbox_crs, resolution, cluster, workers) -> None:
+    """Ingest product sidecars (PRODUCTS: *.json) into an observation cube.
+
+    Everything is checked before anything is written: a bad product stops the
+    ingest with an error naming the file and field, and the cube is left as
+    it was. Products already in the cube (same id, same content) are skipped.
+    """
+    from rtsflow.cluster import connect
+    from rtsflow.grid import Grid
+    from rtsflow.ingest import ingest
+    from rtsflow.products import ProductError
+
+    grid = Grid(resolution=resolution)
+    region = grid.region_from_bounds(tuple(bbox), crs=bbox_crs) if bbox else None
+    try:
+        with connect(cluster, n_workers=workers):
+            report = ingest(list(products), cube=cube, grid=grid, region=region)
+    except ProductError as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(2)
+    click.echo(str(report))
+
+
+@main.command()
+@click.argument("sidecar", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--id", "pid", required=True, help="Unique product id.")
+@click.option("--acquired", required=True, help="Acquisition time, ISO 8601 UTC (e.g. 2010-11-05T12:31:07Z).")
+@click.option("--dem", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--coherence", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--layover-shadow", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--incidence", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--sigma", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Per-pixel 1σ error raster (m) of a DEM-only product.")  # fmt: skip
+@click.option("--hoa", type=float, help="Height of ambiguity (m); required with --coherence.")
+@click.option("--orbit", type=click.Choice(["ascending", "descending", "unknown"]), default="unknown")
+@click.option("--sensor", default="unknown")
+def sidecar(sidecar, pid, acquired, dem, coherence, layover_shadow, incidence, sigma, hoa, orbit, sensor) -> None:
+    """Write a product sidecar (SIDECAR.json) for existing GeoTIFFs."""
+    from rtsflow.products import ProductError, write_sidecar
+
+    try:
+        write_sidecar(sidecar, id=pid, acquired=acquired, dem=dem, coherence=coherence,
+                      layover_shadow=layover_shadow, incidence=incidence, sigma=sigma, hoa_m=hoa,
+                      orbit=orbit, sensor=sensor)  # fmt: skip
+    except ProductError as e:
+        Path(sidecar).unlink(missing_ok=True)
+        click.echo(f"error: {e}", err=True)
+        sys.exit(2)
+    click.echo(f"wrote {sidecar}")
+
+
+@main.command()
+@click.argument("cube", type=click.Path(exists=True, file_okay=False, path_type=Path))
+def info(cube) -> None:
+    """Describe an observation cube (reads metadata only)."""
+    from rtsflow.io.cube import open_cube
+    from rtsflow.summary import cube_summary
+
+    click.echo(cube_summary(open_cube(cube), path=cube))
+
+
+@main.command()
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("demo_output"),
+              show_default=True)  # fmt: skip
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--size-km", type=float, default=5.0, show_default=True, help="Side of the square region (km).")
+@click.option("--cluster", default="local", show_default=True, help=CLUSTER_HELP)
+@click.option("--force", is_flag=True, help="Regenerate everything.")
+def demo(out, seed, size_km, cluster, force) -> None:
+    """Run the main job end to end on a built-in synthetic region."""
+    from pipelines.demo import run_demo
+
+    run_demo(out=out, seed=seed, size_km=size_km, cluster=cluster, force=force)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

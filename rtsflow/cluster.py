@@ -1,0 +1,59 @@
+"""Dask clusters for rtsflow: the embedded local default, or an existing scheduler."""
+
+from __future__ import annotations
+
+import logging
+import os
+from contextlib import contextmanager
+from collections.abc import Iterator
+
+import psutil
+from distributed import Client, LocalCluster
+
+__all__ = ["connect", "local_cluster"]
+
+log = logging.getLogger(__name__)
+
+
+def local_cluster(
+    *,
+    n_workers: int | None = None,
+    threads_per_worker: int = 1,
+    memory_fraction: float = 0.8,
+    dashboard_address: str | None = ":0",
+) -> LocalCluster:
+    """The embedded default: one worker process per core, memory split evenly.
+
+    GDAL, NumPy and PyTorch hold the GIL only briefly, but processes keep
+    rasterio handles, model caches and memory accounting per worker.
+    """
+    n = n_workers or max(1, os.cpu_count() or 1)
+    total = psutil.virtual_memory().total
+    return LocalCluster(
+        n_workers=n,
+        threads_per_worker=threads_per_worker,
+        processes=True,
+        memory_limit=int(total * memory_fraction / n),
+        dashboard_address=dashboard_address,
+        host="127.0.0.1",
+    )
+
+
+@contextmanager
+def connect(cluster: str = "local", *, n_workers: int | None = None, quiet: bool = False) -> Iterator[Client]:
+    """A client for ``"local"`` (start the embedded cluster) or a scheduler address.
+
+    Prints the dashboard link so a run can be watched.
+    """
+    if cluster == "local":
+        with local_cluster(n_workers=n_workers) as lc, Client(lc) as client:
+            if not quiet:
+                print(f"dask dashboard: {client.dashboard_link}", flush=True)
+            yield client
+    elif "://" in cluster or ":" in cluster:
+        with Client(cluster) as client:
+            if not quiet:
+                print(f"dask dashboard: {client.dashboard_link}", flush=True)
+            yield client
+    else:
+        raise ValueError(f"--cluster: expected 'local' or a scheduler address (tcp://host:port), got {cluster!r}")

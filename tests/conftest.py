@@ -1,0 +1,38 @@
+"""Shared fixtures: paths to the real reference data and small synthetic regions."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+
+def shared(*parts: str) -> Path:
+    """Path into ../shared/data; the suite needs it (CI has the same layout)."""
+    p = SHARED_DATA.joinpath(*parts)
+    if not p.exists():
+        raise FileNotFoundError(f"reference data missing: {p} (tests expect ../shared/data beside the repo)")
+    return p
+
+
+def tree_digest(path: Path) -> dict[str, str]:
+    """sha256 of every file under a directory, keyed by relative path."""
+    return {
+        str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(path.rglob("*"))
+        if p.is_file()
+    }
+
+
+@pytest.fixture(scope="session")
+def small_region(tmp_path_factory):
+    """A 1.5 x 1.5 km synthetic region, two winters + summer, generated once per session."""
+    from rtsflow.synth.generator import SynthConfig, synthesize
+
+    out = tmp_path_factory.mktemp("region")
+    config = SynthConfig(seed=3, size_km=(1.5, 1.5), winters=(2010, 2016), obs_per_winter=2, slump_density=4.0)
+    return synthesize(out, config=config)

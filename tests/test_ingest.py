@@ -1,0 +1,391 @@
+"""Ingest: reprojection onto the grid, real-data volumes, idempotency, bad input, parallel runs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from affine import Affine
+from click.testing import CliRunner
+
+from rtsflow.cli import main
+from rtsflow.grid import DEFAULT_GRID, Window
+from rtsflow.ingest import ingest
+from rtsflow.io import cube as cubeio
+from rtsflow.io.cube import CUBE_VARIABLES, open_cube
+from rtsflow.products import ProductError, write_sidecar
+
+from .conftest import shared, tree_digest
+
+GRID = DEFAULT_GRID
+# Two neighbouring blocks somewhere in the Canadian Arctic.
+BLOCK_A = GRID.block_window(110, 72)
+BLOCK_B = GRID.block_window(110, 73)
+
+
+def write_tif(path: Path, data: np.ndarray, *, transform: Affine, crs: str | None = "EPSG:3413",
+              nodata: float | None = None) -> Path:  # fmt: skip
+    profile = {"driver": "GTiff", "height": data.shape[0], "width": data.shape[1], "count": 1,
+               "dtype": data.dtype.name, "transform": transform, "nodata": nodata}  # fmt: skip
+    if crs is not None:
+        profile["crs"] = crs
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(data, 1)
+    return path
+
+
+def make_product(root: Path, pid: str, *, block: Window = BLOCK_A, offset: tuple[int, int] = (100, 100),
+                 shape: tuple[int, int] = (300, 200), seed: int = 0, coherence: float | None = 0.8,
+                 hoa: float | None = 40.0, acquired: str = "2011-01-15T10:00:00Z") -> Path:  # fmt: skip
+    """A small InSAR product on the grid inside ``block`` (or DEM-only with ``coherence=None``)."""
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    win = Window(block.row + offset[0], block.col + offset[1], *shape)
+    t = GRID.transform(win)
+    dem = (200 + rng.normal(0, 5, shape)).astype("float32")
+    paths = {"dem": write_tif(root / f"{pid}_dem.tif", dem, transform=t)}
+    if coherence is not None:
+        coh = np.clip(coherence + rng.normal(0, 0.05, shape), 0, 1).astype("float32")
+        paths["coherence"] = write_tif(root / f"{pid}_coh.tif", coh, transform=t)
+        ls = (rng.random(shape) < 0.01).astype("uint8")
+        paths["layover_shadow"] = write_tif(root / f"{pid}_ls.tif", ls, transform=t)
+        inc = rng.uniform(0.3, 1.2, shape).astype("float32")
+        paths["incidence"] = write_tif(root / f"{pid}_inc.tif", inc, transform=t)
+    return write_sidecar(root / f"{pid}.json", id=pid, acquired=acquired, hoa_m=hoa if coherence else None,
+                         orbit="ascending", sensor="test", **paths)  # fmt: skip
+
+
+# -- real data ------------------------------------------------------------------------------
+
+
+def test_mount_st_helens_dome_volume_matches_native_grid(tmp_path):
+    """EPSG:26910 DEM-only products → EPSG:3413 cube; dome volume with true ground area within 1 %."""
+    msh = shared("mount_st_helens")
+    dates = json.loads((msh / "dem.json").read_text())
+    sidecars = []
+    runner = CliRunner()
+    for n in (2, 12):
+        entry = dates[n - 1]
+        assert entry["filename"].startswith(f"{n}_")
+        acquired = entry["date"].replace("_", "-") + "T00:00:00Z"
+        sc = tmp_path / f"msh{n}.json"
+        r = runner.invoke(main, ["sidecar", str(sc), "--id", f"msh{n}", "--acquired", acquired,
+                                 "--dem", str(msh / f"{n}.tif"), "--sensor", "USGS"])  # fmt: skip
+        assert r.exit_code == 0, r.output
+        sidecars.append(str(sc))
+    cube = tmp_path / "cube.zarr"
+    r = runner.invoke(main, ["ingest", *sidecars, "--cube", str(cube), "--workers", "1"])
+    assert r.exit_code == 0, r.output
+
+    ds = open_cube(cube)
+    assert ds.rio.crs.to_epsg() == 3413
+    assert list(ds.product_id.values) == ["msh2", "msh12"]  # time order
+    assert list(ds.kind.values) == ["dem", "dem"]
+    ddem = (ds.dem.isel(obs=1) - ds.dem.isel(obs=0)).values.astype("float64")
+
+    with rasterio.open(msh / "2.tif") as a, rasterio.open(msh / "12.tif") as b:
+        native = b.read(1).astype("float64") - a.read(1).astype("float64")
+        native_volume = native.sum() * abs(a.res[0] * a.res[1])
+    assert native_volume > 1e7  # the dome grew by tens of millions of m³
+
+    changed = np.isfinite(ddem) & (ddem != 0)
+    rows, cols = np.nonzero(changed)
+    sub = Window(rows.min(), cols.min(), rows.max() - rows.min() + 1, cols.max() - cols.min() + 1)
+    cube_win = GRID.window_from_coords(ds.x.values, ds.y.values)
+    area = GRID.pixel_ground_area(Window(cube_win.row + sub.row, cube_win.col + sub.col, sub.height, sub.width))
+    d = np.nan_to_num(ddem[sub.row : sub.row_stop, sub.col : sub.col_stop])
+    true_volume = (d * area).sum()
+    nominal_volume = d.sum() * GRID.pixel_area_nominal
+    assert true_volume == pytest.approx(native_volume, rel=0.01)
+    # Without the ground-area correction the volume would be ~27 % too large at 46°N.
+    assert nominal_volume / native_volume == pytest.approx(1.27, abs=0.02)
+    # Outside the dome the two dates are identical, and stay so after resampling.
+    far = np.isfinite(ddem) & ~changed
+    assert far.sum() > 0.5 * np.isfinite(ddem).sum()
+
+
+# -- cube layout ----------------------------------------------------------------------------
+
+
+def test_cube_layout_chunks_attrs_and_crs(tmp_path):
+    p = make_product(tmp_path / "p", "a")
+    cube = tmp_path / "cube.zarr"
+    ingest([p], cube=cube, scheduler="sync")
+    ds = open_cube(cube)
+    assert ds.dem.dims == ("obs", "y", "x")
+    assert ds.dem.data.chunksize == (1, GRID.block_size, GRID.block_size)
+    for name in CUBE_VARIABLES:
+        for key in ("long_name", "units", "description"):
+            assert key in ds[name].attrs, (name, key)
+    assert ds.rio.crs.to_epsg() == 3413
+    assert ds.sizes["y"] % GRID.block_size == 0 and ds.sizes["x"] % GRID.block_size == 0
+    # Zarr layout: inner chunk = tile, shard = block.
+    import zarr
+
+    arr = zarr.open_group(str(cube), mode="r")["dem"]
+    assert arr.shards == (1, GRID.block_size, GRID.block_size)
+    assert arr.chunks == (1, GRID.tile_size, GRID.tile_size)
+    # Values landed where the product is (it sits exactly on the grid: no resampling change).
+    with rasterio.open(tmp_path / "p" / "a_dem.tif") as src:
+        original = src.read(1)
+    cube_win = GRID.window_from_coords(ds.x.values, ds.y.values)
+    prod_win = Window(BLOCK_A.row + 100, BLOCK_A.col + 100, 300, 200)
+    ys, xs = prod_win.relative_to(cube_win)
+    np.testing.assert_array_equal(ds.dem.isel(obs=0).values[ys, xs], original)
+    assert np.isnan(ds.dem.isel(obs=0).values[: ys.start, :]).all()
+    ls = ds.layover_shadow.isel(obs=0).values
+    assert set(np.unique(ls[ys, xs])) <= {0.0, 1.0} and np.isnan(ls[: ys.start]).all()
+    assert np.isnan(ds.sigma.isel(obs=0).values).all()  # InSAR products carry no sigma layer
+
+
+# -- idempotency and footprints -------------------------------------------------------------
+
+
+def test_ingest_twice_leaves_store_unchanged(tmp_path, small_region):
+    cube = tmp_path / "cube.zarr"
+    first = ingest(small_region.products, cube=cube, scheduler="threads")
+    assert len(first.added) == len(small_region.products)
+    before = tree_digest(cube)
+    again = ingest(small_region.products, cube=cube, scheduler="threads")
+    assert again.added == [] and len(again.skipped) == len(small_region.products)
+    assert tree_digest(cube) == before
+
+
+def test_adding_a_product_only_writes_its_blocks(tmp_path):
+    a = make_product(tmp_path / "p", "a", block=BLOCK_A)
+    b = make_product(tmp_path / "p", "b", block=BLOCK_B, seed=1, acquired="2014-02-01T00:00:00Z")
+    cube = tmp_path / "cube.zarr"
+    region = BLOCK_A.union(BLOCK_B)
+    ingest([a], cube=cube, region=region, scheduler="sync")
+    before = tree_digest(cube)
+    report = ingest([b], cube=cube, scheduler="sync")
+    assert report.blocks_written == 1
+    after = tree_digest(cube)
+    changed = {k for k in after if before.get(k) != after[k]}
+    shard_files = {k for k in changed if "/c/" in k and k.split("/")[0] in CUBE_VARIABLES}
+    # Every pixel shard written belongs to the new observation (obs index 1) and block B.
+    bcol = (BLOCK_B.col - region.col) // GRID.block_size
+    assert shard_files and all(k.split("/")[2] == "1" and k.split("/")[4] == str(bcol) for k in shard_files)
+    # Product a's shards are byte-identical.
+    a_shards = {k for k in before if "/c/0/" in k and k.split("/")[0] in CUBE_VARIABLES}
+    assert a_shards and all(after[k] == before[k] for k in a_shards)
+
+
+def test_product_outside_cube_is_refused_and_partial_is_clipped(tmp_path):
+    a = make_product(tmp_path / "p", "a", block=BLOCK_A)
+    cube = tmp_path / "cube.zarr"
+    ingest([a], cube=cube, scheduler="sync")
+    far = make_product(tmp_path / "p", "far", block=GRID.block_window(120, 90))
+    before = tree_digest(cube)
+    with pytest.raises(ProductError, match="outside the cube extent"):
+        ingest([far], cube=cube, scheduler="sync")
+    assert tree_digest(cube) == before
+    edge = make_product(tmp_path / "p", "edge", block=BLOCK_A, offset=(4000, 4000), shape=(200, 200))
+    with pytest.warns(UserWarning, match="clipped"):
+        ingest([edge], cube=cube, scheduler="sync")
+    assert open_cube(cube).sizes["obs"] == 2
+
+
+# -- bad input ------------------------------------------------------------------------------
+
+
+def _bad_products(root: Path) -> dict[str, tuple[Path, str]]:
+    """Bad products and a regex their error must match (naming the file and the field)."""
+    root.mkdir(parents=True, exist_ok=True)
+    t = GRID.transform(Window(BLOCK_A.row + 10, BLOCK_A.col + 10, 50, 50))
+    dem = np.full((50, 50), 100.0, "float32")
+    cases = {}
+
+    write_tif(root / "nocrs_dem.tif", dem, transform=t, crs=None)
+    cases["missing CRS"] = (write_sidecar_unchecked(root / "nocrs.json", id="nocrs", dem="nocrs_dem.tif"),
+                            r"nocrs_dem\.tif: field 'dem': has no CRS")  # fmt: skip
+
+    write_tif(root / "coh_dem.tif", dem, transform=t)
+    write_tif(root / "coh_coh.tif", np.full((50, 50), 1.5, "float32"), transform=t)
+    cases["coherence > 1"] = (write_sidecar_unchecked(root / "coh.json", id="coh", dem="coh_dem.tif",
+                                                      coherence="coh_coh.tif", hoa_m=40.0),
+                              r"coh_coh\.tif: field 'coherence': values span \[1\.5, 1\.5\]")  # fmt: skip
+
+    write_tif(root / "ok_dem.tif", dem, transform=t)
+    write_tif(root / "ok_coh.tif", np.full((50, 50), 0.7, "float32"), transform=t)
+    cases["missing HoA"] = (write_sidecar_unchecked(root / "nohoa.json", id="nohoa", dem="ok_dem.tif",
+                                                    coherence="ok_coh.tif"),
+                            r"nohoa\.json: field 'hoa_m': missing")  # fmt: skip
+    cases["negative HoA"] = (write_sidecar_unchecked(root / "neghoa.json", id="neghoa", dem="ok_dem.tif",
+                                                     coherence="ok_coh.tif", hoa_m=-3.0),
+                             r"neghoa\.json: field 'hoa_m': expected a positive number")  # fmt: skip
+
+    write_tif(root / "shape_coh.tif", np.full((40, 50), 0.7, "float32"), transform=t)
+    cases["coherence of other shape"] = (write_sidecar_unchecked(root / "shape.json", id="shape", dem="ok_dem.tif",
+                                                                 coherence="shape_coh.tif", hoa_m=40.0),
+                                         r"shape_coh\.tif: field 'coherence': shape 40x50 differs")  # fmt: skip
+    shifted = t @ Affine.translation(3, 0)
+    write_tif(root / "grid_coh.tif", np.full((50, 50), 0.7, "float32"), transform=shifted)
+    cases["coherence on other grid"] = (write_sidecar_unchecked(root / "grid.json", id="grid", dem="ok_dem.tif",
+                                                                coherence="grid_coh.tif", hoa_m=40.0),
+                                        r"grid_coh\.tif: field 'coherence': geotransform differs")  # fmt: skip
+
+    (root / "garbage_dem.tif").write_bytes(b"this is not a tiff" * 10)
+    cases["unreadable file"] = (write_sidecar_unchecked(root / "garbage.json", id="garbage", dem="garbage_dem.tif"),
+                                r"garbage_dem\.tif: field 'dem': cannot be read")  # fmt: skip
+    cases["missing file"] = (write_sidecar_unchecked(root / "missing.json", id="missing", dem="nothere.tif"),
+                             r"missing\.json: field 'dem': file not found")  # fmt: skip
+    (root / "broken.json").write_text('{"id": "broken", ')
+    cases["invalid JSON"] = (root / "broken.json", r"broken\.json: not valid JSON")
+
+    write_tif(root / "dup_dem.tif", dem + 1, transform=t)
+    cases["duplicate id, other content"] = (
+        write_sidecar_unchecked(root / "dup.json", id="a", dem="dup_dem.tif", acquired="2012-01-01T00:00:00Z"),
+        r"dup\.json: field 'id': product 'a' is already in .* with different content",
+    )
+    return cases
+
+
+def write_sidecar_unchecked(path: Path, **doc) -> Path:
+    """Write a sidecar as a user might, without rtsflow's own checks."""
+    doc.setdefault("acquired", "2011-02-01T00:00:00Z")
+    path.write_text(json.dumps(doc))
+    return path
+
+
+BAD_CASES = ["missing CRS", "coherence > 1", "missing HoA", "negative HoA", "coherence of other shape",
+             "coherence on other grid", "unreadable file", "missing file", "invalid JSON",
+             "duplicate id, other content"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def cube_with_one_product(tmp_path_factory):
+    root = tmp_path_factory.mktemp("badinput")
+    a = make_product(root / "good", "a")
+    cube = root / "cube.zarr"
+    ingest([a], cube=cube, scheduler="sync")
+    good = make_product(root / "good", "b", seed=5, acquired="2015-01-01T00:00:00Z")
+    return cube, good, _bad_products(root / "bad")
+
+
+@pytest.mark.parametrize("case", BAD_CASES)
+def test_bad_input_names_file_and_field_and_leaves_cube_byte_identical(cube_with_one_product, case, tmp_path):
+    cube, good, cases = cube_with_one_product
+    bad, pattern = cases[case]
+    before = tree_digest(cube)
+    # A good product in the same call must not be half-added either.
+    with pytest.raises(ProductError, match=pattern):
+        ingest([good, bad], cube=cube, scheduler="sync")
+    assert tree_digest(cube) == before
+    # On a new cube path nothing is created at all.
+    fresh = tmp_path / "fresh.zarr"
+    if case != "duplicate id, other content":
+        with pytest.raises(ProductError, match=pattern):
+            ingest([good, bad], cube=fresh, scheduler="sync")
+        assert not fresh.exists()
+
+
+def test_cli_reports_bad_input_with_exit_code_2(cube_with_one_product):
+    cube, good, cases = cube_with_one_product
+    bad, _ = cases["negative HoA"]
+    before = tree_digest(cube)
+    r = CliRunner().invoke(main, ["ingest", str(good), str(bad), "--cube", str(cube), "--workers", "1"])
+    assert r.exit_code == 2
+    assert "neghoa.json: field 'hoa_m'" in r.output
+    assert tree_digest(cube) == before
+
+
+def test_duplicate_ids_within_one_call(tmp_path):
+    a = make_product(tmp_path / "p1", "same")
+    a2 = make_product(tmp_path / "p2", "same")  # same content, other files: fine, ingested once
+    cube = tmp_path / "cube.zarr"
+    report = ingest([a, a2], cube=cube, scheduler="sync")
+    assert report.added == ["same"]
+    other = make_product(tmp_path / "p3", "same", seed=9)
+    with pytest.raises(ProductError, match="duplicate id 'same' with different content"):
+        ingest([a, other], cube=tmp_path / "c2.zarr", scheduler="sync")
+    assert not (tmp_path / "c2.zarr").exists()
+
+
+# -- failures during writes -----------------------------------------------------------------
+
+
+def test_failed_write_rolls_back_new_observations(tmp_path, monkeypatch):
+    a = make_product(tmp_path / "p", "a")
+    cube = tmp_path / "cube.zarr"
+    ingest([a], cube=cube, scheduler="sync")
+    before = tree_digest(cube)
+    b = make_product(tmp_path / "p", "b", seed=1, acquired="2014-01-01T00:00:00Z")
+    c = make_product(tmp_path / "p", "c", seed=2, acquired="2015-01-01T00:00:00Z")
+
+    import rtsflow.ingest as ing
+
+    real = ing.warp_to_window
+
+    def disk_full_on_c(info, **kw):  # fault injection: the write of product c fails
+        if info.path.name.startswith("c_"):
+            raise OSError(28, "No space left on device")
+        return real(info, **kw)
+
+    monkeypatch.setattr(ing, "warp_to_window", disk_full_on_c)
+    with pytest.raises(OSError, match="No space left"):
+        ingest([b, c], cube=cube, scheduler="sync")
+    assert open_cube(cube).sizes["obs"] == 1
+    after = tree_digest(cube)
+    # Shards of b were written then removed; metadata returns to one observation.
+    assert after == before
+    monkeypatch.undo()
+    assert ingest([b, c], cube=cube, scheduler="sync").added == ["b", "c"]
+
+
+def test_interrupted_ingest_is_hidden_then_rolled_back(tmp_path):
+    a = make_product(tmp_path / "p", "a")
+    cube = tmp_path / "cube.zarr"
+    ingest([a], cube=cube, scheduler="sync")
+    before = tree_digest(cube)
+    # What a process killed mid-ingest leaves behind: appended obs metadata and some shards, no commit.
+    from rtsflow.ingest import _obs_coords, prepare_product
+    from rtsflow.io.transaction import CubeTransaction
+
+    b = make_product(tmp_path / "p", "b", seed=1)
+    pb = prepare_product(b)
+    info = cubeio.cube_info(cube)
+    CubeTransaction(cube).begin(n_obs=1)
+    cubeio.append_obs_template(cube, grid=GRID, window=info.window, obs=_obs_coords([pb]))
+    block = GRID.snap(pb.footprint, to="block")
+    cubeio.write_block(cube, obs_index=1, block=block, cube_window=info.window,
+                       layers={"dem": np.ones(block.shape, "float32")})  # fmt: skip
+    assert open_cube(cube).sizes["obs"] == 1  # readers never see uncommitted observations
+    report = ingest([a], cube=cube, scheduler="sync")  # next ingest recovers first
+    assert any("interrupted" in n for n in report.notes)
+    assert tree_digest(cube) == before
+
+
+# -- parallel -------------------------------------------------------------------------------
+
+
+def test_parallel_ingest_on_local_cluster_equals_serial(tmp_path, small_region):
+    from distributed import Client
+
+    from rtsflow.cluster import local_cluster
+
+    serial = tmp_path / "serial.zarr"
+    ingest(small_region.products, cube=serial, scheduler="sync")
+    parallel = tmp_path / "parallel.zarr"
+    with local_cluster(n_workers=2, dashboard_address=None) as lc, Client(lc) as client:
+        ingest(small_region.products, cube=parallel)
+        ran_on = {ts.split("://")[-1] for ts in client.run(lambda: 1)}
+    assert len(ran_on) == 2
+    a, b = open_cube(serial), open_cube(parallel)
+    for name in CUBE_VARIABLES:
+        np.testing.assert_array_equal(a[name].values, b[name].values)
+    assert list(a.product_id.values) == list(b.product_id.values)
+
+
+def test_cube_path_that_is_not_a_cube_is_refused(tmp_path):
+    a = make_product(tmp_path / "p", "a")
+    target = tmp_path / "notes"
+    target.mkdir()
+    (target / "important.txt").write_text("keep me")
+    with pytest.raises(ProductError, match="not an rtsflow cube"):
+        ingest([a], cube=target, scheduler="sync")
+    assert (target / "important.txt").read_text() == "keep me"
+
