@@ -63,9 +63,11 @@ def run_demo(
     t0 = time.perf_counter()
     config = SynthConfig(seed=seed, size_km=(size_km, size_km))
     region = _region(out / "region", config, force=force)
-    print(f"[{time.perf_counter() - t0:6.1f} s] synthetic region: {out / 'region'} "
-          f"({size_km:g} x {size_km:g} km, {len(region.products)} products, {region.n_slumps} slumps)",
-          flush=True)  # fmt: skip
+    print(
+        f"[{time.perf_counter() - t0:6.1f} s] synthetic region: {out / 'region'} "
+        f"({size_km:g} x {size_km:g} km, {len(region.products)} products, {region.n_slumps} slumps)",
+        flush=True,
+    )
     cube = out / "cube.zarr"
     if force and cube.exists():
         import shutil
@@ -73,8 +75,11 @@ def run_demo(
         shutil.rmtree(cube)
     with connect(cluster):
         report = ingest(region.products, cube=cube)
-    print(f"[{time.perf_counter() - t0:6.1f} s] ingest: {len(report.added)} added, "
-          f"{len(report.skipped)} already present, {report.blocks_written} block writes", flush=True)  # fmt: skip
+    print(
+        f"[{time.perf_counter() - t0:6.1f} s] ingest: {len(report.added)} added, "
+        f"{len(report.skipped)} already present, {report.blocks_written} block writes",
+        flush=True,
+    )
     summary = cube_summary(open_cube(cube), path=cube)
     print(summary, flush=True)
     print(f"[{time.perf_counter() - t0:6.1f} s] done; outputs in {out.resolve()}", flush=True)

@@ -27,13 +27,25 @@ def main(verbose: int) -> None:
 @main.command()
 @click.argument("out", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--seed", type=int, default=0, show_default=True, help="Everything random derives from it.")
-@click.option("--size-km", type=float, nargs=2, default=(5.0, 5.0), show_default=True,
-              help="Region width and height (km).")  # fmt: skip
-@click.option("--center", type=float, nargs=2, default=(-119.6, 72.9), show_default=True,
-              help="Region centre as LON LAT (degrees).")  # fmt: skip
+@click.option(
+    "--size-km", type=float, nargs=2, default=(5.0, 5.0), show_default=True, help="Region width and height (km)."
+)
+@click.option(
+    "--center",
+    type=float,
+    nargs=2,
+    default=(-119.6, 72.9),
+    show_default=True,
+    help="Region centre as LON LAT (degrees).",
+)
 @click.option("--resolution", type=float, default=10.0, show_default=True, help="Pixel size (m).")
-@click.option("--winters", type=str, default="2010,2013,2016", show_default=True,
-              help="Comma-separated winters (year each starts).")  # fmt: skip
+@click.option(
+    "--winters",
+    type=str,
+    default="2010,2013,2016",
+    show_default=True,
+    help="Comma-separated winters (year each starts).",
+)
 @click.option("--obs-per-winter", type=int, default=3, show_default=True)
 @click.option("--no-summer", is_flag=True, help="Leave out the summer acquisitions.")
 @click.option("--slump-density", type=float, default=1.5, show_default=True, help="Slump sites per km².")
@@ -44,10 +56,17 @@ def synth(out, seed, size_km, center, resolution, winters, obs_per_winter, no_su
     try:
         years = tuple(int(w) for w in winters.split(","))
     except ValueError:
-        raise click.BadParameter(f"expected comma-separated years, got {winters!r}", param_hint="--winters")
-    config = SynthConfig(seed=seed, center_lonlat=tuple(center), size_km=tuple(size_km), resolution=resolution,
-                         winters=years, obs_per_winter=obs_per_winter, summer=not no_summer,
-                         slump_density=slump_density)  # fmt: skip
+        raise click.BadParameter(f"expected comma-separated years, got {winters!r}", param_hint="--winters") from None
+    config = SynthConfig(
+        seed=seed,
+        center_lonlat=tuple(center),
+        size_km=tuple(size_km),
+        resolution=resolution,
+        winters=years,
+        obs_per_winter=obs_per_winter,
+        summer=not no_summer,
+        slump_density=slump_density,
+    )
     region = synthesize(out, config=config)
     click.echo(f"wrote {len(region.products)} products and truth for {region.n_slumps} slumps to {out}")
     click.echo(f"products: {out / 'products'}/*.json")
@@ -55,10 +74,19 @@ def synth(out, seed, size_km, center, resolution, winters, obs_per_winter, no_su
 
 @main.command(name="ingest")
 @click.argument("products", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--cube", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Observation cube (Zarr); created if missing.")  # fmt: skip
-@click.option("--bbox", type=float, nargs=4, default=None,
-              help="Extent of a new cube: LEFT BOTTOM RIGHT TOP (in --bbox-crs); default: the products' union.")
+@click.option(
+    "--cube",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Observation cube (Zarr); created if missing.",
+)
+@click.option(
+    "--bbox",
+    type=float,
+    nargs=4,
+    default=None,
+    help="Extent of a new cube: LEFT BOTTOM RIGHT TOP (in --bbox-crs); default: the products' union.",
+)
 @click.option("--bbox-crs", default="EPSG:3413", show_default=True)
 @click.option("--resolution", type=float, default=10.0, show_default=True, help="Grid resolution of a new cube (m).")
 @click.option("--cluster", default="local", show_default=True, help=CLUSTER_HELP)
@@ -94,8 +122,11 @@ def ingest_cmd(products, cube, bbox, bbox_crs, resolution, cluster, workers) -> 
 @click.option("--coherence", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--layover-shadow", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--incidence", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--sigma", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="Per-pixel 1σ error raster (m) of a DEM-only product.")  # fmt: skip
+@click.option(
+    "--sigma",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Per-pixel 1σ error raster (m) of a DEM-only product.",
+)
 @click.option("--hoa", type=float, help="Height of ambiguity (m); required with --coherence.")
 @click.option("--orbit", type=click.Choice(["ascending", "descending", "unknown"]), default="unknown")
 @click.option("--sensor", default="unknown")
@@ -104,9 +135,19 @@ def sidecar(sidecar, pid, acquired, dem, coherence, layover_shadow, incidence, s
     from rtsflow.products import ProductError, write_sidecar
 
     try:
-        write_sidecar(sidecar, id=pid, acquired=acquired, dem=dem, coherence=coherence,
-                      layover_shadow=layover_shadow, incidence=incidence, sigma=sigma, hoa_m=hoa,
-                      orbit=orbit, sensor=sensor)  # fmt: skip
+        write_sidecar(
+            sidecar,
+            id=pid,
+            acquired=acquired,
+            dem=dem,
+            coherence=coherence,
+            layover_shadow=layover_shadow,
+            incidence=incidence,
+            sigma=sigma,
+            hoa_m=hoa,
+            orbit=orbit,
+            sensor=sensor,
+        )
     except ProductError as e:
         Path(sidecar).unlink(missing_ok=True)
         click.echo(f"error: {e}", err=True)
@@ -125,8 +166,7 @@ def info(cube) -> None:
 
 
 @main.command()
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("demo_output"),
-              show_default=True)  # fmt: skip
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("demo_output"), show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--size-km", type=float, default=5.0, show_default=True, help="Side of the square region (km).")
 @click.option("--cluster", default="local", show_default=True, help=CLUSTER_HELP)

@@ -196,9 +196,13 @@ class Grid:
         """Affine geotransform (GDAL order, north-up) of a window."""
         x0, y0 = GRID_ORIGIN
         return Affine(
-            self.resolution, 0.0, x0 + window.col * self.resolution,
-            0.0, -self.resolution, y0 - window.row * self.resolution,
-        )  # fmt: skip
+            self.resolution,
+            0.0,
+            x0 + window.col * self.resolution,
+            0.0,
+            -self.resolution,
+            y0 - window.row * self.resolution,
+        )
 
     def bounds(self, window: Window) -> tuple[float, float, float, float]:
         """(left, bottom, right, top) of a window in EPSG:3413 metres."""
@@ -269,9 +273,7 @@ class Grid:
         return Window(block_row * b, block_col * b, b, b)
 
     # -- regions ---------------------------------------------------------------
-    def region_from_bounds(
-        self, bounds: tuple[float, float, float, float], *, crs: str | CRS = GRID_CRS
-    ) -> Window:
+    def region_from_bounds(self, bounds: tuple[float, float, float, float], *, crs: str | CRS = GRID_CRS) -> Window:
         """Block-aligned window covering a bbox given in any CRS.
 
         The bbox edges are densified before reprojection, so curved edges in

@@ -86,19 +86,23 @@ def prepare_product(sidecar: str | Path, *, grid: Grid = DEFAULT_GRID) -> Prepar
             continue
         if info.crs != dem.crs:
             raise ProductError(
-                info.path, key, f"CRS {info.crs} differs from the DEM's {dem.crs}; "
-                "all layers of a product must share the DEM's grid",
-            )  # fmt: skip
+                info.path,
+                key,
+                f"CRS {info.crs} differs from the DEM's {dem.crs}; all layers of a product must share the DEM's grid",
+            )
         if (info.height, info.width) != (dem.height, dem.width):
             raise ProductError(
-                info.path, key, f"shape {info.height}x{info.width} differs from the DEM's "
+                info.path,
+                key,
+                f"shape {info.height}x{info.width} differs from the DEM's "
                 f"{dem.height}x{dem.width}; all layers of a product must share the DEM's grid",
-            )  # fmt: skip
+            )
         if not info.transform.almost_equals(dem.transform, precision=1e-6 * abs(dem.transform.a)):
             raise ProductError(
-                info.path, key, "geotransform differs from the DEM's; "
-                "all layers of a product must share the DEM's grid",
-            )  # fmt: skip
+                info.path,
+                key,
+                "geotransform differs from the DEM's; all layers of a product must share the DEM's grid",
+            )
     for key, info in layers.items():
         check_layer_values(info, key=key)
     footprint = grid.window_from_bounds(dem.grid_bounds())
@@ -113,7 +117,7 @@ def _catch(fn, *args, **kwargs):
     """
     try:
         return fn(*args, **kwargs), None
-    except Exception as e:  # noqa: BLE001 - re-raised by the caller
+    except Exception as e:
         return None, e
 
 
@@ -249,14 +253,20 @@ def ingest(
         pid = p.product.id
         if pid in seen:
             if seen[pid].content_hash != p.content_hash:
-                raise ProductError(p.product.sidecar, "id", f"duplicate id {pid!r} with different content "
-                                   f"than {seen[pid].product.sidecar}")  # fmt: skip
+                raise ProductError(
+                    p.product.sidecar,
+                    "id",
+                    f"duplicate id {pid!r} with different content than {seen[pid].product.sidecar}",
+                )
             continue
         seen[pid] = p
         if pid in existing:
             if existing[pid] != p.content_hash:
-                raise ProductError(p.product.sidecar, "id", f"product {pid!r} is already in {cube} "
-                                   "with different content; give the new product another id")  # fmt: skip
+                raise ProductError(
+                    p.product.sidecar,
+                    "id",
+                    f"product {pid!r} is already in {cube} with different content; give the new product another id",
+                )
             report.skipped.append(pid)
             continue
         new.append(p)
@@ -276,8 +286,11 @@ def ingest(
     for p in new:
         inside = p.footprint.intersection(window)
         if inside is None:
-            raise ProductError(p.product.sidecar, "dem", f"footprint {grid.bounds(p.footprint)} lies "
-                               f"outside the cube extent {grid.bounds(window)}")  # fmt: skip
+            raise ProductError(
+                p.product.sidecar,
+                "dem",
+                f"footprint {grid.bounds(p.footprint)} lies outside the cube extent {grid.bounds(window)}",
+            )
         if inside != p.footprint:
             msg = f"{p.product.id}: footprint extends beyond the cube extent; clipped"
             warnings.warn(msg, stacklevel=2)
@@ -301,9 +314,14 @@ def ingest(
                 block = grid.snap(part, to="block")
                 tasks.append(
                     dask.delayed(_catch)(
-                        _write_product_block, p, cube=str(cube), grid=grid, cube_window=window,
-                        obs_index=i, block=block,
-                    )  # fmt: skip
+                        _write_product_block,
+                        p,
+                        cube=str(cube),
+                        grid=grid,
+                        cube_window=window,
+                        obs_index=i,
+                        block=block,
+                    )
                 )
         results = dask.compute(*tasks, scheduler=scheduler)
         errors = [e for _, e in results if e is not None]

@@ -177,9 +177,7 @@ def read_product(sidecar: str | Path) -> Product:
 
     kind = "insar" if "coherence" in rasters else "dem"
     if "kind" in doc and doc["kind"] != kind:
-        raise ProductError(
-            path, "kind", f"says {doc['kind']!r} but the rasters make it a {kind!r} product"
-        )
+        raise ProductError(path, "kind", f"says {doc['kind']!r} but the rasters make it a {kind!r} product")
     if kind == "dem":
         for key in ("layover_shadow", "incidence"):
             if key in rasters:

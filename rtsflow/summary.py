@@ -34,9 +34,9 @@ def cube_summary(ds: xr.Dataset, *, path: str | Path | None = None) -> str:
         hoa = ds.hoa.values[i]
         hoa_s = "-" if np.isnan(hoa) else f"{hoa:.1f}"
         lines.append(
-            f"  {t:<20} {ds.product_id.values[i]!s:<28} {ds.kind.values[i]!s:<6} "
-            f"{ds.orbit.values[i]!s:<11} {hoa_s:>8}"
+            f"  {t:<20} {ds.product_id.values[i]!s:<28} {ds.kind.values[i]!s:<6} {ds.orbit.values[i]!s:<11} {hoa_s:>8}"
         )
-    lines.append("variables: " + ", ".join(f"{k} [{v.attrs.get('units', '')}]" for k, v in ds.data_vars.items()
-                                            if v.ndim == 3))  # fmt: skip
+    lines.append(
+        "variables: " + ", ".join(f"{k} [{v.attrs.get('units', '')}]" for k, v in ds.data_vars.items() if v.ndim == 3)
+    )
     return "\n".join(lines)

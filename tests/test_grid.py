@@ -12,8 +12,12 @@ from shapely.geometry import Polygon, box
 from rtsflow.grid import DEFAULT_GRID, GRID_ORIGIN, Grid, Window
 
 coord = st.floats(min_value=-5.9e6, max_value=5.9e6, allow_nan=False)
-grids = st.builds(Grid, resolution=st.sampled_from([2.0, 10.0, 12.5, 30.0]),
-                  tile_size=st.sampled_from([256, 512]), block_tiles=st.sampled_from([1, 2, 8]))
+grids = st.builds(
+    Grid,
+    resolution=st.sampled_from([2.0, 10.0, 12.5, 30.0]),
+    tile_size=st.sampled_from([256, 512]),
+    block_tiles=st.sampled_from([1, 2, 8]),
+)
 
 
 @given(grids, coord, coord)
@@ -52,12 +56,12 @@ def test_ids_stable_and_known():
 def test_snapped_region_covers_and_aligns(grid, x, y, w, h):
     bounds = (x, y, x + w, y + h)
     win = grid.region_from_bounds(bounds)
-    l, b, r, t = grid.bounds(win)
-    assert l <= bounds[0] and b <= bounds[1] and r >= bounds[2] and t >= bounds[3]
+    left, b, r, t = grid.bounds(win)
+    assert left <= bounds[0] and b <= bounds[1] and r >= bounds[2] and t >= bounds[3]
     bs = grid.block_size
     assert win.row % bs == 0 and win.col % bs == 0 and win.height % bs == 0 and win.width % bs == 0
     # Snapping is minimal: growing by less than a block on each side.
-    assert l > bounds[0] - bs * grid.resolution and r < bounds[2] + bs * grid.resolution
+    assert left > bounds[0] - bs * grid.resolution and r < bounds[2] + bs * grid.resolution
 
 
 @given(grids, st.integers(0, 10**6), st.integers(0, 10**6), st.integers(1, 5000), st.integers(1, 5000))
@@ -95,13 +99,15 @@ def test_region_from_lonlat_bbox_and_polygon():
     bbox = (-86.5, 79.5, -84.0, 80.2)  # Fosheim Peninsula, Ellesmere Island
     win = g.region_from_bounds(bbox, crs="EPSG:4326")
     # Every point on the densified bbox boundary lands inside the window.
-    lon = np.r_[np.linspace(bbox[0], bbox[2], 50), np.full(50, bbox[2]), np.linspace(bbox[2], bbox[0], 50),
-                np.full(50, bbox[0])]
-    lat = np.r_[np.full(50, bbox[1]), np.linspace(bbox[1], bbox[3], 50), np.full(50, bbox[3]),
-                np.linspace(bbox[3], bbox[1], 50)]
+    lon = np.r_[
+        np.linspace(bbox[0], bbox[2], 50), np.full(50, bbox[2]), np.linspace(bbox[2], bbox[0], 50), np.full(50, bbox[0])
+    ]
+    lat = np.r_[
+        np.full(50, bbox[1]), np.linspace(bbox[1], bbox[3], 50), np.full(50, bbox[3]), np.linspace(bbox[3], bbox[1], 50)
+    ]
     x, y = Transformer.from_crs("EPSG:4326", "EPSG:3413", always_xy=True).transform(lon, lat)
-    l, b, r, t = g.bounds(win)
-    assert (x >= l).all() and (x <= r).all() and (y >= b).all() and (y <= t).all()
+    left, b, r, t = g.bounds(win)
+    assert (x >= left).all() and (x <= r).all() and (y >= b).all() and (y <= t).all()
 
     # A thin diagonal polygon touches fewer blocks than its bounding window holds.
     poly = Polygon([(0, 0), (2e5, 2e5), (2e5 + 1e3, 2e5), (1e3, 0)])

@@ -26,10 +26,18 @@ BLOCK_A = GRID.block_window(110, 72)
 BLOCK_B = GRID.block_window(110, 73)
 
 
-def write_tif(path: Path, data: np.ndarray, *, transform: Affine, crs: str | None = "EPSG:3413",
-              nodata: float | None = None) -> Path:  # fmt: skip
-    profile = {"driver": "GTiff", "height": data.shape[0], "width": data.shape[1], "count": 1,
-               "dtype": data.dtype.name, "transform": transform, "nodata": nodata}  # fmt: skip
+def write_tif(
+    path: Path, data: np.ndarray, *, transform: Affine, crs: str | None = "EPSG:3413", nodata: float | None = None
+) -> Path:
+    profile = {
+        "driver": "GTiff",
+        "height": data.shape[0],
+        "width": data.shape[1],
+        "count": 1,
+        "dtype": data.dtype.name,
+        "transform": transform,
+        "nodata": nodata,
+    }
     if crs is not None:
         profile["crs"] = crs
     with rasterio.open(path, "w", **profile) as dst:
@@ -37,9 +45,18 @@ def write_tif(path: Path, data: np.ndarray, *, transform: Affine, crs: str | Non
     return path
 
 
-def make_product(root: Path, pid: str, *, block: Window = BLOCK_A, offset: tuple[int, int] = (100, 100),
-                 shape: tuple[int, int] = (300, 200), seed: int = 0, coherence: float | None = 0.8,
-                 hoa: float | None = 40.0, acquired: str = "2011-01-15T10:00:00Z") -> Path:  # fmt: skip
+def make_product(
+    root: Path,
+    pid: str,
+    *,
+    block: Window = BLOCK_A,
+    offset: tuple[int, int] = (100, 100),
+    shape: tuple[int, int] = (300, 200),
+    seed: int = 0,
+    coherence: float | None = 0.8,
+    hoa: float | None = 40.0,
+    acquired: str = "2011-01-15T10:00:00Z",
+) -> Path:
     """A small InSAR product on the grid inside ``block`` (or DEM-only with ``coherence=None``)."""
     root.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -54,8 +71,15 @@ def make_product(root: Path, pid: str, *, block: Window = BLOCK_A, offset: tuple
         paths["layover_shadow"] = write_tif(root / f"{pid}_ls.tif", ls, transform=t)
         inc = rng.uniform(0.3, 1.2, shape).astype("float32")
         paths["incidence"] = write_tif(root / f"{pid}_inc.tif", inc, transform=t)
-    return write_sidecar(root / f"{pid}.json", id=pid, acquired=acquired, hoa_m=hoa if coherence else None,
-                         orbit="ascending", sensor="test", **paths)  # fmt: skip
+    return write_sidecar(
+        root / f"{pid}.json",
+        id=pid,
+        acquired=acquired,
+        hoa_m=hoa if coherence else None,
+        orbit="ascending",
+        sensor="test",
+        **paths,
+    )
 
 
 # -- real data ------------------------------------------------------------------------------
@@ -72,8 +96,21 @@ def test_mount_st_helens_dome_volume_matches_native_grid(tmp_path):
         assert entry["filename"].startswith(f"{n}_")
         acquired = entry["date"].replace("_", "-") + "T00:00:00Z"
         sc = tmp_path / f"msh{n}.json"
-        r = runner.invoke(main, ["sidecar", str(sc), "--id", f"msh{n}", "--acquired", acquired,
-                                 "--dem", str(msh / f"{n}.tif"), "--sensor", "USGS"])  # fmt: skip
+        r = runner.invoke(
+            main,
+            [
+                "sidecar",
+                str(sc),
+                "--id",
+                f"msh{n}",
+                "--acquired",
+                acquired,
+                "--dem",
+                str(msh / f"{n}.tif"),
+                "--sensor",
+                "USGS",
+            ],
+        )
         assert r.exit_code == 0, r.output
         sidecars.append(str(sc))
     cube = tmp_path / "cube.zarr"
@@ -200,39 +237,54 @@ def _bad_products(root: Path) -> dict[str, tuple[Path, str]]:
     cases = {}
 
     write_tif(root / "nocrs_dem.tif", dem, transform=t, crs=None)
-    cases["missing CRS"] = (write_sidecar_unchecked(root / "nocrs.json", id="nocrs", dem="nocrs_dem.tif"),
-                            r"nocrs_dem\.tif: field 'dem': has no CRS")  # fmt: skip
+    cases["missing CRS"] = (
+        write_sidecar_unchecked(root / "nocrs.json", id="nocrs", dem="nocrs_dem.tif"),
+        r"nocrs_dem\.tif: field 'dem': has no CRS",
+    )
 
     write_tif(root / "coh_dem.tif", dem, transform=t)
     write_tif(root / "coh_coh.tif", np.full((50, 50), 1.5, "float32"), transform=t)
-    cases["coherence > 1"] = (write_sidecar_unchecked(root / "coh.json", id="coh", dem="coh_dem.tif",
-                                                      coherence="coh_coh.tif", hoa_m=40.0),
-                              r"coh_coh\.tif: field 'coherence': values span \[1\.5, 1\.5\]")  # fmt: skip
+    cases["coherence > 1"] = (
+        write_sidecar_unchecked(root / "coh.json", id="coh", dem="coh_dem.tif", coherence="coh_coh.tif", hoa_m=40.0),
+        r"coh_coh\.tif: field 'coherence': values span \[1\.5, 1\.5\]",
+    )
 
     write_tif(root / "ok_dem.tif", dem, transform=t)
     write_tif(root / "ok_coh.tif", np.full((50, 50), 0.7, "float32"), transform=t)
-    cases["missing HoA"] = (write_sidecar_unchecked(root / "nohoa.json", id="nohoa", dem="ok_dem.tif",
-                                                    coherence="ok_coh.tif"),
-                            r"nohoa\.json: field 'hoa_m': missing")  # fmt: skip
-    cases["negative HoA"] = (write_sidecar_unchecked(root / "neghoa.json", id="neghoa", dem="ok_dem.tif",
-                                                     coherence="ok_coh.tif", hoa_m=-3.0),
-                             r"neghoa\.json: field 'hoa_m': expected a positive number")  # fmt: skip
+    cases["missing HoA"] = (
+        write_sidecar_unchecked(root / "nohoa.json", id="nohoa", dem="ok_dem.tif", coherence="ok_coh.tif"),
+        r"nohoa\.json: field 'hoa_m': missing",
+    )
+    cases["negative HoA"] = (
+        write_sidecar_unchecked(
+            root / "neghoa.json", id="neghoa", dem="ok_dem.tif", coherence="ok_coh.tif", hoa_m=-3.0
+        ),
+        r"neghoa\.json: field 'hoa_m': expected a positive number",
+    )
 
     write_tif(root / "shape_coh.tif", np.full((40, 50), 0.7, "float32"), transform=t)
-    cases["coherence of other shape"] = (write_sidecar_unchecked(root / "shape.json", id="shape", dem="ok_dem.tif",
-                                                                 coherence="shape_coh.tif", hoa_m=40.0),
-                                         r"shape_coh\.tif: field 'coherence': shape 40x50 differs")  # fmt: skip
+    cases["coherence of other shape"] = (
+        write_sidecar_unchecked(
+            root / "shape.json", id="shape", dem="ok_dem.tif", coherence="shape_coh.tif", hoa_m=40.0
+        ),
+        r"shape_coh\.tif: field 'coherence': shape 40x50 differs",
+    )
     shifted = t @ Affine.translation(3, 0)
     write_tif(root / "grid_coh.tif", np.full((50, 50), 0.7, "float32"), transform=shifted)
-    cases["coherence on other grid"] = (write_sidecar_unchecked(root / "grid.json", id="grid", dem="ok_dem.tif",
-                                                                coherence="grid_coh.tif", hoa_m=40.0),
-                                        r"grid_coh\.tif: field 'coherence': geotransform differs")  # fmt: skip
+    cases["coherence on other grid"] = (
+        write_sidecar_unchecked(root / "grid.json", id="grid", dem="ok_dem.tif", coherence="grid_coh.tif", hoa_m=40.0),
+        r"grid_coh\.tif: field 'coherence': geotransform differs",
+    )
 
     (root / "garbage_dem.tif").write_bytes(b"this is not a tiff" * 10)
-    cases["unreadable file"] = (write_sidecar_unchecked(root / "garbage.json", id="garbage", dem="garbage_dem.tif"),
-                                r"garbage_dem\.tif: field 'dem': cannot be read")  # fmt: skip
-    cases["missing file"] = (write_sidecar_unchecked(root / "missing.json", id="missing", dem="nothere.tif"),
-                             r"missing\.json: field 'dem': file not found")  # fmt: skip
+    cases["unreadable file"] = (
+        write_sidecar_unchecked(root / "garbage.json", id="garbage", dem="garbage_dem.tif"),
+        r"garbage_dem\.tif: field 'dem': cannot be read",
+    )
+    cases["missing file"] = (
+        write_sidecar_unchecked(root / "missing.json", id="missing", dem="nothere.tif"),
+        r"missing\.json: field 'dem': file not found",
+    )
     (root / "broken.json").write_text('{"id": "broken", ')
     cases["invalid JSON"] = (root / "broken.json", r"broken\.json: not valid JSON")
 
@@ -251,9 +303,18 @@ def write_sidecar_unchecked(path: Path, **doc) -> Path:
     return path
 
 
-BAD_CASES = ["missing CRS", "coherence > 1", "missing HoA", "negative HoA", "coherence of other shape",
-             "coherence on other grid", "unreadable file", "missing file", "invalid JSON",
-             "duplicate id, other content"]  # fmt: skip
+BAD_CASES = [
+    "missing CRS",
+    "coherence > 1",
+    "missing HoA",
+    "negative HoA",
+    "coherence of other shape",
+    "coherence on other grid",
+    "unreadable file",
+    "missing file",
+    "invalid JSON",
+    "duplicate id, other content",
+]
 
 
 @pytest.fixture(scope="module")
@@ -351,8 +412,9 @@ def test_interrupted_ingest_is_hidden_then_rolled_back(tmp_path):
     CubeTransaction(cube).begin(n_obs=1)
     cubeio.append_obs_template(cube, grid=GRID, window=info.window, obs=_obs_coords([pb]))
     block = GRID.snap(pb.footprint, to="block")
-    cubeio.write_block(cube, obs_index=1, block=block, cube_window=info.window,
-                       layers={"dem": np.ones(block.shape, "float32")})  # fmt: skip
+    cubeio.write_block(
+        cube, obs_index=1, block=block, cube_window=info.window, layers={"dem": np.ones(block.shape, "float32")}
+    )
     assert open_cube(cube).sizes["obs"] == 1  # readers never see uncommitted observations
     report = ingest([a], cube=cube, scheduler="sync")  # next ingest recovers first
     assert any("interrupted" in n for n in report.notes)
@@ -388,4 +450,3 @@ def test_cube_path_that_is_not_a_cube_is_refused(tmp_path):
     with pytest.raises(ProductError, match="not an rtsflow cube"):
         ingest([a], cube=target, scheduler="sync")
     assert (target / "important.txt").read_text() == "keep me"
-

@@ -51,27 +51,42 @@ class VariableSpec:
 
 CUBE_VARIABLES: dict[str, VariableSpec] = {
     "dem": VariableSpec(
-        "float32", np.nan, "surface elevation", "m",
+        "float32",
+        np.nan,
+        "surface elevation",
+        "m",
         "Elevation of the observation resampled (bilinear) onto the rtsflow grid.",
     ),
     "coherence": VariableSpec(
-        "float32", np.nan, "interferometric coherence", "1",
+        "float32",
+        np.nan,
+        "interferometric coherence",
+        "1",
         "InSAR coherence γ in [0, 1] (bilinear); NaN for DEM-only products.",
     ),
     "layover_shadow": VariableSpec(
-        "uint8", 255, "SAR layover/shadow mask", "1",
+        "uint8",
+        255,
+        "SAR layover/shadow mask",
+        "1",
         "1 = layover or shadow, 0 = clear (nearest neighbour); missing where not supplied.",
     ),
     "incidence": VariableSpec(
-        "float32", np.nan, "local incidence angle", "rad",
+        "float32",
+        np.nan,
+        "local incidence angle",
+        "rad",
         "Local incidence angle of the radar beam on the terrain (bilinear).",
     ),
     "sigma": VariableSpec(
-        "float32", np.nan, "elevation error (1 sigma) supplied with the product", "m",
+        "float32",
+        np.nan,
+        "elevation error (1 sigma) supplied with the product",
+        "m",
         "Per-pixel elevation error of DEM-only products (e.g. ArcticDEM); "
         "for InSAR products σ_h is derived from coherence instead.",
     ),
-}  # fmt: skip
+}
 
 #: Per-observation coordinates: name -> (long_name, units, description).
 OBS_COORDS: dict[str, tuple[str, str, str]] = {
@@ -122,11 +137,17 @@ def _obs_dataset(grid: Grid, window: Window, obs: Mapping[str, np.ndarray]) -> x
         }
         data_vars[name] = (("obs", "y", "x"), arr, attrs)
     coords: dict[str, Any] = {
-        "x": ("x", x, {"long_name": "x coordinate of projection", "units": "m",
-                       "standard_name": "projection_x_coordinate"}),
-        "y": ("y", y, {"long_name": "y coordinate of projection", "units": "m",
-                       "standard_name": "projection_y_coordinate"}),
-    }  # fmt: skip
+        "x": (
+            "x",
+            x,
+            {"long_name": "x coordinate of projection", "units": "m", "standard_name": "projection_x_coordinate"},
+        ),
+        "y": (
+            "y",
+            y,
+            {"long_name": "y coordinate of projection", "units": "m", "standard_name": "projection_y_coordinate"},
+        ),
+    }
     for name, (long_name, units, description) in OBS_COORDS.items():
         values = np.asarray(obs[name])
         if values.dtype.kind in "OUT":
@@ -157,8 +178,7 @@ def _encoding(grid: Grid) -> dict[str, dict[str, Any]]:
         }
     for name in OBS_COORDS:
         enc[name] = {"chunks": (OBS_COORD_CHUNK,)}
-    enc["time"] |= {"units": "seconds since 1970-01-01T00:00:00", "calendar": "proleptic_gregorian",
-                   "dtype": "int64"}  # fmt: skip
+    enc["time"] |= {"units": "seconds since 1970-01-01T00:00:00", "calendar": "proleptic_gregorian", "dtype": "int64"}
     return enc
 
 
@@ -183,9 +203,7 @@ def create_cube(path: str | Path, *, grid: Grid, window: Window, obs: Mapping[st
             "grid_window": [window.row, window.col, window.height, window.width],
         }
     )
-    ds.to_zarr(
-        str(path), mode="w-", encoding=_encoding(grid), compute=False, zarr_format=3, consolidated=False
-    )
+    ds.to_zarr(str(path), mode="w-", encoding=_encoding(grid), compute=False, zarr_format=3, consolidated=False)
 
 
 def append_obs_template(path: str | Path, *, grid: Grid, window: Window, obs: Mapping[str, np.ndarray]) -> slice:
@@ -201,8 +219,9 @@ def append_obs_template(path: str | Path, *, grid: Grid, window: Window, obs: Ma
     return slice(n_before, n_before + len(obs["time"]))
 
 
-def write_block(path: str | Path, *, obs_index: int, block: Window, cube_window: Window,
-                layers: Mapping[str, np.ndarray]) -> None:  # fmt: skip
+def write_block(
+    path: str | Path, *, obs_index: int, block: Window, cube_window: Window, layers: Mapping[str, np.ndarray]
+) -> None:
     """Write one observation's layers for one block (a shard-aligned region write)."""
     ys, xs = block.relative_to(cube_window)
     data_vars = {}
@@ -253,8 +272,7 @@ def cube_info(path: str | Path) -> CubeInfo:
         raise ValueError(f"{path}: not an rtsflow observation cube (missing attribute {e})") from e
     ids = tuple(str(v) for v in group["product_id"][:])
     hashes = tuple(str(v) for v in group["content_hash"][:])
-    return CubeInfo(path=path, grid=grid, window=window, n_obs=len(ids), product_ids=ids,
-                    content_hashes=hashes)  # fmt: skip
+    return CubeInfo(path=path, grid=grid, window=window, n_obs=len(ids), product_ids=ids, content_hashes=hashes)
 
 
 def open_cube(path: str | Path, *, sort_by_time: bool = True) -> xr.Dataset:
@@ -277,9 +295,7 @@ def open_cube(path: str | Path, *, sort_by_time: bool = True) -> xr.Dataset:
     with warnings.catch_warnings():
         # The small obs coordinates are stored in long chunks and loaded right away.
         warnings.filterwarnings("ignore", "The specified chunks separate", UserWarning)
-        ds = xr.open_zarr(
-            str(path), consolidated=False, chunks={"obs": 1, "y": b, "x": b}, decode_coords="all"
-        )
+        ds = xr.open_zarr(str(path), consolidated=False, chunks={"obs": 1, "y": b, "x": b}, decode_coords="all")
     # Observations of an ingest that has not committed (or was killed) are not shown.
     committed = ds.attrs.get("rtsflow_committed_obs")
     if committed is not None and int(committed) < ds.sizes["obs"]:

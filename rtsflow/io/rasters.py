@@ -144,9 +144,7 @@ def check_layer_values(info: RasterInfo, *, key: str, rows_per_read: int = 2048)
     if bad_flags:
         raise ProductError(info.path, key, f"has values other than 0 and 1; expected {rule.expected}")
     if lo < rule.low - tol or hi > rule.high + tol:
-        raise ProductError(
-            info.path, key, f"values span [{lo:.6g}, {hi:.6g}]; expected {rule.expected}"
-        )
+        raise ProductError(info.path, key, f"values span [{lo:.6g}, {hi:.6g}]; expected {rule.expected}")
 
 
 def warp_to_window(
@@ -166,9 +164,7 @@ def warp_to_window(
     left, bottom, right, top = grid.bounds(window)
     src_crs = info.crs
     if src_crs != CRS.from_user_input(GRID_CRS):
-        left, bottom, right, top = transform_bounds(
-            GRID_CRS, src_crs, left, bottom, right, top, densify_pts=21
-        )
+        left, bottom, right, top = transform_bounds(GRID_CRS, src_crs, left, bottom, right, top, densify_pts=21)
     full = RioWindow(0, 0, info.width, info.height)
     try:
         win = from_bounds(left, bottom, right, top, transform=info.transform)

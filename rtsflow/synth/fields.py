@@ -21,9 +21,18 @@ __all__ = [
 ]
 
 _PURPOSES = {
-    "hills": 1, "valleys": 2, "lakes": 3, "slumps": 4, "pits": 5, "patches": 6,
-    "obs": 7, "noise": 8, "atmosphere": 9, "lake_change": 10, "wetness": 11,
-}  # fmt: skip
+    "hills": 1,
+    "valleys": 2,
+    "lakes": 3,
+    "slumps": 4,
+    "pits": 5,
+    "patches": 6,
+    "obs": 7,
+    "noise": 8,
+    "atmosphere": 9,
+    "lake_change": 10,
+    "wetness": 11,
+}
 
 
 def rng_for(seed: int, purpose: str, *keys: int) -> np.random.Generator:

@@ -42,8 +42,10 @@ from rtsflow.synth.scene import Scene, Slump
 
 __all__ = ["SynthConfig", "SynthRegion", "synthesize"]
 
-#: Generation windows are aligned to this lattice of global pixels.
+#: Default generation window (px); windows are aligned to a global lattice of this size.
 GEN_WINDOW = 2048
+#: Noise is drawn per cell of this global lattice (px), independent of the generation window.
+NOISE_CELL = 512
 _LAYERS = ("dem", "coherence", "layover_shadow", "incidence")
 
 
@@ -123,8 +125,9 @@ class SynthRegion:
         region.truth_confounders = root / doc["truth"]["confounders"]
         region.truth_rasters = {k: root / v for k, v in doc["truth"]["rasters"].items()}
         region.n_slumps = doc["n_slumps"]
-        region.observations = schedule(config.scene(), per_winter=config.obs_per_winter,
-                                       summer=config.summer, resolution=config.resolution)  # fmt: skip
+        region.observations = schedule(
+            config.scene(), per_winter=config.obs_per_winter, summer=config.summer, resolution=config.resolution
+        )
         return region
 
 
@@ -148,28 +151,40 @@ def _profile(grid: Grid, window: Window, dtype: str, nodata: float | None) -> di
     }
 
 
-def _gen_windows(window: Window) -> list[Window]:
-    """Intersections of the region with the global lattice of generation windows."""
-    g = GEN_WINDOW
+def _gen_windows(window: Window, size: int) -> list[Window]:
+    """Intersections of the region with a global lattice of ``size``-px generation windows."""
     out = []
-    for r in range((window.row // g) * g, window.row_stop, g):
-        for c in range((window.col // g) * g, window.col_stop, g):
-            part = Window(r, c, g, g).intersection(window)
+    for r in range((window.row // size) * size, window.row_stop, size):
+        for c in range((window.col // size) * size, window.col_stop, size):
+            part = Window(r, c, size, size).intersection(window)
             if part is not None:
                 out.append(part)
     return out
 
 
 def _noise(seed: int, obs_index: int, part: Window) -> np.ndarray:
-    """Standard-normal fields of a window, cropped from its global lattice window."""
-    g = GEN_WINDOW
-    r0, c0 = (part.row // g) * g, (part.col // g) * g
-    rng = rng_for(seed, "noise", obs_index, r0 // g, c0 // g)
-    full = rng.standard_normal((3, g, g), dtype=np.float32)
-    return full[:, part.row - r0 : part.row_stop - r0, part.col - c0 : part.col_stop - c0]
+    """Standard-normal fields of a window, assembled from a fixed global lattice of noise cells.
+
+    A pixel's noise depends only on (seed, observation, global position), not
+    on the region or the generation window it is computed in.
+    """
+    n = NOISE_CELL
+    out = np.empty((3, part.height, part.width), dtype=np.float32)
+    for r in range((part.row // n) * n, part.row_stop, n):
+        for c in range((part.col // n) * n, part.col_stop, n):
+            cell = Window(r, c, n, n)
+            common = cell.intersection(part)
+            if common is None:
+                continue
+            rng = rng_for(seed, "noise", obs_index, r // n, c // n)
+            full = rng.standard_normal((3, n, n), dtype=np.float32)
+            cy, cx = common.relative_to(cell)
+            py, px = common.relative_to(part)
+            out[:, py, px] = full[:, cy, cx]
+    return out
 
 
-def synthesize(out: str | Path, *, config: SynthConfig | None = None) -> SynthRegion:
+def synthesize(out: str | Path, *, config: SynthConfig | None = None, window_px: int = GEN_WINDOW) -> SynthRegion:
     """Generate a synthetic region: products (user format) and ground truth.
 
     Parameters
@@ -178,6 +193,9 @@ def synthesize(out: str | Path, *, config: SynthConfig | None = None) -> SynthRe
         Output directory (created; existing files of the same names are replaced).
     config
         What to generate; defaults to :class:`SynthConfig()`.
+    window_px
+        Edge of the generation windows (px): memory is bounded by one window,
+        and the output does not depend on it.
 
     Returns
     -------
@@ -190,8 +208,7 @@ def synthesize(out: str | Path, *, config: SynthConfig | None = None) -> SynthRe
     grid = config.grid()
     window = config.window()
     scene = config.scene()
-    observations = schedule(scene, per_winter=config.obs_per_winter, summer=config.summer,
-                            resolution=config.resolution)  # fmt: skip
+    observations = schedule(scene, per_winter=config.obs_per_winter, summer=config.summer, resolution=config.resolution)
     left, bottom, right, top = grid.bounds(window)
     centre = ((left + right) / 2, (bottom + top) / 2)
     region = SynthRegion(root=out, config=config, window=window, observations=observations)
@@ -199,9 +216,7 @@ def synthesize(out: str | Path, *, config: SynthConfig | None = None) -> SynthRe
     # -- products -------------------------------------------------------------
     paths = {(o.index, k): out / "products" / f"{o.id}_{k}.tif" for o in observations for k in _LAYERS}
     dtypes = {"dem": "float32", "coherence": "float32", "layover_shadow": "uint8", "incidence": "float32"}
-    files = {
-        key: rasterio.open(p, "w", **_profile(grid, window, dtypes[key[1]], None)) for key, p in paths.items()
-    }
+    files = {key: rasterio.open(p, "w", **_profile(grid, window, dtypes[key[1]], None)) for key, p in paths.items()}
     pairs = list(combinations(range(len(scene.epochs)), 2))
     truth_paths = {"water": out / "truth" / "water.tif"}
     for i, j in pairs:
@@ -213,12 +228,11 @@ def synthesize(out: str | Path, *, config: SynthConfig | None = None) -> SynthRe
         for k, p in truth_paths.items()
     }
     try:
-        for part in _gen_windows(window):
+        for part in _gen_windows(window, window_px):
             x, y = grid.coords(part)
             rw = RioWindow(part.col - window.col, part.row - window.row, part.width, part.height)
             for obs in observations:
-                layers = render_observation(scene, obs, x, y, noise=_noise(config.seed, obs.index, part),
-                                            centre=centre)  # fmt: skip
+                layers = render_observation(scene, obs, x, y, noise=_noise(config.seed, obs.index, part), centre=centre)
                 for k in _LAYERS:
                     files[(obs.index, k)].write(layers[k].astype(dtypes[k]), 1, window=rw)
             truth_files["water"].write(scene.water(x, y).astype(np.uint8), 1, window=rw)
@@ -226,9 +240,7 @@ def synthesize(out: str | Path, *, config: SynthConfig | None = None) -> SynthRe
                 w0, w1 = scene.epochs[i], scene.epochs[j]
                 dh = scene.slump_change(x, y, j, since=i)
                 truth_files[f"dh_{w0}_{w1}"].write(dh.astype(np.float32), 1, window=rw)
-                truth_files[f"rts_mask_{w0}_{w1}"].write(
-                    _active_mask(scene, x, y, i, j).astype(np.uint8), 1, window=rw
-                )
+                truth_files[f"rts_mask_{w0}_{w1}"].write(_active_mask(scene, x, y, i, j).astype(np.uint8), 1, window=rw)
     finally:
         for f in (*files.values(), *truth_files.values()):
             f.close()
@@ -236,9 +248,14 @@ def synthesize(out: str | Path, *, config: SynthConfig | None = None) -> SynthRe
     for obs in observations:
         sidecar = out / "products" / f"{obs.id}.json"
         write_sidecar(
-            sidecar, id=obs.id, acquired=obs.time, sensor="TanDEM-X (synthetic)", orbit=obs.orbit,
-            hoa_m=obs.hoa, **{k: paths[(obs.index, k)] for k in _LAYERS},
-        )  # fmt: skip
+            sidecar,
+            id=obs.id,
+            acquired=obs.time,
+            sensor="TanDEM-X (synthetic)",
+            orbit=obs.orbit,
+            hoa_m=obs.hoa,
+            **{k: paths[(obs.index, k)] for k in _LAYERS},
+        )
         region.products.append(sidecar)
 
     # -- truth vectors --------------------------------------------------------
@@ -258,10 +275,17 @@ def synthesize(out: str | Path, *, config: SynthConfig | None = None) -> SynthRe
         "epochs": list(scene.epochs),
         "products": [str(p.relative_to(out)) for p in region.products],
         "observations": [
-            {"id": o.id, "time": str(o.time), "winter": o.winter, "hoa_m": o.hoa, "orbit": o.orbit,
-             "shift_m": list(o.shift), "tilt": list(o.tilt)}
+            {
+                "id": o.id,
+                "time": str(o.time),
+                "winter": o.winter,
+                "hoa_m": o.hoa,
+                "orbit": o.orbit,
+                "shift_m": list(o.shift),
+                "tilt": list(o.tilt),
+            }
             for o in observations
-        ],  # fmt: skip
+        ],
         "truth": {
             "slumps": str(region.truth_slumps.relative_to(out)),
             "confounders": str(region.truth_confounders.relative_to(out)),
@@ -312,32 +336,36 @@ def _truth_slumps(scene: Scene, grid: Grid, window: Window) -> gpd.GeoDataFrame:
             if not mask.any():
                 continue
             dh = s.elevation_change(x, y, f1) - (s.elevation_change(x, y, f0) if f0 > 0 else 0.0)
-            shapes = [shapely.geometry.shape(g) for g, v in
-                      rasterio.features.shapes(mask.astype(np.uint8), mask=mask, transform=grid.transform(win))
-                      if v == 1]  # fmt: skip
+            shapes = [
+                shapely.geometry.shape(g)
+                for g, v in rasterio.features.shapes(mask.astype(np.uint8), mask=mask, transform=grid.transform(win))
+                if v == 1
+            ]
             geom = shapely.union_all(shapes)
             c = geom.centroid
             lon, lat = to_ll.transform(c.x, c.y)
             w0, w1 = scene.epochs[i], scene.epochs[j]
-            rows.append({
-                "slump_id": s.id,
-                "winter_start": w0,
-                "winter_end": w1,
-                "years": w1 - w0,
-                "onset_winter": scene.epochs[s.onset],
-                "new_in_period": s.fractions[i] == 0,
-                "n_pixels": int(mask.sum()),
-                "area_m2": float(ground[mask].sum()),
-                "area_nominal_m2": float(mask.sum() * grid.pixel_area_nominal),
-                "volume_m3": float((dh * ground)[mask].sum()),
-                "volume_nominal_m3": float(dh[mask].sum() * grid.pixel_area_nominal),
-                "mean_dh_m": float(dh[mask].mean()),
-                "max_depth_m": float(-dh[mask].min()),
-                "clipped": win != full,
-                "lon": lon,
-                "lat": lat,
-                "geometry": geom,
-            })  # fmt: skip
+            rows.append(
+                {
+                    "slump_id": s.id,
+                    "winter_start": w0,
+                    "winter_end": w1,
+                    "years": w1 - w0,
+                    "onset_winter": scene.epochs[s.onset],
+                    "new_in_period": s.fractions[i] == 0,
+                    "n_pixels": int(mask.sum()),
+                    "area_m2": float(ground[mask].sum()),
+                    "area_nominal_m2": float(mask.sum() * grid.pixel_area_nominal),
+                    "volume_m3": float((dh * ground)[mask].sum()),
+                    "volume_nominal_m3": float(dh[mask].sum() * grid.pixel_area_nominal),
+                    "mean_dh_m": float(dh[mask].mean()),
+                    "max_depth_m": float(-dh[mask].min()),
+                    "clipped": win != full,
+                    "lon": lon,
+                    "lat": lat,
+                    "geometry": geom,
+                }
+            )
     cols = ["slump_id", "winter_start", "winter_end", "geometry"]
     if not rows:
         return gpd.GeoDataFrame(columns=cols, geometry="geometry", crs=GRID_CRS)
@@ -351,16 +379,32 @@ def _truth_confounders(scene: Scene, grid: Grid, window: Window) -> gpd.GeoDataF
     for p in scene.pits(bounds):
         geom = shapely.Point(p.x, p.y).buffer(p.radius, quad_segs=16)
         if geom.intersects(box):
-            rows.append({"kind": "pit", "object_id": p.id, "onset_winter": scene.epochs[p.onset],
-                         "depth_m": p.depth, "level_change_m": 0.0, "geometry": geom})  # fmt: skip
+            rows.append(
+                {
+                    "kind": "pit",
+                    "object_id": p.id,
+                    "onset_winter": scene.epochs[p.onset],
+                    "depth_m": p.depth,
+                    "level_change_m": 0.0,
+                    "geometry": geom,
+                }
+            )
     for lake in scene.lakes(bounds):
         circle = shapely.Point(0, 0).buffer(1.0, quad_segs=32)
         geom = shapely.affinity.scale(circle, lake.a, lake.b)
         geom = shapely.affinity.rotate(geom, lake.angle, use_radians=True, origin=(0, 0))
         geom = shapely.affinity.translate(geom, lake.x, lake.y)
         if geom.intersects(box):
-            rows.append({"kind": "lake", "object_id": lake.id, "onset_winter": scene.epochs[0],
-                         "depth_m": 0.0, "level_change_m": float(lake.level_change[-1]), "geometry": geom})  # fmt: skip
+            rows.append(
+                {
+                    "kind": "lake",
+                    "object_id": lake.id,
+                    "onset_winter": scene.epochs[0],
+                    "depth_m": 0.0,
+                    "level_change_m": float(lake.level_change[-1]),
+                    "geometry": geom,
+                }
+            )
     if not rows:
         return gpd.GeoDataFrame(columns=["kind", "object_id", "geometry"], geometry="geometry", crs=GRID_CRS)
     return gpd.GeoDataFrame(rows, geometry="geometry", crs=GRID_CRS)

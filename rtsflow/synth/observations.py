@@ -48,37 +48,61 @@ def schedule(scene: Scene, *, per_winter: int = 3, summer: bool = True, resoluti
     out: list[Observation] = []
     for e, winter in enumerate(scene.epochs):
         rng = rng_for(scene.seed, "obs", winter)
-        months = sorted(rng.choice(_WINTER_MONTHS, size=min(per_winter, 7), replace=False),
-                        key=_WINTER_MONTHS.index)  # fmt: skip
+        months = sorted(rng.choice(_WINTER_MONTHS, size=min(per_winter, 7), replace=False), key=_WINTER_MONTHS.index)
         for k, month in enumerate(months):
             year = winter if month >= 10 else winter + 1
             day = int(rng.integers(1, 28))
             inside = k == 0 or rng.random() < 0.7
-            hoa = rng.uniform(20.0, 75.0) if inside else float(rng.choice([rng.uniform(8.0, 14.0),
-                                                                            rng.uniform(85.0, 130.0)]))
+            hoa = (
+                rng.uniform(20.0, 75.0)
+                if inside
+                else float(rng.choice([rng.uniform(8.0, 14.0), rng.uniform(85.0, 130.0)]))
+            )
             out.append(_obs(scene, rng, len(out), year, int(month), day, e, winter, hoa, 0.8, resolution))
         if summer:
             year = winter + 1
             hoa = rng.uniform(25.0, 70.0)
-            out.append(_obs(scene, rng, len(out), year, int(rng.choice([7, 8])), int(rng.integers(1, 28)),
-                            e, None, hoa, 0.55, resolution))  # fmt: skip
+            out.append(
+                _obs(
+                    scene,
+                    rng,
+                    len(out),
+                    year,
+                    int(rng.choice([7, 8])),
+                    int(rng.integers(1, 28)),
+                    e,
+                    None,
+                    hoa,
+                    0.55,
+                    resolution,
+                )
+            )
     return out
 
 
 def _obs(scene, rng, index, year, month, day, epoch, winter, hoa, coh, resolution) -> Observation:
     orbit = "ascending" if rng.random() < 0.5 else "descending"
-    time = np.datetime64(f"{year:04d}-{month:02d}-{day:02d}T{int(rng.integers(0, 24)):02d}:"
-                         f"{int(rng.integers(0, 60)):02d}:00", "s")  # fmt: skip
+    time = np.datetime64(
+        f"{year:04d}-{month:02d}-{day:02d}T{int(rng.integers(0, 24)):02d}:{int(rng.integers(0, 60)):02d}:00", "s"
+    )
     # Sub-pixel to ~3 px misregistration, in a random direction.
     mag = resolution * rng.uniform(0.1, 3.0)
     ang = rng.uniform(0, 2 * np.pi)
     tilt = (rng.normal(0, 4e-6), rng.normal(0, 4e-6), rng.normal(0, 0.5))
     oid = f"SYN{scene.seed}_{str(time)[:10].replace('-', '')}_{orbit[0].upper()}{index:02d}"
     return Observation(
-        index=index, id=oid, time=time, epoch=epoch, winter=winter, hoa=float(hoa), orbit=orbit,
-        incidence_deg=float(rng.uniform(32.0, 45.0)), shift=(mag * np.cos(ang), mag * np.sin(ang)),
-        tilt=tilt, coherence_base=float(coh + rng.uniform(-0.05, 0.1)),
-    )  # fmt: skip
+        index=index,
+        id=oid,
+        time=time,
+        epoch=epoch,
+        winter=winter,
+        hoa=float(hoa),
+        orbit=orbit,
+        incidence_deg=float(rng.uniform(32.0, 45.0)),
+        shift=(mag * np.cos(ang), mag * np.sin(ang)),
+        tilt=tilt,
+        coherence_base=float(coh + rng.uniform(-0.05, 0.1)),
+    )
 
 
 def look_direction(orbit: str) -> tuple[float, float]:
@@ -132,8 +156,9 @@ def render_observation(
 
     # Coherence: base, low-coherence patches, water, steep slopes, speckle.
     slope = np.arctan(np.hypot(gx, gy))
-    patches = PlaneWaves.random(rng_for(scene.seed, "patches", obs.index), n=16,
-                                wavelength=(300.0, 4000.0), rms=1.0).on_grid(x, y)  # fmt: skip
+    patches = PlaneWaves.random(
+        rng_for(scene.seed, "patches", obs.index), n=16, wavelength=(300.0, 4000.0), rms=1.0
+    ).on_grid(x, y)
     gamma = np.full(z.shape, obs.coherence_base, dtype=np.float64)
     gamma -= 0.5 * np.clip((patches - 1.0) / 0.6, 0.0, 1.0)
     gamma -= 0.3 * np.clip((np.rad2deg(slope) - 20.0) / 30.0, 0.0, 1.0)
@@ -144,8 +169,9 @@ def render_observation(
     sig = sigma_h(gamma, obs.hoa)
     ax, ay, c = obs.tilt
     tilt = ax * (x[None, :] - centre[0]) + ay * (y[:, None] - centre[1]) + c
-    atmosphere = PlaneWaves.random(rng_for(scene.seed, "atmosphere", obs.index), n=8,
-                                   wavelength=(2000.0, 20000.0), rms=0.1).on_grid(x, y)  # fmt: skip
+    atmosphere = PlaneWaves.random(
+        rng_for(scene.seed, "atmosphere", obs.index), n=8, wavelength=(2000.0, 20000.0), rms=0.1
+    ).on_grid(x, y)
     dem = z + tilt + atmosphere + sig * noise[0]
     return {
         "dem": dem.astype(np.float32),
@@ -154,4 +180,3 @@ def render_observation(
         "incidence": incidence.astype(np.float32),
         "sigma_h": sig.astype(np.float32),
     }
-

@@ -224,13 +224,15 @@ class Scene:
 
     @cached_property
     def hills(self) -> PlaneWaves:
-        return PlaneWaves.random(rng_for(self.seed, "hills"), n=48, wavelength=(250.0, 20_000.0),
-                                 rms=self.relief, spectral_slope=0.8)  # fmt: skip
+        return PlaneWaves.random(
+            rng_for(self.seed, "hills"), n=48, wavelength=(250.0, 20_000.0), rms=self.relief, spectral_slope=0.8
+        )
 
     @cached_property
     def valley_field(self) -> PlaneWaves:
-        return PlaneWaves.random(rng_for(self.seed, "valleys"), n=12, wavelength=(3_000.0, 12_000.0),
-                                 rms=1.0, spectral_slope=0.5)  # fmt: skip
+        return PlaneWaves.random(
+            rng_for(self.seed, "valleys"), n=12, wavelength=(3_000.0, 12_000.0), rms=1.0, spectral_slope=0.5
+        )
 
     # -- base terrain ----------------------------------------------------------
     _VALLEY_HALF_WIDTH = 0.06  # in units of the valley field
@@ -282,8 +284,10 @@ class Scene:
                         if di == dj == 0:
                             continue
                         n = self._candidate(kind, i + di, j + dj, cell, p)
-                        if n is not None and n.priority > c.priority and (
-                            math.hypot(n.x - c.x, n.y - c.y) < n.reach + c.reach
+                        if (
+                            n is not None
+                            and n.priority > c.priority
+                            and (math.hypot(n.x - c.x, n.y - c.y) < n.reach + c.reach)
                         ):
                             keep = False
                             break
@@ -324,16 +328,17 @@ class Scene:
             change.append(change[-1] - (rng.uniform(0.3, 2.0) if drains else rng.uniform(-0.1, 0.1)))
         return Lake(_cell_id(i, j), x, y, a, b, angle, level, tuple(change), priority, 1.5 * a + 20.0)
 
-    def _make_slump(self, i: int, j: int, rng: np.random.Generator, x: float, y: float,
-                    priority: float) -> Slump | None:  # fmt: skip
+    def _make_slump(
+        self, i: int, j: int, rng: np.random.Generator, x: float, y: float, priority: float
+    ) -> Slump | None:
         st = self.stats
-        area = float(np.clip(rng.lognormal(st["log_area_mean"], st["log_area_sd"]),
-                             st["area_min"], st["area_max"]))  # fmt: skip
+        area = float(np.clip(rng.lognormal(st["log_area_mean"], st["log_area_sd"]), st["area_min"], st["area_max"]))
         aspect = rng.uniform(0.8, 1.8)  # width / length: RTS are often wider than long
         length = float(np.sqrt(4.0 * area / (np.pi * aspect)))
         width = aspect * length
-        mean_depth = float(np.clip(rng.lognormal(st["log_depth_mean"], st["log_depth_sd"]),
-                                   st["depth_min"], st["depth_max"]))  # fmt: skip
+        mean_depth = float(
+            np.clip(rng.lognormal(st["log_depth_mean"], st["log_depth_sd"]), st["depth_min"], st["depth_max"])
+        )
         depth = min(mean_depth / SHAPE_MEAN, st["max_depth_cap"])
         onset = int(rng.integers(1, len(self.epochs))) if len(self.epochs) > 1 else 0
         fractions = [0.0] * onset + [rng.uniform(0.45, 0.85)]
