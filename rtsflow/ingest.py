@@ -124,23 +124,20 @@ def _catch(fn, *args, **kwargs):
 def _write_product_block(
     prepared: PreparedProduct, *, cube: str, grid: Grid, cube_window: Window, obs_index: int, block: Window
 ) -> bool:
-    """Warp every layer of one product onto one block and write it; False if nothing to write."""
+    """Warp every layer of one product onto its tiles in one block and write them; False if nothing to write."""
     part = prepared.footprint.intersection(block)
     if part is None:
         return False
-    # Warp only the footprint part (+2 px for the bilinear kernel), then embed in the block.
-    grown = Window(part.row - 2, part.col - 2, part.height + 4, part.width + 4).intersection(block)
-    ys, xs = grown.relative_to(block)
+    # Warp only the tiles the footprint touches; untouched tiles stay unstored.
+    tiles = grid.snap(part, to="tile").intersection(block)
     layers = {}
     for key, info in prepared.layers.items():
-        sub = warp_to_window(info, grid=grid, window=grown, resampling=LAYER_RULES[key].resampling)
+        sub = warp_to_window(info, grid=grid, window=tiles, resampling=LAYER_RULES[key].resampling)
         if np.isfinite(sub).any():
-            full = np.full(block.shape, np.nan, dtype=np.float32)
-            full[ys, xs] = sub
-            layers[key] = full
+            layers[key] = sub
     if "dem" not in layers:
         return False
-    cubeio.write_block(cube, obs_index=obs_index, block=block, cube_window=cube_window, layers=layers)
+    cubeio.write_block(cube, obs_index=obs_index, block=tiles, cube_window=cube_window, layers=layers)
     return True
 
 

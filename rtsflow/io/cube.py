@@ -222,22 +222,26 @@ def append_obs_template(path: str | Path, *, grid: Grid, window: Window, obs: Ma
 def write_block(
     path: str | Path, *, obs_index: int, block: Window, cube_window: Window, layers: Mapping[str, np.ndarray]
 ) -> None:
-    """Write one observation's layers for one block (a shard-aligned region write)."""
+    """Write one observation's layers into ``block`` (a tile-aligned window inside one shard).
+
+    Only the tiles of ``block`` are encoded; tiles that are all fill value are
+    not stored. Callers must not write the same shard concurrently (ingest
+    gives each (observation, block) to exactly one task).
+    """
+    grid_tile = zarr.open_group(str(path), mode="r", zarr_format=3).attrs["grid_tile_size"]
+    if block.row % grid_tile or block.col % grid_tile or block.height % grid_tile or block.width % grid_tile:
+        raise ValueError(f"{block} is not aligned to {grid_tile}-px tiles")
+    group = zarr.open_group(str(path), mode="r+", zarr_format=3)
     ys, xs = block.relative_to(cube_window)
-    data_vars = {}
     for name, arr in layers.items():
         spec = CUBE_VARIABLES[name]
+        if arr.shape != block.shape:
+            raise ValueError(f"layer {name}: shape {arr.shape} != block {block.shape}")
         if spec.dtype == "uint8":
             out = np.where(np.isfinite(arr), arr, spec.fill).astype(np.uint8)
         else:
             out = arr.astype(spec.dtype, copy=False)
-        data_vars[name] = (("obs", "y", "x"), out[np.newaxis])
-    ds = xr.Dataset(data_vars)
-    ds.to_zarr(
-        str(path),
-        region={"obs": slice(obs_index, obs_index + 1), "y": ys, "x": xs},
-        consolidated=False,
-    )
+        group[name][obs_index, ys, xs] = out
 
 
 def truncate_obs(path: str | Path, n_obs: int) -> None:

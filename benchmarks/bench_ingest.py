@@ -1,0 +1,118 @@
+"""Ingest throughput against a plain ``rasterio.warp.reproject`` of the same files, in one process.
+
+Generates a synthetic region (default 50 x 50 km = 2 500 km², which also
+exercises the block-by-block generator at benchmark scale), then:
+
+- baseline: for every layer of every product, read the whole file and
+  ``rasterio.warp.reproject`` it onto its footprint window of the rtsflow grid
+  (no checks, no store);
+- rtsflow ``ingest`` (full checks, content hashes, Zarr v3 sharded writes) on a
+  LocalCluster with 1 and 2 worker processes, into fresh cubes.
+
+Throughput is MB/s of input GeoTIFF bytes; figures are printed as ratios to the
+baseline measured in the same run. Usage::
+
+    python benchmarks/bench_ingest.py [--size-km 50] [--workers 1 2] [--out /tmp/rtsflow-bench]
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import shutil
+import time
+import tracemalloc
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import psutil
+import rasterio
+from distributed import Client
+from rasterio.warp import reproject
+
+from rtsflow.cluster import local_cluster
+from rtsflow.grid import DEFAULT_GRID, GRID_CRS
+from rtsflow.ingest import ingest
+from rtsflow.io.rasters import LAYER_RULES
+from rtsflow.products import read_product
+from rtsflow.synth.generator import SynthConfig, synthesize
+
+
+def baseline(products: list[Path]) -> float:
+    """Seconds to read and reproject every layer onto its grid footprint, sequentially."""
+    t0 = time.perf_counter()
+    for sc in products:
+        p = read_product(sc)
+        for key, path in p.rasters.items():
+            with rasterio.open(path) as src:
+                data = src.read(1, out_dtype="float32")
+                bounds = rasterio.warp.transform_bounds(src.crs, GRID_CRS, *src.bounds)
+                win = DEFAULT_GRID.window_from_bounds(bounds)
+                dst = np.full(win.shape, np.nan, dtype="float32")
+                reproject(
+                    data,
+                    dst,
+                    src_transform=src.transform,
+                    src_crs=src.crs,
+                    dst_transform=DEFAULT_GRID.transform(win),
+                    dst_crs=GRID_CRS,
+                    resampling=LAYER_RULES[key].resampling,
+                    dst_nodata=np.nan,
+                )
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size-km", type=float, default=50.0)
+    ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--out", type=Path, default=Path("/tmp/rtsflow-bench-ingest"))
+    args = ap.parse_args()
+
+    print(f"# ingest benchmark, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC")
+    print(
+        f"# machine: {platform.node()}, {psutil.cpu_count()} cores, "
+        f"{psutil.virtual_memory().total / 2**30:.0f} GiB, {platform.processor() or platform.machine()}"
+    )
+    config = SynthConfig(seed=1, size_km=(args.size_km, args.size_km), winters=(2010, 2016), obs_per_winter=2)
+    region_dir = args.out / "region"
+    shutil.rmtree(args.out, ignore_errors=True)
+    tracemalloc.start()
+    t0 = time.perf_counter()
+    region = synthesize(region_dir, config=config)
+    t_synth = time.perf_counter() - t0
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    px = region.window.height * region.window.width
+    print(
+        f"synth: {args.size_km**2:.0f} km², {px / 1e6:.1f} Mpx x {len(region.products)} products "
+        f"in {t_synth:.1f} s; peak traced memory {peak / 2**20:.0f} MiB "
+        f"(one float32 layer of the region: {px * 4 / 2**20:.0f} MiB)"
+    )
+
+    input_mb = sum(path.stat().st_size for sc in region.products for path in read_product(sc).rasters.values()) / 1e6
+    t_base = baseline(region.products)
+    base_mbs = input_mb / t_base
+    print(f"input: {input_mb:.0f} MB of GeoTIFF in {len(region.products)} products")
+    print(f"baseline rasterio.warp.reproject: {t_base:.1f} s = {base_mbs:.1f} MB/s (ratio 1.00)")
+    for n in args.workers:
+        cube = args.out / f"cube_{n}.zarr"
+        with local_cluster(n_workers=n, dashboard_address=None) as lc, Client(lc):
+            t0 = time.perf_counter()
+            report = ingest(region.products, cube=cube)
+            t = time.perf_counter() - t0
+        print(
+            f"rtsflow ingest, {n} worker process(es): {t:.1f} s = {input_mb / t:.1f} MB/s "
+            f"(ratio {input_mb / t / base_mbs:.2f}); {report.blocks_written} block writes"
+        )
+    t0 = time.perf_counter()
+    again = ingest(region.products, cube=args.out / f"cube_{args.workers[-1]}.zarr", scheduler="sync")
+    print(
+        f"re-ingest of the same products (idempotent skip): {time.perf_counter() - t0:.1f} s, "
+        f"{len(again.skipped)} skipped"
+    )
+
+
+if __name__ == "__main__":
+    main()
