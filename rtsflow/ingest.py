@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import shutil
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,6 +47,7 @@ class PreparedProduct:
     content_hash: str
     layers: dict[str, RasterInfo]
     footprint: Window
+    already_present: bool = False
 
 
 @dataclass
@@ -70,8 +71,20 @@ class IngestReport:
         return "\n".join(lines)
 
 
-def prepare_product(sidecar: str | Path, *, grid: Grid = DEFAULT_GRID) -> PreparedProduct:
+def prepare_product(
+    sidecar: str | Path, *, grid: Grid = DEFAULT_GRID, present: Mapping[str, str] | None = None
+) -> PreparedProduct:
     """Check one product completely (reads every pixel once) without writing anything.
+
+    Parameters
+    ----------
+    sidecar
+        The product's sidecar JSON.
+    grid
+        Grid the footprint is computed on.
+    present
+        ``product id -> content hash`` already in the cube: a product found
+        there with the same hash skips the pixel checks (``already_present``).
 
     Raises
     ------
@@ -103,10 +116,13 @@ def prepare_product(sidecar: str | Path, *, grid: Grid = DEFAULT_GRID) -> Prepar
                 key,
                 "geotransform differs from the DEM's; all layers of a product must share the DEM's grid",
             )
+    content_hash = product.content_hash()
+    footprint = grid.window_from_bounds(dem.grid_bounds())
+    if present is not None and present.get(product.id) == content_hash:
+        return PreparedProduct(product, content_hash, layers, footprint, already_present=True)
     for key, info in layers.items():
         check_layer_values(info, key=key)
-    footprint = grid.window_from_bounds(dem.grid_bounds())
-    return PreparedProduct(product, product.content_hash(), layers, footprint)
+    return PreparedProduct(product, content_hash, layers, footprint)
 
 
 def _catch(fn, *args, **kwargs):
@@ -230,8 +246,12 @@ def ingest(
         raise ProductError(cube, None, "exists and is not an rtsflow cube; refusing to overwrite it")
 
     # 1. Check every product (in parallel); nothing is written before all pass.
+    existing: dict[str, str] = {}
+    if exists:
+        existing = dict(zip(info.product_ids, info.content_hashes, strict=True))
     results = dask.compute(
-        *[dask.delayed(_catch)(prepare_product, p, grid=grid) for p in products], scheduler=scheduler
+        *[dask.delayed(_catch)(prepare_product, p, grid=grid, present=existing) for p in products],
+        scheduler=scheduler,
     )
     errors = [e for _, e in results if e is not None]
     if errors:
@@ -241,9 +261,6 @@ def ingest(
     prepared: list[PreparedProduct] = [r for r, _ in results]
 
     # 2. Duplicates: within this call and against the cube.
-    existing: dict[str, str] = {}
-    if exists:
-        existing = dict(zip(info.product_ids, info.content_hashes, strict=True))
     new: list[PreparedProduct] = []
     seen: dict[str, PreparedProduct] = {}
     for p in prepared:

@@ -25,8 +25,20 @@ def test_help_lists_commands():
 
 
 def test_synth_ingest_info(tmp_path):
-    r = run("synth", str(tmp_path / "region"), "--size-km", "1", "1", "--winters", "2010,2016",
-            "--obs-per-winter", "1", "--no-summer", "--seed", "7")
+    r = run(
+        "synth",
+        str(tmp_path / "region"),
+        "--size-km",
+        "1",
+        "1",
+        "--winters",
+        "2010,2016",
+        "--obs-per-winter",
+        "1",
+        "--no-summer",
+        "--seed",
+        "7",
+    )
     assert r.returncode == 0, r.stderr
     products = sorted((tmp_path / "region" / "products").glob("*.json"))
     assert len(products) == 2

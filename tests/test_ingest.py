@@ -144,6 +144,43 @@ def test_mount_st_helens_dome_volume_matches_native_grid(tmp_path):
     assert far.sum() > 0.5 * np.isfinite(ddem).sum()
 
 
+def test_on_grid_fast_path_equals_gdal_warp(tmp_path):
+    """Products already on the grid are copied; the result equals a GDAL bilinear/nearest warp."""
+    from rasterio.enums import Resampling
+    from rasterio.warp import reproject
+
+    from rtsflow.io.rasters import inspect_raster, warp_to_window
+
+    rng = np.random.default_rng(1)
+    src_win = Window(BLOCK_A.row + 7, BLOCK_A.col + 3, 60, 80)
+    data = rng.normal(100, 10, src_win.shape).astype("float32")
+    path = write_tif(tmp_path / "on.tif", data, transform=GRID.transform(src_win))
+    info = inspect_raster(path, sidecar=path, key="dem")
+    target = Window(src_win.row - 5, src_win.col + 10, 64, 64)  # overlaps the raster partly
+    for resampling in (Resampling.bilinear, Resampling.nearest):
+        fast = warp_to_window(info, grid=GRID, window=target, resampling=resampling)
+        gdal = np.full(target.shape, np.nan, "float32")
+        reproject(
+            data,
+            gdal,
+            src_transform=GRID.transform(src_win),
+            src_crs="EPSG:3413",
+            src_nodata=np.nan,
+            dst_transform=GRID.transform(target),
+            dst_crs="EPSG:3413",
+            dst_nodata=np.nan,
+            resampling=resampling,
+        )
+        np.testing.assert_array_equal(fast, gdal)
+    # Half a pixel off the grid: the real warp path is taken, and values are interpolated.
+    off = write_tif(tmp_path / "off.tif", data, transform=GRID.transform(src_win) @ Affine.translation(0.5, 0))
+    warped = warp_to_window(
+        inspect_raster(off, sidecar=off, key="dem"), grid=GRID, window=target, resampling=Resampling.bilinear
+    )
+    inner = warped[10:40, 2:30]
+    assert np.isfinite(inner).all() and not np.isin(inner, data).all()
+
+
 # -- cube layout ----------------------------------------------------------------------------
 
 

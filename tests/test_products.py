@@ -65,8 +65,9 @@ def test_write_sidecar_roundtrip_and_check(tmp_path):
     assert doc["acquired"] == "2012-03-04T05:06:07Z"
     assert read_product(path).rasters["dem"] == (tmp_path / "d.tif").resolve()
     with pytest.raises(ProductError, match="hoa_m"):
-        write_sidecar(tmp_path / "y.json", id="y", acquired="2012-03-04", dem=tmp_path / "d.tif",
-                      coherence=tmp_path / "d.tif")
+        write_sidecar(
+            tmp_path / "y.json", id="y", acquired="2012-03-04", dem=tmp_path / "d.tif", coherence=tmp_path / "d.tif"
+        )
 
 
 def test_content_hash_changes_with_bytes_and_metadata(tmp_path):

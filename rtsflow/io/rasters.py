@@ -15,7 +15,7 @@ from rasterio.warp import reproject, transform_bounds
 from rasterio.windows import Window as RioWindow
 from rasterio.windows import from_bounds
 
-from rtsflow.grid import GRID_CRS, Grid, Window
+from rtsflow.grid import GRID_CRS, GRID_ORIGIN, Grid, Window
 from rtsflow.products import ProductError
 
 __all__ = [
@@ -147,6 +147,20 @@ def check_layer_values(info: RasterInfo, *, key: str, rows_per_read: int = 2048)
         raise ProductError(info.path, key, f"values span [{lo:.6g}, {hi:.6g}]; expected {rule.expected}")
 
 
+def _grid_offset(info: RasterInfo, grid: Grid) -> tuple[int, int] | None:
+    """(row, col) of the raster's first pixel on the grid, if it lies exactly on the grid."""
+    if info.crs != CRS.from_user_input(GRID_CRS):
+        return None
+    t, r = info.transform, grid.resolution
+    if abs(t.a - r) > 1e-9 * r or abs(t.e + r) > 1e-9 * r or t.b != 0 or t.d != 0:
+        return None
+    x0, y0 = GRID_ORIGIN
+    col, row = (t.c - x0) / r, (y0 - t.f) / r
+    if abs(col - round(col)) > 1e-6 or abs(row - round(row)) > 1e-6:
+        return None
+    return round(row), round(col)
+
+
 def warp_to_window(
     info: RasterInfo,
     *,
@@ -161,6 +175,17 @@ def warp_to_window(
     """
     dst = np.full(window.shape, np.nan, dtype=np.float32)
     dst_transform = grid.transform(window)
+    offset = _grid_offset(info, grid)
+    if offset is not None:
+        # Already on the grid (same CRS, pixel size and pixel edges): resampling is the
+        # identity, so copy the overlapping pixels instead of warping them.
+        src_win = Window(window.row - offset[0], window.col - offset[1], window.height, window.width)
+        inside = src_win.intersection(Window(0, 0, info.height, info.width))
+        if inside is not None:
+            a = read_layer(info, RioWindow(inside.col, inside.row, inside.width, inside.height))
+            ys, xs = inside.relative_to(src_win)
+            dst[ys, xs] = a
+        return dst
     left, bottom, right, top = grid.bounds(window)
     src_crs = info.crs
     if src_crs != CRS.from_user_input(GRID_CRS):
