@@ -487,3 +487,30 @@ def test_cube_path_that_is_not_a_cube_is_refused(tmp_path):
     with pytest.raises(ProductError, match="not an rtsflow cube"):
         ingest([a], cube=target, scheduler="sync")
     assert (target / "important.txt").read_text() == "keep me"
+
+
+def test_dem_only_product_with_error_raster(tmp_path):
+    """ArcticDEM-style products: DEM plus a per-pixel σ raster, no coherence or HoA."""
+    root = tmp_path / "p"
+    root.mkdir()
+    win = Window(BLOCK_A.row + 50, BLOCK_A.col + 50, 40, 30)
+    t = GRID.transform(win)
+    dem = write_tif(root / "strip_dem.tif", np.full(win.shape, 55.0, "float32"), transform=t, nodata=-9999.0)
+    err = write_tif(root / "strip_err.tif", np.full(win.shape, 0.4, "float32"), transform=t)
+    sc = write_sidecar(
+        root / "strip.json", id="strip", acquired="2015-03-01T00:00:00Z", dem=dem, sigma=err, sensor="WorldView"
+    )
+    cube = tmp_path / "cube.zarr"
+    ingest([sc], cube=cube, scheduler="sync")
+    ds = open_cube(cube)
+    assert ds.kind.values[0] == "dem" and np.isnan(ds.hoa.values[0])
+    cube_win = GRID.window_from_coords(ds.x.values, ds.y.values)
+    ys, xs = win.relative_to(cube_win)
+    assert (ds.sigma.isel(obs=0).values[ys, xs] == np.float32(0.4)).all()
+    assert (ds.dem.isel(obs=0).values[ys, xs] == 55.0).all()
+    assert np.isnan(ds.coherence.isel(obs=0).values).all()
+    # Negative errors are refused.
+    bad = write_tif(root / "bad_err.tif", np.full(win.shape, -1.0, "float32"), transform=t)
+    bsc = write_sidecar(root / "bad.json", id="bad", acquired="2016-03-01T00:00:00Z", dem=dem, sigma=bad)
+    with pytest.raises(ProductError, match=r"bad_err\.tif: field 'sigma': values span"):
+        ingest([bsc], cube=cube, scheduler="sync")
