@@ -279,7 +279,7 @@ def cube_info(path: str | Path) -> CubeInfo:
     return CubeInfo(path=path, grid=grid, window=window, n_obs=len(ids), product_ids=ids, content_hashes=hashes)
 
 
-def open_cube(path: str | Path, *, sort_by_time: bool = True) -> xr.Dataset:
+def open_cube(path: str | Path, *, sort_by_time: bool = True, chunk: int | None = None) -> xr.Dataset:
     """Open an observation cube lazily, with dask chunks equal to blocks.
 
     Parameters
@@ -288,6 +288,8 @@ def open_cube(path: str | Path, *, sort_by_time: bool = True) -> xr.Dataset:
         The cube store.
     sort_by_time
         Return observations in acquisition order (the store keeps ingest order).
+    chunk
+        Dask chunk edge (px); default the block. Must divide the block.
 
     Returns
     -------
@@ -295,7 +297,9 @@ def open_cube(path: str | Path, *, sort_by_time: bool = True) -> xr.Dataset:
         Dask-backed; obs coordinates are loaded (they are small).
     """
     info = cube_info(path)
-    b = info.grid.block_size
+    b = info.grid.block_size if chunk is None else int(chunk)
+    if info.grid.block_size % b:
+        raise ValueError(f"chunk {b} must divide the block size {info.grid.block_size}")
     with warnings.catch_warnings():
         # The small obs coordinates are stored in long chunks and loaded right away.
         warnings.filterwarnings("ignore", "The specified chunks separate", UserWarning)

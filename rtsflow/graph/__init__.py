@@ -1,0 +1,1 @@
+"""Lazy dask/xarray graphs built from the NumPy kernels; nothing here computes."""
