@@ -39,7 +39,10 @@ class SelectionRules:
     sensors: tuple[str, ...] | None = None
 
 
-def select_observations(cube: xr.Dataset, *, rules: SelectionRules = SelectionRules()) -> pd.DataFrame:
+DEFAULT_RULES = SelectionRules()
+
+
+def select_observations(cube: xr.Dataset, *, rules: SelectionRules = DEFAULT_RULES) -> pd.DataFrame:
     """One row per observation: its winter, whether it is used, and why not.
 
     Parameters

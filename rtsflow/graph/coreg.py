@@ -13,7 +13,7 @@ import xarray as xr
 from rtsflow.grid import Grid
 from rtsflow.kernels.coreg import FIT_FIELDS, STATUS, apply_fit, fit_block, resolve_fallbacks
 
-__all__ = ["CoregConfig", "coregister"]
+__all__ = ["DEFAULT_COREG", "CoregConfig", "coregister"]
 
 
 @dataclass(frozen=True)
@@ -41,13 +41,16 @@ class CoregConfig:
     subsample: int = 200_000
 
 
+DEFAULT_COREG = CoregConfig()
+
+
 def coregister(
     reference: xr.DataArray,
     target: xr.DataArray,
     stable: xr.DataArray,
     *,
     grid: Grid,
-    config: CoregConfig = CoregConfig(),
+    config: CoregConfig = DEFAULT_COREG,
 ) -> tuple[xr.DataArray, xr.Dataset]:
     """Align ``target`` to ``reference``, fitting one transformation per grid block.
 
@@ -90,7 +93,7 @@ def coregister(
     )  # fmt: skip
 
     # One parameter vector (+ chunk origin within its block) per dask chunk.
-    halo = int(math.ceil(config.max_shift_px)) + 2
+    halo = math.ceil(config.max_shift_px) + 2
     ychunks, xchunks = tba.chunks
     y0s, x0s = np.cumsum((0, *ychunks[:-1])), np.cumsum((0, *xchunks[:-1]))
     rows = []
@@ -121,8 +124,8 @@ def coregister(
     units = {"shift_x": "m", "shift_y": "m", "shift_z": "m", "n_stable": "1", "nmad_before": "m",
              "nmad_after": "m", "status": "1"}  # fmt: skip
     for k, name in enumerate(FIT_FIELDS):
-        attrs = {"long_name": name.replace("_", " "), "units": units.get(name, "m"),
-                 "description": _FIT_DOC.get(name, "Deramp polynomial coefficient (block-relative pixel indices).")}  # fmt: skip
+        doc = _FIT_DOC.get(name, "Deramp polynomial coefficient (block-relative pixel indices).")
+        attrs = {"long_name": name.replace("_", " "), "units": units.get(name, "m"), "description": doc}
         fit_vars[f"coreg_{name}"] = (("block_y", "block_x"), table[:, :, k], attrs)
     fits_ds = xr.Dataset(fit_vars, coords={"block_y": by, "block_x": bx})
     fits_ds["coreg_status"].attrs["flag_values"] = list(STATUS.values())

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import dask.array as da
 import numpy as np
@@ -15,7 +15,7 @@ from rtsflow.kernels.error import sigma_h
 from rtsflow.kernels.quality import sar_quality_mask
 from rtsflow.selection import SelectionRules, select_observations
 
-__all__ = ["CompositeConfig", "observation_error", "quality_mask", "seasonal_composites"]
+__all__ = ["DEFAULT_COMPOSITE", "CompositeConfig", "observation_error", "quality_mask", "seasonal_composites"]
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,10 @@ class CompositeConfig:
     looks: float = 4.0
     min_coherence: float = 0.3
     max_incidence: float = 1.0
-    rules: SelectionRules = SelectionRules()
+    rules: SelectionRules = field(default_factory=SelectionRules)
+
+
+DEFAULT_COMPOSITE = CompositeConfig()
 
 
 def observation_error(cube: xr.Dataset, *, looks: float = 4.0) -> xr.DataArray:
@@ -90,7 +93,7 @@ def seasonal_composites(
     cube: xr.Dataset,
     *,
     winters: Sequence[int] | None = None,
-    config: CompositeConfig = CompositeConfig(),
+    config: CompositeConfig = DEFAULT_COMPOSITE,
 ) -> tuple[xr.Dataset, pd.DataFrame]:
     """Per-winter weighted composites of the selected, quality-masked observations (lazy).
 

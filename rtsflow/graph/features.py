@@ -7,8 +7,8 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from rtsflow.graph.coreg import CoregConfig, coregister
-from rtsflow.graph.dem import CompositeConfig, seasonal_composites
+from rtsflow.graph.coreg import DEFAULT_COREG, CoregConfig, coregister
+from rtsflow.graph.dem import DEFAULT_COMPOSITE, CompositeConfig, seasonal_composites
 from rtsflow.grid import Grid
 from rtsflow.kernels.ddem import ddem as ddem_kernel
 from rtsflow.kernels.ddem import ddem_norm as ddem_norm_kernel
@@ -41,8 +41,8 @@ def pair_features(
     earlier: int,
     later: int,
     water: xr.DataArray | None = None,
-    composite: CompositeConfig = CompositeConfig(),
-    coreg: CoregConfig | None = CoregConfig(),
+    composite: CompositeConfig = DEFAULT_COMPOSITE,
+    coreg: CoregConfig | None = DEFAULT_COREG,
 ) -> tuple[xr.Dataset, pd.DataFrame]:
     """Features for the period between two winters, as one lazy graph.
 
