@@ -32,7 +32,7 @@ from rtsflow.io.rasters import (
 )
 from rtsflow.products import Product, ProductError, read_product
 
-__all__ = ["IngestReport", "PreparedProduct", "ingest", "prepare_product"]
+__all__ = ["IngestReport", "PreparedProduct", "ingest", "ingest_mask", "prepare_product"]
 
 log = logging.getLogger(__name__)
 
@@ -354,3 +354,52 @@ def ingest(
     report.added = [p.product.id for p in new]
     report.input_bytes = sum(lay.path.stat().st_size for p in new for lay in p.layers.values())
     return report
+
+
+def ingest_mask(
+    raster: str | Path,
+    *,
+    cube: str | Path,
+    name: str = "water",
+    long_name: str = "water mask",
+    scheduler: str | None = None,
+) -> int:
+    """Add a static mask GeoTIFF (1 = set, 0 = clear; any CRS) to a cube as a ``y × x`` variable.
+
+    Resampled with nearest neighbour, written tile by tile; all-or-nothing
+    (a failure removes the half-written variable). Returns the number of
+    blocks written.
+
+    Raises
+    ------
+    ProductError
+        If the raster is unreadable, has no CRS or values other than 0/1.
+    """
+    cube = Path(cube)
+    raster = Path(raster).resolve()
+    info_cube = cubeio.cube_info(cube)
+    grid, window = info_cube.grid, info_cube.window
+    layer = inspect_raster(raster, sidecar=raster, key=name if name in LAYER_RULES else "water")
+    check_layer_values(layer, key="water")
+    footprint = grid.window_from_bounds(layer.grid_bounds()).intersection(window)
+    if footprint is None:
+        raise ProductError(raster, name, f"footprint lies outside the cube extent {grid.bounds(window)}")
+    cubeio.create_mask(cube, name=name, long_name=long_name, source=str(raster),
+                       description=f"1 = {long_name.removesuffix(' mask')}, 0 = clear, from {raster.name} (nearest).")  # fmt: skip
+
+    def write(block: Window) -> bool:
+        tiles = grid.snap(footprint.intersection(block), to="tile").intersection(block)
+        values = warp_to_window(layer, grid=grid, window=tiles, resampling=LAYER_RULES["water"].resampling)
+        cubeio.write_mask_window(cube, name=name, window=tiles, cube_window=window, values=values)
+        return True
+
+    tasks = [dask.delayed(_catch)(write, grid.snap(part, to="block")) for _, part in grid.blocks(footprint)]
+    try:
+        results = dask.compute(*tasks, scheduler=scheduler)
+        errors = [e for _, e in results if e is not None]
+        if errors:
+            raise errors[0]
+    except BaseException:
+        shutil.rmtree(cube / name, ignore_errors=True)
+        raise
+    return len(tasks)

@@ -31,12 +31,20 @@ class SelectionRules:
 
     ``hoa_range`` applies to InSAR products only (DEM-only products have no HoA);
     ``months=None`` keeps every month; ``orbits``/``sensors`` = None keeps all.
+    ``epoch`` groups observations into composites: ``"winter"`` (labelled by
+    the year the winter starts, as in the paper) or ``"date"`` (each UTC day
+    its own epoch, labelled YYYYMMDD: for repeat DEMs that are not seasonal).
     """
 
     hoa_range: tuple[float, float] = (15.0, 80.0)
     months: tuple[int, ...] | None = WINTER_MONTHS
     orbits: tuple[str, ...] | None = None
     sensors: tuple[str, ...] | None = None
+    epoch: str = "winter"
+
+    def __post_init__(self) -> None:
+        if self.epoch not in ("winter", "date"):
+            raise ValueError(f"epoch must be 'winter' or 'date', got {self.epoch!r}")
 
 
 DEFAULT_RULES = SelectionRules()
@@ -56,7 +64,7 @@ def select_observations(cube: xr.Dataset, *, rules: SelectionRules = DEFAULT_RUL
     -------
     pandas.DataFrame
         Columns ``obs`` (position in ``cube``), ``product_id``, ``time``,
-        ``kind``, ``hoa``, ``orbit``, ``sensor``, ``winter``, ``selected``,
+        ``kind``, ``hoa``, ``orbit``, ``sensor``, ``winter``, ``epoch``, ``selected``,
         ``reason`` (empty when selected; otherwise every rule it failed, ``;``-joined).
     """
     time = np.asarray(cube["time"].values, dtype="datetime64[ns]")
@@ -72,6 +80,10 @@ def select_observations(cube: xr.Dataset, *, rules: SelectionRules = DEFAULT_RUL
         }
     )
     df["winter"] = winter_of(time)
+    if rules.epoch == "winter":
+        df["epoch"] = df["winter"]
+    else:
+        df["epoch"] = df["time"].dt.strftime("%Y%m%d").astype(int)
     month = df["time"].dt.month.to_numpy()
     reasons: list[list[str]] = [[] for _ in range(len(df))]
     lo, hi = rules.hoa_range

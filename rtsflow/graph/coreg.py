@@ -39,6 +39,8 @@ class CoregConfig:
     max_slope_deg: float = 40.0
     outlier_nmad: float = 4.0
     subsample: int = 200_000
+    max_iterations: int = 30
+    offset_threshold: float = 0.001
 
 
 DEFAULT_COREG = CoregConfig()
@@ -85,6 +87,7 @@ def coregister(
                 ref[ys, xs], tba[ys, xs], ok[ys, xs], transform=grid.transform(block), crs=grid.crs,
                 min_stable=config.min_stable, max_shift_px=config.max_shift_px,
                 outlier_nmad=config.outlier_nmad, deramp=config.deramp, subsample=config.subsample,
+                max_iterations=config.max_iterations, offset_threshold=config.offset_threshold,
             ))  # fmt: skip
         fits.append(row)
     table = da.from_delayed(

@@ -102,8 +102,9 @@ def seasonal_composites(
     cube
         Observation cube (dask-backed, as from :func:`rtsflow.io.cube.open_cube`).
     winters
-        Winters to build (labelled by the year they start); default: every
-        winter with a selected observation.
+        Epochs to build: winters labelled by the year they start (or YYYYMMDD
+        dates with ``rules.epoch == "date"``); default: every epoch with a
+        selected observation.
     config
         Weighting, thresholds and selection rules.
 
@@ -118,18 +119,20 @@ def seasonal_composites(
     selection = select_observations(cube, rules=config.rules)
     used = selection[selection.selected]
     if winters is None:
-        winters = sorted(used.winter.unique())
+        winters = sorted(used.epoch.unique())
     winters = [int(w) for w in winters]
-    missing = [w for w in winters if not (used.winter == w).any()]
+    missing = [w for w in winters if not (used.epoch == w).any()]
     if missing:
-        raise ValueError(f"no selected observation in winter(s) {missing}; see the selection table for why")
+        raise ValueError(
+            f"no selected observation in epoch(s) {missing} ({config.rules.epoch}s); see the selection table for why"
+        )
     sig = observation_error(cube, looks=config.looks)
     bad = quality_mask(cube, min_coherence=config.min_coherence, max_incidence=config.max_incidence)
     dem = cube["dem"].where(~bad)
     weight = xr.where(cube["kind"] == "insar", cube["coherence"], np.float32(1.0)).astype(np.float32)
     layers = []
     for w in winters:
-        idx = used.obs[used.winter == w].to_numpy()
+        idx = used.obs[used.epoch == w].to_numpy()
         stack = [a.isel(obs=idx).data.rechunk({0: -1}) for a in (dem, sig, weight)]
         out = da.map_blocks(
             _composite_block, *stack, method=config.method, drop_axis=0, new_axis=0,

@@ -93,7 +93,11 @@ def pair_features(
     d = xr.apply_ufunc(ddem_kernel, h2, h1, dask="parallelized", output_dtypes=[np.float32])
     ds_sigma = xr.apply_ufunc(ddem_sigma_kernel, s2, s1, dask="parallelized", output_dtypes=[np.float32])
     d_norm = xr.apply_ufunc(ddem_norm_kernel, d, ds_sigma, dask="parallelized", output_dtypes=[np.float32])
-    years = int(later - earlier)
+    if composite.rules.epoch == "winter":
+        years = float(later - earlier)
+    else:
+        t = selection[selection.selected].groupby("epoch").time.mean()
+        years = float((t[later] - t[earlier]) / np.timedelta64(1, "D") / 365.25)
     out = xr.Dataset(
         {
             "ddem": d.astype(np.float32).assign_attrs(_attrs(

@@ -33,7 +33,8 @@ def weighted_composite(
     composite, sigma_composite, count
         h = Σwᵢhᵢ / Σwᵢ; σ = √(Σwᵢ²σᵢ²) / Σwᵢ (independent errors), which is
         1/√(Σ1/σᵢ²) for inverse-variance weights; count = observations used.
-        NaN (count 0) where no observation is valid.
+        NaN (count 0) where no observation is valid; σ is NaN where a used
+        observation's σ is unknown.
     """
     dem = np.asarray(dem)
     sigma = np.asarray(sigma)
@@ -47,7 +48,9 @@ def weighted_composite(
             w = 1.0 / np.asarray(sigma, dtype=np.float64) ** 2
     else:
         raise ValueError(f"method must be 'coherence' or 'inverse_variance', got {method!r}")
-    valid = np.isfinite(dem) & np.isfinite(sigma) & np.isfinite(w) & (w > 0)
+    # An observation counts where it has an elevation and a usable weight; an
+    # unknown σ (DEM-only product without error layer) leaves the composite σ unknown.
+    valid = np.isfinite(dem) & np.isfinite(w) & (w > 0)
     w = np.where(valid, w, 0.0)
     wsum = w.sum(axis=0)
     with np.errstate(invalid="ignore", divide="ignore"):

@@ -1,0 +1,185 @@
+"""NumPy kernels of the DEM graph, against closed forms, brute-force loops and properties."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from rtsflow.grid import DEFAULT_GRID, Window
+from rtsflow.kernels.composite import weighted_composite
+from rtsflow.kernels.coreg import FIT_FIELDS, STATUS, apply_fit, fit_block, nmad, resolve_fallbacks
+from rtsflow.kernels.ddem import ddem, ddem_norm, ddem_sigma
+from rtsflow.kernels.quality import sar_quality_mask
+from rtsflow.kernels.terrain import slope_horn
+from rtsflow.synth.observations import render_observation, schedule
+from rtsflow.synth.scene import Scene
+
+
+def test_quality_mask_rules():
+    coh = np.array([0.8, 0.29, 0.3, np.nan, 0.9, 0.9])
+    ls = np.array([0, 0, 0, 0, 1, np.nan])
+    inc = np.array([0.5, 0.5, 0.5, 0.5, 0.5, 1.2])
+    assert sar_quality_mask(coh, layover_shadow=ls, incidence=inc).tolist() == [False, True, False, True, True, True]
+    # Thresholds are configurable; layers are optional.
+    assert sar_quality_mask(coh, min_coherence=0.2).tolist() == [False, False, False, True, False, False]
+
+
+def _brute_composite(dem, sigma, w):
+    n, ny, nx = dem.shape
+    comp, sig, cnt = np.full((ny, nx), np.nan), np.full((ny, nx), np.nan), np.zeros((ny, nx), int)
+    for i in range(ny):
+        for j in range(nx):
+            num = den = var = 0.0
+            for k in range(n):
+                if np.isfinite(dem[k, i, j]) and np.isfinite(w[k, i, j]) and w[k, i, j] > 0:
+                    num += w[k, i, j] * dem[k, i, j]
+                    den += w[k, i, j]
+                    var += w[k, i, j] ** 2 * sigma[k, i, j] ** 2
+                    cnt[i, j] += 1
+            if cnt[i, j]:
+                comp[i, j], sig[i, j] = num / den, np.sqrt(var) / den
+    return comp, sig, cnt
+
+
+def test_composite_matches_brute_force_loop():
+    rng = np.random.default_rng(0)
+    dem = rng.normal(100, 5, (4, 7, 6))
+    dem[rng.random(dem.shape) < 0.3] = np.nan
+    sigma = rng.uniform(0.5, 3, dem.shape)
+    gamma = rng.uniform(0, 1, dem.shape)
+    comp, sig, cnt = weighted_composite(dem, sigma, weights=gamma)
+    bc, bs, bn = _brute_composite(dem, sigma, gamma)
+    np.testing.assert_allclose(comp, bc, rtol=1e-12)
+    np.testing.assert_allclose(sig, bs, rtol=1e-12)
+    np.testing.assert_array_equal(cnt, bn)
+
+
+def test_composite_closed_forms():
+    dem = np.array([[[1.0]], [[3.0]], [[np.nan]]])
+    sigma = np.array([[[1.0]], [[2.0]], [[1.0]]])
+    comp, sig, cnt = weighted_composite(dem, sigma, method="inverse_variance")
+    # w = 1, 1/4: h = (1 + 3/4) / 1.25 = 1.4; σ = 1/√(1 + 1/4)
+    assert comp[0, 0] == pytest.approx(1.4)
+    assert sig[0, 0] == pytest.approx(1 / np.sqrt(1.25))
+    assert cnt[0, 0] == 2
+    # Equal weights and errors: the mean, and σ/√n.
+    comp, sig, _ = weighted_composite(dem[:2], np.ones((2, 1, 1)), weights=np.ones((2, 1, 1)))
+    assert comp[0, 0] == pytest.approx(2.0) and sig[0, 0] == pytest.approx(1 / np.sqrt(2))
+    with pytest.raises(ValueError, match="needs weights"):
+        weighted_composite(dem, sigma)
+
+
+stacks = arrays(np.float64, (5, 3, 3), elements=st.one_of(st.just(np.nan), st.floats(-100, 100)))
+
+
+@given(stacks, st.floats(0.1, 10.0))
+@settings(max_examples=60)
+def test_composite_nan_handling_and_weight_normalisation(dem, scale):
+    rng = np.random.default_rng(1)
+    w = rng.uniform(0.1, 1.0, dem.shape)
+    sigma = rng.uniform(0.5, 2.0, dem.shape)
+    comp, sig, cnt = weighted_composite(dem, sigma, weights=w)
+    comp2, sig2, _ = weighted_composite(dem, sigma, weights=w * scale)
+    np.testing.assert_allclose(comp, comp2, rtol=1e-9, atol=1e-9)  # only relative weights matter
+    np.testing.assert_allclose(sig, sig2, rtol=1e-9, atol=1e-12)
+    np.testing.assert_array_equal(cnt, np.isfinite(dem).sum(axis=0))
+    empty = cnt == 0
+    assert np.isnan(comp[empty]).all() and np.isfinite(comp[~empty]).all()
+    lo, hi = (
+        np.nanmin(np.where(np.isfinite(dem), dem, np.inf), 0),
+        np.nanmax(np.where(np.isfinite(dem), dem, -np.inf), 0),
+    )
+    assert (comp[~empty] >= lo[~empty] - 1e-9).all() and (comp[~empty] <= hi[~empty] + 1e-9).all()
+
+
+def test_ddem_kernels():
+    assert ddem(np.array([10.0]), np.array([12.5]))[0] == -2.5
+    assert ddem_sigma(np.array([3.0]), np.array([4.0]))[0] == 5.0
+    out = ddem_norm(np.array([-2.5, 1.0, 1.0, 1.0]), np.array([5.0, 0.0, np.nan, np.inf]))
+    assert out[0] == pytest.approx(-0.5) and np.isnan(out[1:]).all()
+
+
+def test_horn_slope_plane_and_brute_force():
+    res = 10.0
+    yy, xx = np.mgrid[0:20, 0:30] * res
+    a, b = 0.1, -0.05
+    plane = a * xx + b * yy
+    s = slope_horn(plane, resolution=res)
+    assert np.isnan(s[0]).all() and np.isnan(s[:, -1]).all()
+    np.testing.assert_allclose(s[1:-1, 1:-1], np.degrees(np.arctan(np.hypot(a, b))), rtol=1e-5)
+    z = np.random.default_rng(0).normal(0, 3, (8, 9))
+    s = slope_horn(z, resolution=res)
+    for i in range(1, 7):
+        for j in range(1, 8):
+            w = z[i - 1 : i + 2, j - 1 : j + 2]
+            dx = ((w[0, 2] + 2 * w[1, 2] + w[2, 2]) - (w[0, 0] + 2 * w[1, 0] + w[2, 0])) / (8 * res)
+            dy = ((w[2, 0] + 2 * w[2, 1] + w[2, 2]) - (w[0, 0] + 2 * w[0, 1] + w[0, 2])) / (8 * res)
+            assert s[i, j] == pytest.approx(np.degrees(np.arctan(np.hypot(dx, dy))), rel=1e-5)
+
+
+# -- co-registration ------------------------------------------------------------------------
+
+
+def _pair(shift_m, tilt, n=600, seed=2):
+    """Two noisy synthetic winter DEMs; the later one shifted and tilted by known amounts."""
+    scene = Scene(seed=seed, slump_density=0.0)
+    obs = schedule(scene)[0]
+    window = Window(562_000, 380_000, n, n)
+    x, y = DEFAULT_GRID.coords(window)
+    rng = np.random.default_rng(seed)
+    centre = (x.mean(), y.mean())
+    early = dataclasses.replace(obs, shift=(0.0, 0.0), tilt=(0.0, 0.0, 0.0), hoa=30.0, coherence_base=0.9)
+    late = dataclasses.replace(early, shift=shift_m, tilt=tilt, index=obs.index + 1)
+    a = render_observation(scene, early, x, y, noise=rng.standard_normal((3, n, n)).astype("f4"), centre=centre)
+    b = render_observation(scene, late, x, y, noise=rng.standard_normal((3, n, n)).astype("f4"), centre=centre)
+    stable = (a["coherence"] > 0.3) & (b["coherence"] > 0.3) & ~scene.water(x, y)
+    return a, b, stable, DEFAULT_GRID.transform(window)
+
+
+@pytest.mark.parametrize("shift_px", [(0.5, -0.3), (3.0, 1.0)])
+def test_fit_recovers_shift_and_tilt(shift_px):
+    shift_m = (shift_px[0] * 10.0, shift_px[1] * 10.0)
+    a, b, stable, transform = _pair(shift_m, (3e-5, -2e-5, 0.8))
+    fit = fit_block(a["dem"], b["dem"], stable, transform=transform)
+    assert fit[FIT_FIELDS.index("status")] == STATUS["fit"]
+    # The later DEM shows the ground at p + shift, so the fit moves it back by + shift.
+    assert fit[0] / 10.0 == pytest.approx(shift_px[0], abs=0.1)
+    assert fit[1] / 10.0 == pytest.approx(shift_px[1], abs=0.1)
+    halo = 6
+    aligned = apply_fit(np.pad(b["dem"], halo, constant_values=np.nan), fit, resolution=10.0, origin=(0, 0),
+                        halo=halo)  # fmt: skip
+    resid = aligned - a["dem"]
+    noise = np.median(np.hypot(a["sigma_h"], b["sigma_h"])[stable])
+    assert nmad(resid[stable]) == pytest.approx(noise, rel=0.15)
+    assert fit[FIT_FIELDS.index("nmad_before")] > 1.15 * fit[FIT_FIELDS.index("nmad_after")]
+    # No systematic tilt is left: residual means of the four quadrants agree.
+    q = [np.nanmean(np.where(stable, resid, np.nan)[sy, sx]) for sy in (slice(0, 300), slice(300, 600))
+         for sx in (slice(0, 300), slice(300, 600))]  # fmt: skip
+    assert np.ptp(q) < 0.1
+
+
+def test_fit_without_enough_stable_ground_and_fallbacks():
+    a, b, stable, transform = _pair((10.0, 0.0), (0.0, 0.0, 0.0), n=200)
+    few = np.zeros_like(stable)
+    few[:10, :10] = True
+    fit = fit_block(a["dem"], b["dem"], few, transform=transform)
+    assert fit[FIT_FIELDS.index("status")] == STATUS["none"]
+    fits = np.zeros((2, 2, len(FIT_FIELDS)))
+    fits[..., FIT_FIELDS.index("status")] = STATUS["fit"]
+    fits[0, 0, :3] = (10.0, 0.0, 1.0)
+    fits[0, 1, :3] = (20.0, 2.0, 3.0)
+    fits[1, 0, :3] = (30.0, 4.0, 5.0)
+    fits[1, 1] = fit
+    resolved = resolve_fallbacks(fits)
+    assert resolved[1, 1, FIT_FIELDS.index("status")] == STATUS["neighbours"]
+    np.testing.assert_allclose(resolved[1, 1, :3], (20.0, 2.0, 3.0))
+    np.testing.assert_array_equal(resolved[0, 0], fits[0, 0])
+    # A block alone without a fit stays unaligned: applying it is the identity.
+    lone = resolve_fallbacks(fit[None, None, :])[0, 0]
+    assert lone[FIT_FIELDS.index("status")] == STATUS["none"]
+    np.testing.assert_array_equal(apply_fit(b["dem"], lone, resolution=10.0, origin=(0, 0), halo=0), b["dem"])
