@@ -1,4 +1,4 @@
-"""The main job on the embedded default: synthetic region → observation cube → summary.
+"""The main job on the embedded default: synthetic region → observation cube → pair features.
 
 Later stages (features, inference, polygons, evaluation, report) extend this
 same pipeline as they land.
@@ -11,10 +11,14 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import zarr
+
 from rtsflow.cluster import connect
-from rtsflow.ingest import ingest
-from rtsflow.io.cube import open_cube
-from rtsflow.summary import cube_summary
+from rtsflow.graph.features import pair_features
+from rtsflow.ingest import ingest, ingest_mask
+from rtsflow.io.cube import cube_info, open_cube
+from rtsflow.io.features import open_features, write_features
+from rtsflow.summary import cube_summary, features_summary
 from rtsflow.synth.generator import SynthConfig, SynthRegion, synthesize
 
 __all__ = ["DemoResult", "run_demo"]
@@ -25,6 +29,7 @@ class DemoResult:
     out: Path
     region: SynthRegion
     cube: Path
+    features: Path
     summary: str
 
 
@@ -73,14 +78,26 @@ def run_demo(
         import shutil
 
         shutil.rmtree(cube)
+    earlier, later = config.winters[0], config.winters[-1]
+    features_path = out / f"features_{earlier}_{later}.zarr"
     with connect(cluster):
         report = ingest(region.products, cube=cube)
-    print(
-        f"[{time.perf_counter() - t0:6.1f} s] ingest: {len(report.added)} added, "
-        f"{len(report.skipped)} already present, {report.blocks_written} block writes",
-        flush=True,
-    )
-    summary = cube_summary(open_cube(cube), path=cube)
-    print(summary, flush=True)
+        print(
+            f"[{time.perf_counter() - t0:6.1f} s] ingest: {len(report.added)} added, "
+            f"{len(report.skipped)} already present, {report.blocks_written} block writes",
+            flush=True,
+        )
+        if "water" not in zarr.open_group(str(cube), mode="r"):
+            # Stand-in for a real water-mask product (e.g. a surface-water map).
+            ingest_mask(region.truth_rasters["water"], cube=cube, name="water")
+        ds = open_cube(cube)
+        summary = cube_summary(ds, path=cube)
+        print(summary, flush=True)
+        if force or report.added or not features_path.exists():
+            grid = cube_info(cube).grid
+            feats, selection = pair_features(ds, grid=grid, earlier=earlier, later=later, water=ds["water"])
+            write_features(feats, features_path, grid=grid, selection=selection, overwrite=True)
+    print(f"[{time.perf_counter() - t0:6.1f} s] features {earlier}→{later}: {features_path}", flush=True)
+    print(features_summary(open_features(features_path)), flush=True)
     print(f"[{time.perf_counter() - t0:6.1f} s] done; outputs in {out.resolve()}", flush=True)
-    return DemoResult(out=out, region=region, cube=cube, summary=summary)
+    return DemoResult(out=out, region=region, cube=cube, features=features_path, summary=summary)

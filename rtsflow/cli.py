@@ -114,6 +114,97 @@ def ingest_cmd(products, cube, bbox, bbox_crs, resolution, cluster, workers) -> 
     click.echo(str(report))
 
 
+@main.command(name="ingest-mask")
+@click.argument("raster", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--cube", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--name", default="water", show_default=True, help="Variable name in the cube.")
+@click.option("--cluster", default="local", show_default=True, help=CLUSTER_HELP)
+def ingest_mask_cmd(raster, cube, name, cluster) -> None:
+    """Add a static mask GeoTIFF (1 = water, 0 = land; any CRS) to an observation cube."""
+    from rtsflow.cluster import connect
+    from rtsflow.ingest import ingest_mask
+    from rtsflow.products import ProductError
+
+    try:
+        with connect(cluster, quiet=True):
+            n = ingest_mask(raster, cube=cube, name=name)
+    except (ProductError, ValueError) as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(2)
+    click.echo(f"wrote mask {name!r} ({n} block(s)) into {cube}")
+
+
+@main.command()
+@click.argument("cube", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option(
+    "--pair",
+    type=int,
+    nargs=2,
+    required=True,
+    metavar="EARLIER LATER",
+    help="Winters (year each starts), e.g. 2010 2016; YYYYMMDD dates with --epoch date.",
+)
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Feature store (Zarr).")
+@click.option(
+    "--water", default="water", show_default=True, help="Cube variable holding the water mask ('none' for no mask)."
+)
+@click.option(
+    "--weighting", type=click.Choice(["coherence", "inverse_variance"]), default="coherence", show_default=True
+)
+@click.option("--epoch", type=click.Choice(["winter", "date"]), default="winter", show_default=True)
+@click.option("--all-months", is_flag=True, help="Do not restrict acquisitions to October-April.")
+@click.option("--hoa-range", type=float, nargs=2, default=(15.0, 80.0), show_default=True)
+@click.option("--no-coreg", is_flag=True, help="Skip co-registration of the later composite.")
+@click.option("--overwrite", is_flag=True)
+@click.option("--cluster", default="local", show_default=True, help=CLUSTER_HELP)
+def features(cube, pair, out, water, weighting, epoch, all_months, hoa_range, no_coreg, overwrite, cluster) -> None:
+    """Compute pair features (dDEM, σ, dDEM_norm, slope, masks, co-registration fits) into a Zarr store."""
+    from rtsflow.cluster import connect
+    from rtsflow.graph.coreg import CoregConfig
+    from rtsflow.graph.dem import CompositeConfig
+    from rtsflow.graph.features import pair_features
+    from rtsflow.io.cube import cube_info, open_cube
+    from rtsflow.io.features import write_features
+    from rtsflow.selection import WINTER_MONTHS, SelectionRules
+
+    ds = open_cube(cube)
+    mask = None
+    if water != "none":
+        if water not in ds:
+            raise click.BadParameter(
+                f"the cube has no variable {water!r} (add one with rtsflow ingest-mask, or pass --water none)",
+                param_hint="--water",
+            )
+        mask = ds[water]
+    rules = SelectionRules(hoa_range=tuple(hoa_range), months=None if all_months else WINTER_MONTHS, epoch=epoch)
+    try:
+        feats, selection = pair_features(
+            ds,
+            grid=cube_info(cube).grid,
+            earlier=pair[0],
+            later=pair[1],
+            water=mask,
+            composite=CompositeConfig(method=weighting, rules=rules),
+            coreg=None if no_coreg else CoregConfig(),
+        )
+    except ValueError as e:
+        click.echo(f"error: {e}", err=True)
+        click.echo(selection_text(cube), err=True)
+        sys.exit(2)
+    with connect(cluster):
+        write_features(feats, out, grid=cube_info(cube).grid, selection=selection, overwrite=overwrite)
+    click.echo(selection.to_string(columns=["product_id", "epoch", "selected", "reason"], index=False))
+    click.echo(f"wrote {out}")
+
+
+def selection_text(cube: Path) -> str:
+    from rtsflow.io.cube import open_cube
+    from rtsflow.selection import select_observations
+
+    sel = select_observations(open_cube(cube))
+    return sel.to_string(columns=["product_id", "time", "winter", "selected", "reason"], index=False)
+
+
 @main.command()
 @click.argument("sidecar", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--id", "pid", required=True, help="Unique product id.")

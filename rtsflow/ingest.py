@@ -384,8 +384,9 @@ def ingest_mask(
     footprint = grid.window_from_bounds(layer.grid_bounds()).intersection(window)
     if footprint is None:
         raise ProductError(raster, name, f"footprint lies outside the cube extent {grid.bounds(window)}")
-    cubeio.create_mask(cube, name=name, long_name=long_name, source=str(raster),
-                       description=f"1 = {long_name.removesuffix(' mask')}, 0 = clear, from {raster.name} (nearest).")  # fmt: skip
+    what = long_name.removesuffix(" mask")
+    description = f"1 = {what}, 0 = clear, from {raster.name} (nearest neighbour)."
+    cubeio.create_mask(cube, name=name, long_name=long_name, source=str(raster), description=description)
 
     def write(block: Window) -> bool:
         tiles = grid.snap(footprint.intersection(block), to="tile").intersection(block)

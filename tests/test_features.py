@@ -11,7 +11,6 @@ import pytest
 import rasterio
 import xarray as xr
 
-from rtsflow.graph.coreg import CoregConfig
 from rtsflow.graph.dem import CompositeConfig, seasonal_composites
 from rtsflow.graph.features import MODEL_BANDS, pair_features
 from rtsflow.grid import DEFAULT_GRID, Window
@@ -136,8 +135,17 @@ def _write_product(root, pid, layers, window, acquired, hoa):
     for key in ("dem", "coherence", "layover_shadow", "incidence"):
         data = layers[key].astype("uint8" if key == "layover_shadow" else "float32")
         p = root / f"{pid}_{key}.tif"
-        with rasterio.open(p, "w", driver="GTiff", height=window.height, width=window.width, count=1,
-                           dtype=data.dtype.name, crs="EPSG:3413", transform=GRID.transform(window)) as dst:  # fmt: skip
+        with rasterio.open(
+            p,
+            "w",
+            driver="GTiff",
+            height=window.height,
+            width=window.width,
+            count=1,
+            dtype=data.dtype.name,
+            crs="EPSG:3413",
+            transform=GRID.transform(window),
+        ) as dst:
             dst.write(data, 1)
         paths[key] = p
     return write_sidecar(root / f"{pid}.json", id=pid, acquired=acquired, hoa_m=hoa, orbit="ascending", **paths)
@@ -182,14 +190,15 @@ def test_mount_st_helens_features(tmp_path):
             id=f"msh{n}",
             dem=msh / f"{n}.tif",
             acquired=dates[n - 1]["date"].replace("_", "-") + "T00:00:00Z",
-        )  # fmt: skip
+        )
         for n in (2, 12)
     ]
     cube = tmp_path / "cube.zarr"
     ingest(products, cube=cube, scheduler="sync")
     rules = SelectionRules(months=None, epoch="date")
-    f, sel = pair_features(open_cube(cube), grid=GRID, earlier=20041004, later=20050419, coreg=None,
-                           composite=CompositeConfig(rules=rules))  # fmt: skip
+    f, sel = pair_features(
+        open_cube(cube), grid=GRID, earlier=20041004, later=20050419, coreg=None, composite=CompositeConfig(rules=rules)
+    )
     assert sel.selected.all()
     assert f.attrs["years"] == pytest.approx(197 / 365.25)
     d = f.ddem.values.astype("float64")

@@ -151,15 +151,17 @@ def test_fit_recovers_shift_and_tilt(shift_px):
     assert fit[0] / 10.0 == pytest.approx(shift_px[0], abs=0.1)
     assert fit[1] / 10.0 == pytest.approx(shift_px[1], abs=0.1)
     halo = 6
-    aligned = apply_fit(np.pad(b["dem"], halo, constant_values=np.nan), fit, resolution=10.0, origin=(0, 0),
-                        halo=halo)  # fmt: skip
+    aligned = apply_fit(np.pad(b["dem"], halo, constant_values=np.nan), fit, resolution=10.0, origin=(0, 0), halo=halo)
     resid = aligned - a["dem"]
     noise = np.median(np.hypot(a["sigma_h"], b["sigma_h"])[stable])
     assert nmad(resid[stable]) == pytest.approx(noise, rel=0.15)
     assert fit[FIT_FIELDS.index("nmad_before")] > 1.15 * fit[FIT_FIELDS.index("nmad_after")]
     # No systematic tilt is left: residual means of the four quadrants agree.
-    q = [np.nanmean(np.where(stable, resid, np.nan)[sy, sx]) for sy in (slice(0, 300), slice(300, 600))
-         for sx in (slice(0, 300), slice(300, 600))]  # fmt: skip
+    q = [
+        np.nanmean(np.where(stable, resid, np.nan)[sy, sx])
+        for sy in (slice(0, 300), slice(300, 600))
+        for sx in (slice(0, 300), slice(300, 600))
+    ]
     assert np.ptp(q) < 0.1
 
 
