@@ -148,7 +148,9 @@ def _write_product_block(
     tiles = grid.snap(part, to="tile").intersection(block)
     layers = {}
     for key, info in prepared.layers.items():
-        sub = warp_to_window(info, grid=grid, window=tiles, resampling=LAYER_RULES[key].resampling)
+        rule = LAYER_RULES[key]
+        outliers = (rule.low, rule.high) if rule.outlier_fraction else None
+        sub = warp_to_window(info, grid=grid, window=tiles, resampling=rule.resampling, valid_range=outliers)
         if np.isfinite(sub).any():
             layers[key] = sub
     if "dem" not in layers:

@@ -61,6 +61,7 @@ def test_demo_runs_end_to_end_and_is_resumable(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "observations: 12" in r.stdout
     assert "ingest: 12 added" in r.stdout
+    assert "features 2010→2016" in r.stdout and "co-registration block" in r.stdout
     # A second run reuses the region and skips every product already in the cube.
     r = run("demo", "--out", str(tmp_path / "demo"), "--size-km", "1.5")
     assert r.returncode == 0, r.stderr

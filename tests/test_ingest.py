@@ -514,3 +514,32 @@ def test_dem_only_product_with_error_raster(tmp_path):
     bsc = write_sidecar(root / "bad.json", id="bad", acquired="2016-03-01T00:00:00Z", dem=dem, sigma=bad)
     with pytest.raises(ProductError, match=r"bad_err\.tif: field 'sigma': values span"):
         ingest([bsc], cube=cube, scheduler="sync")
+
+
+def test_dem_outliers_are_dropped_but_undeclared_nodata_is_refused(tmp_path):
+    root = tmp_path / "p"
+    root.mkdir()
+    win = Window(BLOCK_A.row + 50, BLOCK_A.col + 50, 100, 100)
+    t = GRID.transform(win)
+    dem = np.full(win.shape, 120.0, "float32")
+    dem[0, :3] = (-1500.0, 9500.0, -1200.0)  # 0.03 %: wild InSAR heights over water
+    sc = write_sidecar(
+        root / "few.json", id="few", acquired="2015-03-01T00:00:00Z", dem=write_tif(root / "few.tif", dem, transform=t)
+    )
+    cube = tmp_path / "cube.zarr"
+    ingest([sc], cube=cube, scheduler="sync")
+    ds = open_cube(cube)
+    cube_win = GRID.window_from_coords(ds.x.values, ds.y.values)
+    ys, xs = win.relative_to(cube_win)
+    got = ds.dem.isel(obs=0).values[ys, xs]
+    assert np.isnan(got[0, :3]).all() and (got[0, 3:] == 120.0).all() and (got[1:] == 120.0).all()
+    # A tenth of the pixels at -9999 without a declared nodata: refused, naming the share.
+    dem[:10] = -9999.0
+    bad = write_sidecar(
+        root / "nodata.json",
+        id="nodata",
+        acquired="2016-03-01T00:00:00Z",
+        dem=write_tif(root / "nodata.tif", dem, transform=t),
+    )
+    with pytest.raises(ProductError, match=r"nodata\.tif: field 'dem': values span \[-9999, 120\] \(10\.00% of"):
+        ingest([bad], cube=cube, scheduler="sync")
