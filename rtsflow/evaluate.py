@@ -1,0 +1,136 @@
+"""Accuracy of detected RTS against reference polygons (Maier et al. 2025, Sec. 2.5.3).
+
+Pixel metrics compare the union of predicted and reference areas (TP, FP, FN
+areas → IoU, F1, precision, recall). Detection metrics count objects: a
+predicted object is a true positive if it intersects a reference object;
+precision = TP predictions / predictions, recall = reference objects hit by a
+prediction / reference objects; detection IoU is the mean pixel IoU of the
+TP predictions with the reference objects they intersect. (The reference code
+release computes detection IoU differently; this follows the paper.)
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+import shapely
+from scipy import ndimage
+
+__all__ = ["Metrics", "evaluate_by_site", "evaluate_polygons", "evaluate_rasters"]
+
+
+@dataclass(frozen=True)
+class Metrics:
+    pixel_iou: float
+    pixel_f1: float
+    pixel_precision: float
+    pixel_recall: float
+    detection_iou: float
+    detection_f1: float
+    detection_precision: float
+    detection_recall: float
+    n_predicted: int
+    n_reference: int
+    n_tp_predicted: int
+    n_tp_reference: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    def table(self) -> str:
+        d = self.to_dict()
+        rows = [f"{'metric':<22}{'value':>8}"]
+        rows += [f"{k:<22}{v:>8.3f}" if isinstance(v, float) else f"{k:<22}{v:>8d}" for k, v in d.items()]
+        return "\n".join(rows)
+
+
+def _ratio(a: float, b: float) -> float:
+    return float(a / b) if b else float("nan")
+
+
+def _f1(p: float, r: float) -> float:
+    return float(2 * p * r / (p + r)) if (p + r) > 0 and np.isfinite(p + r) else float("nan")
+
+
+def evaluate_polygons(
+    predicted: gpd.GeoSeries | gpd.GeoDataFrame, reference: gpd.GeoSeries | gpd.GeoDataFrame
+) -> Metrics:
+    """Pixel and detection metrics from polygons (exact areas, same CRS required)."""
+    pred = gpd.GeoSeries(predicted.geometry if hasattr(predicted, "geometry") else predicted).reset_index(drop=True)
+    ref = gpd.GeoSeries(reference.geometry if hasattr(reference, "geometry") else reference).reset_index(drop=True)
+    if pred.crs is not None and ref.crs is not None and pred.crs != ref.crs:
+        pred = pred.to_crs(ref.crs)
+    P = shapely.union_all(pred.values) if len(pred) else shapely.Polygon()
+    R = shapely.union_all(ref.values) if len(ref) else shapely.Polygon()
+    tp = P.intersection(R).area
+    pixel_p, pixel_r = _ratio(tp, P.area), _ratio(tp, R.area)
+    # Object matching through a spatial index.
+    pi, ri = ref.sindex.query(pred.values, predicate="intersects") if len(pred) and len(ref) else ([], [])
+    pi, ri = np.asarray(pi, dtype=int), np.asarray(ri, dtype=int)
+    tp_pred = np.unique(pi)
+    tp_ref = np.unique(ri)
+    ious = []
+    for k in tp_pred:
+        hit = shapely.union_all(ref.values[ri[pi == k]])
+        g = pred.values[k]
+        ious.append(g.intersection(hit).area / g.union(hit).area)
+    det_p, det_r = _ratio(len(tp_pred), len(pred)), _ratio(len(tp_ref), len(ref))
+    return Metrics(
+        pixel_iou=_ratio(tp, P.union(R).area), pixel_f1=_f1(pixel_p, pixel_r), pixel_precision=pixel_p,
+        pixel_recall=pixel_r, detection_iou=float(np.mean(ious)) if ious else float("nan"),
+        detection_f1=_f1(det_p, det_r), detection_precision=det_p, detection_recall=det_r,
+        n_predicted=len(pred), n_reference=len(ref), n_tp_predicted=len(tp_pred), n_tp_reference=len(tp_ref),
+    )  # fmt: skip
+
+
+def evaluate_rasters(predicted: np.ndarray, reference: np.ndarray, *, valid: np.ndarray | None = None) -> Metrics:
+    """The same metrics from boolean rasters (objects = 4-connected regions).
+
+    ``valid`` (optional) restricts the comparison, e.g. to the labelled area
+    (reference rasters often use 255 for no data).
+    """
+    p = np.asarray(predicted, dtype=bool)
+    r = np.asarray(reference, dtype=bool)
+    if valid is not None:
+        p, r = p & valid, r & valid
+    tp = np.sum(p & r)
+    pixel_p, pixel_r = _ratio(tp, p.sum()), _ratio(tp, r.sum())
+    four = ndimage.generate_binary_structure(2, 1)
+    pl, npred = ndimage.label(p, structure=four)
+    rl, nref = ndimage.label(r, structure=four)
+    both = (pl > 0) & (rl > 0)
+    pairs = np.unique(np.stack([pl[both], rl[both]]), axis=1) if both.any() else np.zeros((2, 0), int)
+    tp_pred, tp_ref = np.unique(pairs[0]), np.unique(pairs[1])
+    ious = []
+    for k in tp_pred:
+        hit = np.isin(rl, pairs[1][pairs[0] == k])
+        obj = pl == k
+        ious.append(np.sum(obj & hit) / np.sum(obj | hit))
+    det_p, det_r = _ratio(len(tp_pred), npred), _ratio(len(tp_ref), nref)
+    return Metrics(
+        pixel_iou=_ratio(tp, np.sum(p | r)), pixel_f1=_f1(pixel_p, pixel_r), pixel_precision=pixel_p,
+        pixel_recall=pixel_r, detection_iou=float(np.mean(ious)) if ious else float("nan"),
+        detection_f1=_f1(det_p, det_r), detection_precision=det_p, detection_recall=det_r,
+        n_predicted=int(npred), n_reference=int(nref), n_tp_predicted=len(tp_pred), n_tp_reference=len(tp_ref),
+    )  # fmt: skip
+
+
+def evaluate_by_site(
+    predicted: gpd.GeoDataFrame, reference: gpd.GeoDataFrame, sites: gpd.GeoDataFrame, *, name: str = "name"
+) -> pd.DataFrame:
+    """Metrics per site (objects assigned by their centroid) and overall, as a table."""
+    sites = sites.to_crs(reference.crs)
+    rows = []
+    for _, site in sites.iterrows():
+        inside_p = predicted[predicted.geometry.centroid.within(site.geometry)]
+        inside_r = reference[reference.geometry.centroid.within(site.geometry)]
+        rows.append({"site": site[name], **evaluate_polygons(inside_p, inside_r).to_dict()})
+    rows.append({"site": "overall", **evaluate_polygons(predicted, reference).to_dict()})
+    return pd.DataFrame(rows)
