@@ -29,7 +29,9 @@ def polygons_from_mask(pieces: list[BlockPieces], *, grid: Grid) -> gpd.GeoDataF
         return gpd.GeoDataFrame(
             {"rts_id": pd.Series(dtype="int64"), "blocks": pd.Series(dtype=object)}, geometry=[], crs=GRID_CRS
         )
-    geoms = gpd.GeoSeries([g for g, _ in merged], crs=GRID_CRS)
+    # Canonical form: no collinear vertices (unions leave some along block seams), normalised order,
+    # so a polygon is the same object however the raster was split.
+    geoms = gpd.GeoSeries(shapely.normalize(shapely.simplify([g for g, _ in merged], 0.0)), crs=GRID_CRS)
     centroid = geoms.centroid
     # A stable id: the global flat index of the polygon's first pixel (north-west-most, row-major).
     first = np.array([_first_pixel(g, grid) for g in geoms])

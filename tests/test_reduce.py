@@ -1,0 +1,260 @@
+"""The reduction: stitching, mass wasting, filters, densities, evaluation, outputs."""
+
+from __future__ import annotations
+
+import dask.array as da
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+import pytest
+import rasterio.features
+import rasterio.mask
+import shapely
+import xarray as xr
+from scipy import ndimage
+
+from rtsflow.evaluate import evaluate_by_site, evaluate_polygons, evaluate_rasters
+from rtsflow.graph.densities import regional_densities
+from rtsflow.graph.masswasting import measure
+from rtsflow.graph.polygons import vectorize
+from rtsflow.grid import DEFAULT_GRID, Window
+from rtsflow.io.vectors import read_metadata, run_metadata, write_vectors
+from rtsflow.postprocess import FilterConfig, apply_filters
+from rtsflow.synth.scene import Scene
+
+from .conftest import shared
+
+GRID = DEFAULT_GRID
+
+
+@pytest.fixture(scope="module")
+def ellesmere():
+    ref = gpd.read_file(shared("maier2025_ellesmere", "reference_postprocessed.geojson"))
+    pred = gpd.read_file(shared("maier2025_ellesmere", "prediction_postprocessed.geojson"))
+    window = GRID.snap(GRID.window_from_bounds(tuple(ref.total_bounds)), to="tile")
+    return ref, pred, window
+
+
+def _as_array(values: np.ndarray, window: Window, chunk: int) -> xr.DataArray:
+    x, y = GRID.coords(window)
+    return xr.DataArray(da.from_array(values, chunks=chunk), dims=("y", "x"), coords={"x": x, "y": y})
+
+
+def _normalised(gdf: gpd.GeoDataFrame) -> list:
+    return sorted(shapely.normalize(g).wkb for g in gdf.geometry)
+
+
+def test_stitched_polygons_equal_whole_raster_vectorisation(ellesmere):
+    ref, _, window = ellesmere
+    mask = rasterio.features.rasterize(ref.geometry, out_shape=window.shape, transform=GRID.transform(window))
+    whole = vectorize(_as_array(mask, window, window.height), grid=GRID, threshold=None).compute(scheduler="sync")
+    blocks = vectorize(_as_array(mask, window, 256), grid=GRID, threshold=None).compute(scheduler="sync")
+    assert len(whole) == len(blocks) == ndimage.label(mask)[1]
+    crossing = blocks.blocks.str.contains(";")
+    assert crossing.sum() >= 10  # many slumps straddle the 256-px block edges
+    assert _normalised(whole) == _normalised(blocks)
+    assert list(whole.rts_id) == list(blocks.rts_id)  # stable ids
+    for g in blocks.geometry:
+        assert g.is_valid and g.geom_type == "Polygon"
+
+
+def test_threshold_and_nan(ellesmere):
+    _, _, window = ellesmere
+    prob = np.zeros((512, 512), "float32")
+    prob[10:20, 10:20] = 0.7
+    prob[100:110, 100:110] = 0.4
+    prob[200:210, 200:210] = np.nan
+    w = Window(window.row, window.col, 512, 512)
+    g = vectorize(_as_array(prob, w, 128), grid=GRID, threshold=0.5).compute(scheduler="sync")
+    assert len(g) == 1 and g.grid_area_m2.iloc[0] == pytest.approx(100 * 100.0)
+    g = vectorize(_as_array(prob, w, 128), grid=GRID, threshold=0.3).compute(scheduler="sync")
+    assert len(g) == 2
+
+
+def test_evaluation_reproduces_paper_table2(ellesmere):
+    ref, pred, _ = ellesmere
+    m = evaluate_polygons(pred, ref)
+    # Maier et al. 2025, Table 2, Ellesmere TP1, UNet++ post-processed.
+    assert m.pixel_iou == pytest.approx(0.75, abs=0.01)
+    assert m.pixel_f1 == pytest.approx(0.86, abs=0.01)
+    assert m.pixel_precision == pytest.approx(0.90, abs=0.01)
+    assert m.pixel_recall == pytest.approx(0.82, abs=0.01)
+    assert m.detection_f1 == pytest.approx(0.83, abs=0.015)
+    assert m.detection_precision == pytest.approx(0.92, abs=0.015)
+    assert m.detection_recall == pytest.approx(0.76, abs=0.015)
+    assert m.detection_iou == pytest.approx(0.80, abs=0.02)
+
+
+def test_raster_and_polygon_evaluation_agree(ellesmere):
+    ref, pred, window = ellesmere
+    t = GRID.transform(window)
+    r = rasterio.features.rasterize(ref.geometry, out_shape=window.shape, transform=t).astype(bool)
+    p = rasterio.features.rasterize(pred.geometry, out_shape=window.shape, transform=t).astype(bool)
+    mr, mp = evaluate_rasters(p, r), evaluate_polygons(pred, ref)
+    for k in ("pixel_iou", "pixel_f1", "pixel_precision", "pixel_recall", "detection_precision", "detection_recall"):
+        assert getattr(mr, k) == pytest.approx(getattr(mp, k), abs=0.03), k
+    # Perfect prediction and empty prediction.
+    assert evaluate_rasters(r, r).pixel_iou == 1.0 and evaluate_rasters(r, r).detection_f1 == 1.0
+    empty = evaluate_polygons(pred.iloc[:0], ref)
+    assert empty.pixel_recall == 0.0 and np.isnan(empty.detection_precision)
+
+
+def test_evaluation_by_site(ellesmere):
+    ref, pred, _ = ellesmere
+    minx, miny, maxx, maxy = ref.total_bounds
+    mid = (minx + maxx) / 2
+    sites = gpd.GeoDataFrame({"name": ["west", "east"]},
+                             geometry=[shapely.box(minx - 10, miny - 10, mid, maxy + 10),
+                                       shapely.box(mid, miny - 10, maxx + 10, maxy + 10)], crs=3413)  # fmt: skip
+    table = evaluate_by_site(pred, ref, sites)
+    assert list(table.site) == ["west", "east", "overall"]
+    assert table.n_reference[:2].sum() == len(ref)
+
+
+def _constant_dh_features(ref: gpd.GeoDataFrame, window: Window, chunk: int):
+    shapes = zip(ref.geometry, range(1, len(ref) + 1), strict=True)
+    labels = rasterio.features.rasterize(
+        shapes, out_shape=window.shape, transform=GRID.transform(window), dtype="int32"
+    )
+    dh = np.concatenate([[np.nan], ref["avg_height_change"].to_numpy()])[labels].astype("float32")
+    x, y = GRID.coords(window)
+    arr = lambda a: (("y", "x"), da.from_array(a, chunks=chunk))  # noqa: E731
+    feats = xr.Dataset(
+        {"ddem": arr(dh), "ddem_sigma": arr(np.full(window.shape, 1.0, "float32")),
+         "water": arr(np.zeros(window.shape, "uint8")), "quality": arr(np.zeros(window.shape, "uint8"))},
+        coords={"x": x, "y": y}, attrs={"years": 6.0, "earlier": 2010, "later": 2016},
+    )  # fmt: skip
+    return feats, labels, dh
+
+
+def test_volumes_nominal_exact_and_true_area_scaled(ellesmere):
+    ref, _, window = ellesmere
+    feats, labels, _ = _constant_dh_features(ref, window, 512)
+    out = measure(ref, feats, grid=GRID).compute(scheduler="sync")
+    n = np.bincount(labels.ravel(), minlength=len(ref) + 1)[1:]
+    expected_nominal = 100.0 * ref["avg_height_change"].to_numpy() * n
+    np.testing.assert_allclose(out.volume_nominal_m3, expected_nominal, rtol=1e-6)
+    # The paper's tot_volume_change = 100 × Σdh over its own pixel tracing.
+    close = np.isclose(out.volume_nominal_m3, ref.tot_volume_change, rtol=0.15)
+    assert close.mean() > 0.9
+    # True ground area: 10 m cells at 79.6°N cover 100 / 0.956 m².
+    ratio = out.volume_m3 / out.volume_nominal_m3
+    scale = GRID.areal_scale(out.centroid_x if "centroid_x" in out else ref.centroid.x, ref.centroid.y)
+    assert np.median(scale) == pytest.approx(0.956, abs=0.003)
+    np.testing.assert_allclose(ratio, 1.0 / scale, rtol=2e-4)
+    assert (out.years == 6.0).all()
+    np.testing.assert_allclose(out.volume_per_year_m3, out.volume_m3 / 6.0)
+    # Loss-depth layers add up to the loss volume.
+    layers = out[[c for c in out.columns if c.startswith("loss_") and c.endswith("m_m3")]].sum(axis=1)
+    np.testing.assert_allclose(layers, out.loss_m3, rtol=1e-9)
+
+
+def test_vectorised_zonal_stats_equal_per_polygon_mask(ellesmere, tmp_path):
+    ref, _, window = ellesmere
+    feats, _, dh = _constant_dh_features(ref.iloc[:40], window, 1024)
+    rng = np.random.default_rng(0)
+    dh = np.where(np.isfinite(dh), dh + rng.normal(0, 1, dh.shape), np.nan).astype("float32")
+    feats["ddem"] = (("y", "x"), da.from_array(dh, chunks=1024))
+    out = measure(ref.iloc[:40], feats, grid=GRID).compute(scheduler="sync")
+    path = tmp_path / "ddem.tif"
+    profile = {"driver": "GTiff", "height": window.height, "width": window.width, "count": 1, "dtype": "float32",
+               "crs": "EPSG:3413", "transform": GRID.transform(window), "nodata": np.nan}  # fmt: skip
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(dh, 1)
+    with rasterio.open(path) as src:
+        for k, geom in enumerate(ref.geometry.iloc[:40]):
+            clip, _ = rasterio.mask.mask(src, [geom], crop=True, nodata=np.nan)
+            v = clip[0][np.isfinite(clip[0])]
+            assert out.volume_nominal_m3.iloc[k] == pytest.approx(100.0 * v.sum(), rel=1e-5)
+            assert out.max_abs_dh_m.iloc[k] == pytest.approx(np.abs(v).max(), rel=1e-6)
+
+
+def test_filters_keep_an_audit_trail():
+    t = pd.DataFrame({
+        "area_nominal_m2": [5000, 900, 5000, 5000, 5000],
+        "area_m2": [5200, 950, 5200, 5200, 5200],
+        "water_fraction": [0.0, 0.0, 0.6, 0.0, 0.0],
+        "quality_fraction": [0.1, 0.0, 0.0, 0.7, 0.0],
+        "max_abs_dh_m": [5.0, 3.0, 4.0, 4.0, 1.5],
+    })  # fmt: skip
+    out = apply_filters(gpd.GeoDataFrame(t, geometry=[shapely.Point(0, 0)] * 5))
+    assert out.kept.tolist() == [True, False, False, False, False]
+    assert out.filter_reason.tolist()[1:] == ["area < 1000 m²", "water overlap > 50%",
+                                              "SAR-quality mask overlap > 50%", "max |dh| < 2 m"]  # fmt: skip
+    relaxed = apply_filters(gpd.GeoDataFrame(t, geometry=[shapely.Point(0, 0)] * 5),
+                            config=FilterConfig(min_max_abs_dh_m=None, min_area_m2=None))  # fmt: skip
+    assert relaxed.kept.tolist() == [True, True, False, False, True]
+
+
+def test_correlated_uncertainty_is_calibrated():
+    """Known slump volumes + spatially correlated noise: how often does ±1σ contain the truth?"""
+    window = Window(562_000, 380_000, 1536, 1536)
+    x, y = GRID.coords(window)
+    scene = Scene(seed=4, slump_density=3.0, epochs=(2010, 2016))
+    truth = scene.slump_change(x, y, 1, since=0)
+    s_px, sigma = 10.0, 1.0  # Gaussian-correlated noise, correlation length L = 2 s = 200 m
+    rng = np.random.default_rng(0)
+    noise = ndimage.gaussian_filter(rng.standard_normal(window.shape), s_px)
+    noise *= sigma / noise.std()
+    slumps = [s for s in scene.slumps(GRID.bounds(window)) if s.fractions[1] > 0]
+    geoms, true_vol = [], []
+    area = GRID.pixel_ground_area(window, step=16)
+    for s in slumps:
+        mask = s.footprint(x, y, s.fractions[1])
+        if mask.sum() < 10 or mask[0].any() or mask[-1].any() or mask[:, 0].any() or mask[:, -1].any():
+            continue
+        shapes = [shapely.geometry.shape(g) for g, v in rasterio.features.shapes(
+            mask.astype("uint8"), mask=mask, transform=GRID.transform(window)) if v == 1]  # fmt: skip
+        geoms.append(shapely.union_all(shapes))
+        true_vol.append(float((truth * area)[mask].sum()))
+    assert len(geoms) > 60
+    feats = xr.Dataset(
+        {"ddem": (("y", "x"), da.from_array((truth + noise).astype("float32"), chunks=512)),
+         "ddem_sigma": (("y", "x"), da.from_array(np.full(window.shape, sigma, "float32"), chunks=512))},
+        coords={"x": x, "y": y}, attrs={"years": 6.0},
+    )  # fmt: skip
+    polys = gpd.GeoDataFrame(geometry=geoms, crs=3413)
+    out = measure(polys, feats, grid=GRID, correlation_length=2 * s_px * 10).compute(scheduler="sync")
+    err = np.abs(out.volume_m3.to_numpy() - np.array(true_vol))
+    cover_eq8 = np.mean(err <= out.volume_sigma_eq8_m3.to_numpy())
+    cover_corr = np.mean(err <= out.volume_sigma_m3.to_numpy())
+    print(f"1σ coverage: Eq. 8 {cover_eq8:.2f}, correlated {cover_corr:.2f} over {len(geoms)} slumps")
+    assert 0.55 <= cover_corr <= 0.80
+    assert cover_eq8 < 0.4  # independent-pixel errors are far too optimistic here
+
+
+def test_regional_densities_cells_and_sites(ellesmere):
+    ref, _, window = ellesmere
+    feats, _, _ = _constant_dh_features(ref, window, 1024)
+    feats["ddem"] = feats["ddem"].fillna(0.0)  # valid everywhere
+    q = np.zeros(window.shape, "uint8")
+    q[: window.height // 2] = 1  # northern half unusable
+    feats["quality"] = (("y", "x"), da.from_array(q, chunks=1024))
+    rts = measure(ref, feats, grid=GRID).compute(scheduler="sync")
+    cells = regional_densities(rts, feats, grid=GRID, cell_size=20_000).compute(scheduler="sync")
+    total_valid = (GRID.pixel_ground_area(window, step=16) * (q == 0)).sum() / 1e6
+    assert cells.valid_area_km2.sum() == pytest.approx(total_valid, rel=1e-9)
+    assert cells.n_rts.sum() == len(rts)
+    assert cells.volume_m3.sum() == pytest.approx(rts.volume_m3.sum())
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rate = cells.volume_m3 / 6.0 / cells.valid_area_km2
+    np.testing.assert_allclose(cells.volume_change_rate_m3_per_yr_km2, rate)
+    minx, miny, maxx, maxy = GRID.bounds(window)
+    sites = gpd.GeoDataFrame({"name": ["all"]}, geometry=[shapely.box(minx, miny, maxx, maxy)], crs=3413)
+    one = regional_densities(rts, feats, grid=GRID, regions=sites).compute(scheduler="sync")
+    assert one.valid_area_km2.iloc[0] == pytest.approx(total_valid, rel=1e-9)
+    assert one.volume_change_rate_m3_per_yr_km2.iloc[0] == pytest.approx(rts.volume_m3.sum() / 6 / total_valid)
+    with pytest.raises(ValueError, match="exactly one"):
+        regional_densities(rts, feats, grid=GRID)
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".gpkg"])
+def test_outputs_with_metadata(ellesmere, tmp_path, suffix):
+    ref, _, _ = ellesmere
+    meta = run_metadata(config={"threshold": 0.5}, model_sha256="abc", features="f.zarr")
+    path = write_vectors(ref.iloc[:5], tmp_path / f"rts{suffix}", metadata=meta)
+    back = gpd.read_file(path) if suffix == ".gpkg" else gpd.read_parquet(path)
+    assert len(back) == 5 and back.crs.to_epsg() == 3413
+    got = read_metadata(path)
+    assert got["model_sha256"] == "abc" and got["config"] == {"threshold": 0.5} and "versions" in got
+    assert not list(tmp_path.glob(".*tmp"))
