@@ -109,9 +109,14 @@ def evaluate_rasters(predicted: np.ndarray, reference: np.ndarray, *, valid: np.
     pairs = np.unique(np.stack([pl[both], rl[both]]), axis=1) if both.any() else np.zeros((2, 0), int)
     tp_pred, tp_ref = np.unique(pairs[0]), np.unique(pairs[1])
     ious = []
+    pbox, rbox = ndimage.find_objects(pl), ndimage.find_objects(rl)
     for k in tp_pred:
-        hit = np.isin(rl, pairs[1][pairs[0] == k])
-        obj = pl == k
+        refs = pairs[1][pairs[0] == k]
+        # Work inside the bounding box of the object and the references it hits.
+        boxes = [pbox[k - 1], *(rbox[j - 1] for j in refs)]
+        sl = tuple(slice(min(b[d].start for b in boxes), max(b[d].stop for b in boxes)) for d in range(2))
+        hit = np.isin(rl[sl], refs)
+        obj = pl[sl] == k
         ious.append(np.sum(obj & hit) / np.sum(obj | hit))
     det_p, det_r = _ratio(len(tp_pred), npred), _ratio(len(tp_ref), nref)
     return Metrics(

@@ -32,7 +32,7 @@ from rtsflow.io.rasters import (
 )
 from rtsflow.products import Product, ProductError, read_product
 
-__all__ = ["IngestReport", "PreparedProduct", "ingest", "ingest_mask", "prepare_product"]
+__all__ = ["IngestReport", "PreparedProduct", "ingest", "ingest_mask", "ingest_reference_dem", "prepare_product"]
 
 log = logging.getLogger(__name__)
 
@@ -366,7 +366,7 @@ def ingest_mask(
     long_name: str = "water mask",
     scheduler: str | None = None,
 ) -> int:
-    """Add a static mask GeoTIFF (1 = set, 0 = clear; any CRS) to a cube as a ``y × x`` variable.
+    """Add a static mask GeoTIFF (1 = set, 0 = clear; any CRS) to a cube as a ``y × x`` uint8 variable.
 
     Resampled with nearest neighbour, written tile by tile; all-or-nothing
     (a failure removes the half-written variable). Returns the number of
@@ -377,23 +377,43 @@ def ingest_mask(
     ProductError
         If the raster is unreadable, has no CRS or values other than 0/1.
     """
+    what = long_name.removesuffix(" mask")
+    attrs = {"long_name": long_name, "units": "1", "flag_values": [0, 1],
+             "description": f"1 = {what}, 0 = clear (nearest neighbour)."}  # fmt: skip
+    return _ingest_static(raster, cube=cube, name=name, rule="water", dtype="uint8", attrs=attrs, scheduler=scheduler)
+
+
+def ingest_reference_dem(
+    raster: str | Path, *, cube: str | Path, name: str = "reference_dem", scheduler: str | None = None
+) -> int:
+    """Add a reference DEM (e.g. an ArcticDEM or Copernicus mosaic; any CRS) to a cube as ``y × x`` float32.
+
+    Observations can be co-registered to it before compositing
+    (``CompositeConfig(coregister_observations=True)``), which fixes both their
+    relative misregistration and their absolute geolocation.
+    """
+    attrs = {"long_name": "reference surface elevation", "units": "m",
+             "description": "External reference DEM (bilinear) used to co-register observations."}  # fmt: skip
+    return _ingest_static(raster, cube=cube, name=name, rule="dem", dtype="float32", attrs=attrs, scheduler=scheduler)
+
+
+def _ingest_static(raster, *, cube, name: str, rule: str, dtype: str, attrs: dict, scheduler) -> int:
     cube = Path(cube)
     raster = Path(raster).resolve()
     info_cube = cubeio.cube_info(cube)
     grid, window = info_cube.grid, info_cube.window
-    layer = inspect_raster(raster, sidecar=raster, key=name if name in LAYER_RULES else "water")
-    check_layer_values(layer, key="water")
+    layer = inspect_raster(raster, sidecar=raster, key=rule)
+    check_layer_values(layer, key=rule)
     footprint = grid.window_from_bounds(layer.grid_bounds()).intersection(window)
     if footprint is None:
-        raise ProductError(raster, name, f"footprint lies outside the cube extent {grid.bounds(window)}")
-    what = long_name.removesuffix(" mask")
-    description = f"1 = {what}, 0 = clear, from {raster.name} (nearest neighbour)."
-    cubeio.create_mask(cube, name=name, long_name=long_name, source=str(raster), description=description)
+        raise ProductError(raster, rule, f"footprint lies outside the cube extent {grid.bounds(window)}")
+    cubeio.create_static(cube, name=name, dtype=dtype, attributes={**attrs, "source": str(raster)})
+    resampling = LAYER_RULES[rule].resampling
 
     def write(block: Window) -> bool:
         tiles = grid.snap(footprint.intersection(block), to="tile").intersection(block)
-        values = warp_to_window(layer, grid=grid, window=tiles, resampling=LAYER_RULES["water"].resampling)
-        cubeio.write_mask_window(cube, name=name, window=tiles, cube_window=window, values=values)
+        values = warp_to_window(layer, grid=grid, window=tiles, resampling=resampling)
+        cubeio.write_static_window(cube, name=name, window=tiles, cube_window=window, values=values)
         return True
 
     tasks = [dask.delayed(_catch)(write, grid.snap(part, to="block")) for _, part in grid.blocks(footprint)]

@@ -10,6 +10,8 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from rtsflow.graph.coreg import DEFAULT_COREG, CoregConfig, coregister
+from rtsflow.grid import Grid
 from rtsflow.kernels.composite import weighted_composite
 from rtsflow.kernels.error import sigma_h
 from rtsflow.kernels.quality import sar_quality_mask
@@ -40,6 +42,7 @@ class CompositeConfig:
     min_coherence: float = 0.3
     max_incidence: float = 1.0
     rules: SelectionRules = field(default_factory=SelectionRules)
+    max_slope_deg: float = 40.0
 
 
 DEFAULT_COMPOSITE = CompositeConfig()
@@ -94,6 +97,9 @@ def seasonal_composites(
     *,
     winters: Sequence[int] | None = None,
     config: CompositeConfig = DEFAULT_COMPOSITE,
+    reference: xr.DataArray | None = None,
+    water: xr.DataArray | None = None,
+    coreg: CoregConfig = DEFAULT_COREG,
 ) -> tuple[xr.Dataset, pd.DataFrame]:
     """Per-winter weighted composites of the selected, quality-masked observations (lazy).
 
@@ -107,12 +113,23 @@ def seasonal_composites(
         selected observation.
     config
         Weighting, thresholds and selection rules.
+    reference
+        Optional reference DEM on the cube's grid (``y × x``). When given, every
+        selected observation is first co-registered to it per block (xDEM, see
+        :func:`rtsflow.graph.coreg.coregister`), so misregistered observations
+        do not blur the composite and the result is geolocated like the reference.
+    water
+        Optional water mask (1 = water), excluded from the stable ground of those fits.
+    coreg
+        Settings of the per-observation co-registration.
 
     Returns
     -------
     composites
         Dataset with dims ``winter × y × x``: ``dem``, ``sigma`` (propagated
-        1σ) and ``n_obs`` (observations that contributed to each pixel).
+        1σ) and ``n_obs`` (observations that contributed to each pixel); with
+        a ``reference``, also the per-observation fits ``obs_coreg_*``
+        (``aligned_obs × block_y × block_x``).
     selection
         One row per observation: winter, used or not, and why not.
     """
@@ -130,6 +147,10 @@ def seasonal_composites(
     bad = quality_mask(cube, min_coherence=config.min_coherence, max_incidence=config.max_incidence)
     dem = cube["dem"].where(~bad)
     weight = xr.where(cube["kind"] == "insar", cube["coherence"], np.float32(1.0)).astype(np.float32)
+    obs_fits = None
+    if reference is not None:
+        dem, obs_fits = _align_observations(cube, dem, bad, used[used.epoch.isin(winters)].obs.to_numpy(),
+                                            reference=reference, water=water, config=config, coreg=coreg)  # fmt: skip
     layers = []
     for w in winters:
         idx = used.obs[used.epoch == w].to_numpy()
@@ -158,4 +179,39 @@ def seasonal_composites(
         },
         coords=coords,
     )  # fmt: skip
+    if obs_fits is not None:
+        ds = ds.merge(obs_fits)
     return ds, selection
+
+
+def _align_observations(cube, dem, bad, obs_idx, *, reference, water, config, coreg):
+    """Co-register each listed observation to the reference DEM; returns the aligned dem stack and fits."""
+    from rtsflow.graph.features import slope  # local: features imports this module
+
+    grid = grid_of(cube)
+    ref = reference.astype(np.float32)
+    stable_base = slope(ref, resolution=grid.resolution) < config.max_slope_deg
+    if water is not None:
+        stable_base = stable_base & ~(water.fillna(0) > 0)
+    aligned, fits = {}, []
+    for i in obs_idx:
+        target = dem.isel(obs=int(i))
+        stable = stable_base & ~bad.isel(obs=int(i)) & target.notnull()
+        a, f = coregister(ref, target, stable, grid=grid, config=coreg)
+        aligned[int(i)] = a
+        fits.append(f.rename({k: k.replace("coreg_", "obs_coreg_") for k in f.data_vars}))
+    stack = [aligned.get(i, dem.isel(obs=i)).data for i in range(cube.sizes["obs"])]
+    out = xr.DataArray(da.stack(stack), dims=dem.dims, coords=dem.coords)
+    fit_ds = xr.concat(fits, dim="aligned_obs").assign_coords(
+        aligned_obs=("aligned_obs", cube["product_id"].values[obs_idx].astype(str))
+    )
+    return out, fit_ds
+
+
+def grid_of(ds: xr.Dataset) -> Grid:
+    """The grid recorded in a cube's or feature store's attributes (default grid otherwise)."""
+    a = ds.attrs
+    if "grid_resolution" in a:
+        return Grid(resolution=float(a["grid_resolution"]), tile_size=int(a["grid_tile_size"]),
+                    block_tiles=int(a["grid_block_tiles"]))  # fmt: skip
+    return Grid(resolution=float(abs(ds["x"].values[1] - ds["x"].values[0])))

@@ -41,6 +41,7 @@ def pair_features(
     earlier: int,
     later: int,
     water: xr.DataArray | None = None,
+    reference: xr.DataArray | None = None,
     composite: CompositeConfig = DEFAULT_COMPOSITE,
     coreg: CoregConfig | None = DEFAULT_COREG,
 ) -> tuple[xr.Dataset, pd.DataFrame]:
@@ -56,6 +57,10 @@ def pair_features(
         Winters (labelled by the year they start), e.g. 2010 and 2016.
     water
         Optional water mask on the cube's grid (``y × x``, 1 / True = water).
+    reference
+        Optional reference DEM on the cube's grid: every observation is then
+        co-registered to it before compositing (recommended: misregistered
+        observations otherwise blur slumps and bias volumes low).
     composite
         Selection, quality masking and weighting of the winter composites.
     coreg
@@ -73,7 +78,8 @@ def pair_features(
     """
     if later <= earlier:
         raise ValueError(f"later winter ({later}) must come after the earlier one ({earlier})")
-    comps, selection = seasonal_composites(cube, winters=[earlier, later], config=composite)
+    comps, selection = seasonal_composites(cube, winters=[earlier, later], config=composite, reference=reference,
+                                           water=water, coreg=coreg or DEFAULT_COREG)  # fmt: skip
     h1, h2 = comps["dem"].sel(winter=earlier, drop=True), comps["dem"].sel(winter=later, drop=True)
     s1, s2 = comps["sigma"].sel(winter=earlier, drop=True), comps["sigma"].sel(winter=later, drop=True)
     n = comps["n_obs"]
@@ -121,6 +127,9 @@ def pair_features(
     )  # fmt: skip
     if fits is not None:
         out = out.merge(fits)
+    obs_fits = [v for v in comps.data_vars if v.startswith("obs_coreg_")]
+    if obs_fits:
+        out = out.merge(comps[obs_fits])
     if "spatial_ref" in cube.coords:
         out = out.assign_coords(spatial_ref=cube["spatial_ref"])
     return out, selection

@@ -244,30 +244,36 @@ def write_block(
         group[name][obs_index, ys, xs] = out
 
 
-#: Static (obs-independent) masks a cube can carry, e.g. a water mask.
-MASK_SPEC = VariableSpec("uint8", 255, "", "1", "")
+def create_static(path: str | Path, *, name: str, dtype: str, attributes: dict) -> None:
+    """Add an empty ``y × x`` static layer (a water mask, a reference DEM) to a cube.
 
-
-def create_mask(path: str | Path, *, name: str, long_name: str, description: str, source: str) -> None:
-    """Add an empty ``y × x`` uint8 mask variable (1 = set, 0 = clear, 255 = no data)."""
+    uint8 layers use 255 and float layers NaN for "no data".
+    """
     info = cube_info(path)
     group = zarr.open_group(str(path), mode="r+", zarr_format=3)
     if name in group:
         raise ValueError(f"{path}: the cube already has a variable {name!r}")
     t, b = info.grid.tile_size, info.grid.block_size
+    fill = 255 if dtype == "uint8" else np.nan
     group.create_array(
-        name, shape=info.window.shape, dtype="uint8", chunks=(t, t), shards=(b, b), fill_value=255,
-        compressors=[_COMPRESSORS["uint8"]], dimension_names=("y", "x"),
-        attributes={"long_name": long_name, "units": "1", "description": description, "source": source,
-                    "_FillValue": 255, "grid_mapping": "spatial_ref", "flag_values": [0, 1]},
+        name, shape=info.window.shape, dtype=dtype, chunks=(t, t), shards=(b, b), fill_value=fill,
+        compressors=[_COMPRESSORS[dtype]], dimension_names=("y", "x"),
+        # uint8 no-data must be declared for xarray to mask it; NaN (the zarr fill) needs no declaration.
+        attributes={**attributes, **({"_FillValue": 255} if dtype == "uint8" else {}), "grid_mapping": "spatial_ref"},
     )  # fmt: skip
 
 
-def write_mask_window(path: str | Path, *, name: str, window: Window, cube_window: Window, values: np.ndarray) -> None:
-    """Write a tile-aligned window of a mask (NaN → 255, no data)."""
+def write_static_window(
+    path: str | Path, *, name: str, window: Window, cube_window: Window, values: np.ndarray
+) -> None:
+    """Write a tile-aligned window of a static layer (NaN → the layer's no-data value)."""
     group = zarr.open_group(str(path), mode="r+", zarr_format=3)
+    arr = group[name]
     ys, xs = window.relative_to(cube_window)
-    group[name][ys, xs] = np.where(np.isfinite(values), values, 255).astype(np.uint8)
+    if arr.dtype == np.uint8:
+        arr[ys, xs] = np.where(np.isfinite(values), values, 255).astype(np.uint8)
+    else:
+        arr[ys, xs] = values.astype(arr.dtype)
 
 
 def truncate_obs(path: str | Path, n_obs: int) -> None:

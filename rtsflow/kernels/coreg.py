@@ -15,7 +15,6 @@ import warnings
 
 import numpy as np
 from affine import Affine
-from scipy import ndimage
 
 __all__ = ["FIT_FIELDS", "STATUS", "apply_fit", "fit_block", "nmad", "resolve_fallbacks"]
 
@@ -158,14 +157,9 @@ def apply_fit(
         return t[halo : halo + ny, halo : halo + nx].astype(np.float32)
     dc = -fit[0] / resolution  # target(x - shift_x): shift_x metres east = -dc columns
     dr = fit[1] / resolution  # y - shift_y: north is -row
-    if max(abs(dc), abs(dr)) > max(halo - 1, 0) and (dc or dr):
+    if max(abs(dc), abs(dr)) > max(halo - 2, 0) and (dc or dr):
         raise ValueError(f"shift ({dc:.2f}, {dr:.2f}) px needs a halo > {halo}")
-    rows = np.arange(ny, dtype=np.float64)[:, None] + halo + dr
-    cols = np.arange(nx, dtype=np.float64)[None, :] + halo + dc
-    rr, cc = np.broadcast_arrays(rows, cols)
-    shifted = ndimage.map_coordinates(t, [rr, cc], order=1, mode="constant", cval=np.nan, prefilter=False)
-    if abs(dr) < 1e-12 and abs(dc) < 1e-12:
-        shifted = t[halo : halo + ny, halo : halo + nx]
+    shifted = shift_cubic(t, dr, dc, halo=halo, shape=(ny, nx))
     r0, c0 = origin
     col = np.arange(c0, c0 + nx, dtype=np.float64)[None, :]
     row = np.arange(r0, r0 + ny, dtype=np.float64)[:, None]
@@ -173,6 +167,39 @@ def apply_fit(
     # numpy.polynomial.polyval2d(col, row, c) written out to broadcast row × col.
     ramp = c[0, 0] + c[0, 1] * row + c[1, 0] * col + c[1, 1] * col * row
     return (shifted + fit[2] + ramp).astype(np.float32)
+
+
+def _keys_weights(frac: float, a: float = -0.5) -> np.ndarray:
+    """Keys (1981) cubic-convolution weights of the 4 samples around a fractional position."""
+    d = np.abs(np.array([1.0 + frac, frac, 1.0 - frac, 2.0 - frac]))
+    w = np.where(d <= 1, (a + 2) * d**3 - (a + 3) * d**2 + 1, a * d**3 - 5 * a * d**2 + 8 * a * d - 4 * a)
+    return np.where(d < 2, w, 0.0)
+
+
+def shift_cubic(t: np.ndarray, dr: float, dc: float, *, halo: int, shape: tuple[int, int]) -> np.ndarray:
+    """Sample ``t`` at (row + dr, col + dc) for every pixel of the halo-free window (cubic convolution).
+
+    A constant shift makes interpolation a separable 4-tap filter; cubic
+    convolution keeps slump scarps sharper than bilinear resampling (which
+    smooths them and leaks volume out of their outlines). NaN spreads only to
+    the 4 × 4 neighbourhood.
+    """
+    ny, nx = shape
+    if abs(dr) < 1e-12 and abs(dc) < 1e-12:
+        return t[halo : halo + ny, halo : halo + nx]
+    ir, fr = int(np.floor(dr)), dr - np.floor(dr)
+    ic, fc = int(np.floor(dc)), dc - np.floor(dc)
+    wr, wc = _keys_weights(fr), _keys_weights(fc)
+    out = np.zeros((ny, nx))
+    for i in range(4):
+        r0 = halo + ir + i - 1
+        rows = t[r0 : r0 + ny]
+        part = np.zeros((ny, nx))
+        for j in range(4):
+            c0 = halo + ic + j - 1
+            part += wc[j] * rows[:, c0 : c0 + nx]
+        out += wr[i] * part
+    return out
 
 
 def resolve_fallbacks(fits: np.ndarray) -> np.ndarray:

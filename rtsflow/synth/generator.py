@@ -15,6 +15,7 @@ Output layout::
       truth/dh_<w0>_<w1>.tif           slump-only elevation change per epoch pair
       truth/rts_mask_<w0>_<w1>.tif     1 = slump active in that pair (training label)
       truth/water.tif                  1 = lake
+      reference_dem.tif                noise-free first-epoch surface (an external reference DEM)
 """
 
 from __future__ import annotations
@@ -68,6 +69,9 @@ class SynthConfig:
     obs_per_winter
         Winter acquisitions per winter; one summer acquisition is added per
         winter when ``summer`` is true.
+    max_shift_px
+        Largest horizontal misregistration of an observation (pixels); shifts
+        are drawn between 1/30 and all of it, in random directions.
     slump_density
         Expected slump sites per km² (real landscapes: ~0.07 over Maier et al.'s
         71 400 km², up to several per km² in hot spots).
@@ -81,6 +85,7 @@ class SynthConfig:
     obs_per_winter: int = 3
     summer: bool = True
     slump_density: float = 1.5
+    max_shift_px: float = 3.0
 
     def scene(self) -> Scene:
         return Scene(seed=self.seed, epochs=tuple(self.winters), slump_density=self.slump_density)
@@ -126,8 +131,9 @@ class SynthRegion:
         region.truth_rasters = {k: root / v for k, v in doc["truth"]["rasters"].items()}
         region.n_slumps = doc["n_slumps"]
         region.observations = schedule(
-            config.scene(), per_winter=config.obs_per_winter, summer=config.summer, resolution=config.resolution
-        )
+            config.scene(), per_winter=config.obs_per_winter, summer=config.summer, resolution=config.resolution,
+            max_shift_px=config.max_shift_px,
+        )  # fmt: skip
         return region
 
 
@@ -208,7 +214,13 @@ def synthesize(out: str | Path, *, config: SynthConfig | None = None, window_px:
     grid = config.grid()
     window = config.window()
     scene = config.scene()
-    observations = schedule(scene, per_winter=config.obs_per_winter, summer=config.summer, resolution=config.resolution)
+    observations = schedule(
+        scene,
+        per_winter=config.obs_per_winter,
+        summer=config.summer,
+        resolution=config.resolution,
+        max_shift_px=config.max_shift_px,
+    )
     left, bottom, right, top = grid.bounds(window)
     centre = ((left + right) / 2, (bottom + top) / 2)
     region = SynthRegion(root=out, config=config, window=window, observations=observations)
@@ -218,13 +230,13 @@ def synthesize(out: str | Path, *, config: SynthConfig | None = None, window_px:
     dtypes = {"dem": "float32", "coherence": "float32", "layover_shadow": "uint8", "incidence": "float32"}
     files = {key: rasterio.open(p, "w", **_profile(grid, window, dtypes[key[1]], None)) for key, p in paths.items()}
     pairs = list(combinations(range(len(scene.epochs)), 2))
-    truth_paths = {"water": out / "truth" / "water.tif"}
+    truth_paths = {"water": out / "truth" / "water.tif", "reference_dem": out / "reference_dem.tif"}
     for i, j in pairs:
         w0, w1 = scene.epochs[i], scene.epochs[j]
         truth_paths[f"dh_{w0}_{w1}"] = out / "truth" / f"dh_{w0}_{w1}.tif"
         truth_paths[f"rts_mask_{w0}_{w1}"] = out / "truth" / f"rts_mask_{w0}_{w1}.tif"
     truth_files = {
-        k: rasterio.open(p, "w", **_profile(grid, window, "float32" if k.startswith("dh") else "uint8", None))
+        k: rasterio.open(p, "w", **_profile(grid, window, "float32" if k.startswith(("dh", "ref")) else "uint8", None))
         for k, p in truth_paths.items()
     }
     try:
@@ -236,6 +248,9 @@ def synthesize(out: str | Path, *, config: SynthConfig | None = None, window_px:
                 for k in _LAYERS:
                     files[(obs.index, k)].write(layers[k].astype(dtypes[k]), 1, window=rw)
             truth_files["water"].write(scene.water(x, y).astype(np.uint8), 1, window=rw)
+            # Stand-in for an external reference DEM (e.g. a Copernicus/ArcticDEM mosaic): the
+            # first epoch's ground, geolocated exactly, without noise.
+            truth_files["reference_dem"].write(scene.surface(x, y, 0).astype(np.float32), 1, window=rw)
             for i, j in pairs:
                 w0, w1 = scene.epochs[i], scene.epochs[j]
                 dh = scene.slump_change(x, y, j, since=i)

@@ -38,7 +38,9 @@ class Observation:
     coherence_base: float
 
 
-def schedule(scene: Scene, *, per_winter: int = 3, summer: bool = True, resolution: float = 10.0) -> list[Observation]:
+def schedule(
+    scene: Scene, *, per_winter: int = 3, summer: bool = True, resolution: float = 10.0, max_shift_px: float = 3.0
+) -> list[Observation]:
     """Acquisitions: ``per_winter`` in each winter (Oct-Apr) plus one summer one after each winter.
 
     About a quarter of the acquisitions have a height of ambiguity outside
@@ -58,7 +60,8 @@ def schedule(scene: Scene, *, per_winter: int = 3, summer: bool = True, resoluti
                 if inside
                 else float(rng.choice([rng.uniform(8.0, 14.0), rng.uniform(85.0, 130.0)]))
             )
-            out.append(_obs(scene, rng, len(out), year, int(month), day, e, winter, hoa, 0.8, resolution))
+            out.append(_obs(scene, rng, len(out), year, int(month), day, e, winter, hoa, 0.8, resolution,
+                            max_shift_px))  # fmt: skip
         if summer:
             year = winter + 1
             hoa = rng.uniform(25.0, 70.0)
@@ -75,18 +78,19 @@ def schedule(scene: Scene, *, per_winter: int = 3, summer: bool = True, resoluti
                     hoa,
                     0.55,
                     resolution,
+                    max_shift_px,
                 )
             )
     return out
 
 
-def _obs(scene, rng, index, year, month, day, epoch, winter, hoa, coh, resolution) -> Observation:
+def _obs(scene, rng, index, year, month, day, epoch, winter, hoa, coh, resolution, max_shift_px) -> Observation:
     orbit = "ascending" if rng.random() < 0.5 else "descending"
     time = np.datetime64(
         f"{year:04d}-{month:02d}-{day:02d}T{int(rng.integers(0, 24)):02d}:{int(rng.integers(0, 60)):02d}:00", "s"
     )
     # Sub-pixel to ~3 px misregistration, in a random direction.
-    mag = resolution * rng.uniform(0.1, 3.0)
+    mag = resolution * rng.uniform(0.1, 3.0) * (max_shift_px / 3.0)
     ang = rng.uniform(0, 2 * np.pi)
     tilt = (rng.normal(0, 4e-6), rng.normal(0, 4e-6), rng.normal(0, 0.5))
     oid = f"SYN{scene.seed}_{str(time)[:10].replace('-', '')}_{orbit[0].upper()}{index:02d}"
