@@ -15,7 +15,7 @@ import zarr
 
 from rtsflow.cluster import connect
 from rtsflow.graph.features import pair_features
-from rtsflow.ingest import ingest, ingest_mask
+from rtsflow.ingest import ingest, ingest_mask, ingest_reference_dem
 from rtsflow.io.cube import cube_info, open_cube
 from rtsflow.io.features import open_features, write_features
 from rtsflow.summary import cube_summary, features_summary
@@ -87,15 +87,19 @@ def run_demo(
             f"{len(report.skipped)} already present, {report.blocks_written} block writes",
             flush=True,
         )
-        if "water" not in zarr.open_group(str(cube), mode="r"):
+        present = zarr.open_group(str(cube), mode="r")
+        if "water" not in present:
             # Stand-in for a real water-mask product (e.g. a surface-water map).
             ingest_mask(region.truth_rasters["water"], cube=cube, name="water")
+        if "reference_dem" not in present:
+            ingest_reference_dem(region.truth_rasters["reference_dem"], cube=cube)
         ds = open_cube(cube)
         summary = cube_summary(ds, path=cube)
         print(summary, flush=True)
         if force or report.added or not features_path.exists():
             grid = cube_info(cube).grid
-            feats, selection = pair_features(ds, grid=grid, earlier=earlier, later=later, water=ds["water"])
+            feats, selection = pair_features(ds, grid=grid, earlier=earlier, later=later, water=ds["water"],
+                                             reference=ds["reference_dem"])  # fmt: skip
             write_features(feats, features_path, grid=grid, selection=selection, overwrite=True)
     print(f"[{time.perf_counter() - t0:6.1f} s] features {earlier}→{later}: {features_path}", flush=True)
     print(features_summary(open_features(features_path)), flush=True)

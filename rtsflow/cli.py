@@ -157,7 +157,8 @@ def ingest_mask_cmd(raster, cube, name, cluster) -> None:
 @click.option("--no-coreg", is_flag=True, help="Skip co-registration of the later composite.")
 @click.option("--overwrite", is_flag=True)
 @click.option("--cluster", default="local", show_default=True, help=CLUSTER_HELP)
-def features(cube, pair, out, water, weighting, epoch, all_months, hoa_range, no_coreg, overwrite, cluster) -> None:
+def features(cube, pair, out, water, reference, weighting, epoch, all_months, hoa_range, no_coreg, overwrite,
+             cluster) -> None:  # fmt: skip
     """Compute pair features (dDEM, σ, dDEM_norm, slope, masks, co-registration fits) into a Zarr store."""
     from rtsflow.cluster import connect
     from rtsflow.graph.coreg import CoregConfig
@@ -176,6 +177,12 @@ def features(cube, pair, out, water, weighting, epoch, all_months, hoa_range, no
                 param_hint="--water",
             )
         mask = ds[water]
+    ref = None
+    if reference != "none":
+        if reference in ds:
+            ref = ds[reference]
+        elif reference != "reference_dem":
+            raise click.BadParameter(f"the cube has no variable {reference!r}", param_hint="--reference")
     rules = SelectionRules(hoa_range=tuple(hoa_range), months=None if all_months else WINTER_MONTHS, epoch=epoch)
     try:
         feats, selection = pair_features(
@@ -184,6 +191,7 @@ def features(cube, pair, out, water, weighting, epoch, all_months, hoa_range, no
             earlier=pair[0],
             later=pair[1],
             water=mask,
+            reference=ref,
             composite=CompositeConfig(method=weighting, rules=rules),
             coreg=None if no_coreg else CoregConfig(),
         )

@@ -100,6 +100,15 @@ def fit_block(
     before = nmad(d[ok]) if n_stable else np.nan
     if n_stable < min_stable:
         return _empty("none", n_stable, before)
+    # Fit on the bounding box of the usable pixels only: blocks at a region's edge are mostly
+    # empty, and xDEM's cost scales with the array it is given.
+    rows, cols = np.nonzero(ok)
+    r0, r1, c0, c1 = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
+    pad = int(np.ceil(max_shift_px)) + 2
+    r0, c0 = max(r0 - pad, 0), max(c0 - pad, 0)
+    r1, c1 = min(r1 + pad, ok.shape[0]), min(c1 + pad, ok.shape[1])
+    ref, tba, ok = ref[r0:r1, c0:c1], tba[r0:r1, c0:c1], ok[r0:r1, c0:c1]
+    transform = transform @ Affine.translation(c0, r0)
     steps = [xdem.coreg.NuthKaab(subsample=subsample, max_iterations=max_iterations, offset_threshold=offset_threshold)]
     if deramp:
         steps.append(xdem.coreg.Deramp(poly_order=1, subsample=subsample))
@@ -115,16 +124,23 @@ def fit_block(
     out = np.zeros(len(FIT_FIELDS))
     out[0], out[1], out[2] = shift["shift_x"], shift["shift_y"], shift["shift_z"]
     if deramp:
-        c = np.asarray(coreg.pipeline[1].meta["outputs"]["fitorbin"]["fit_params"], dtype=np.float64)
-        out[3:7] = c.reshape(4)
+        c00, c01, c10, c11 = np.asarray(coreg.pipeline[1].meta["outputs"]["fitorbin"]["fit_params"], dtype=np.float64)
+        # The ramp was fitted in indices of the cropped array (col - c0, row - r0): express it
+        # in block indices.
+        out[3:7] = (
+            c00 - c10 * c0 - c01 * r0 + c11 * c0 * r0,
+            c01 - c11 * c0,
+            c10 - c11 * r0,
+            c11,
+        )
     res = abs(transform.a)
     if not np.isfinite(out[:7]).all() or max(abs(out[0]), abs(out[1])) > max_shift_px * res:
         return _empty("failed", n_stable, before)
     out[FIT_FIELDS.index("n_stable")] = n_stable
     out[FIT_FIELDS.index("nmad_before")] = before
-    halo = int(np.ceil(max(abs(out[0]), abs(out[1])) / res)) + 2
+    halo = int(np.ceil(max(abs(out[0]), abs(out[1])) / res)) + 3
     padded = np.pad(tba, halo, mode="constant", constant_values=np.nan)
-    aligned = apply_fit(padded, out, resolution=res, origin=(0, 0), halo=halo)
+    aligned = apply_fit(padded, out, resolution=res, origin=(int(r0), int(c0)), halo=halo)
     out[FIT_FIELDS.index("nmad_after")] = nmad((aligned - ref)[ok])
     out[FIT_FIELDS.index("status")] = STATUS["fit"]
     return out
