@@ -20,7 +20,9 @@ def main(verbose: int) -> None:
     """Find retrogressive thaw slumps in time series of elevation models and measure their volume change."""
     level = logging.WARNING - 10 * min(verbose, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
-    # distributed configures its own loggers at INFO; keep them quiet unless asked.
+    # distributed sets its own loggers to INFO when imported; import it first, then quieten them.
+    import distributed  # noqa: F401
+
     logging.getLogger("distributed").setLevel(logging.DEBUG if verbose >= 2 else logging.WARNING)
 
 

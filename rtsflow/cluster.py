@@ -36,7 +36,7 @@ def local_cluster(
         memory_limit=int(total * memory_fraction / n),
         dashboard_address=dashboard_address,
         host="127.0.0.1",
-        silence_logs=False,  # the CLI sets the level of the "distributed" logger
+        silence_logs=logging.WARNING,
     )
 
 
