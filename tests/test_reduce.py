@@ -258,3 +258,33 @@ def test_outputs_with_metadata(ellesmere, tmp_path, suffix):
     got = read_metadata(path)
     assert got["model_sha256"] == "abc" and got["config"] == {"threshold": 0.5} and "versions" in got
     assert not list(tmp_path.glob(".*tmp"))
+
+
+@pytest.mark.slow
+def test_regional_volume_rate_matches_implanted_truth(tmp_path):
+    """End to end on a synthetic region: products → cube → features → truth polygons → regional rate."""
+    from rtsflow.graph.features import pair_features
+    from rtsflow.ingest import ingest, ingest_mask, ingest_reference_dem
+    from rtsflow.io.cube import open_cube
+    from rtsflow.synth.generator import SynthConfig, synthesize
+
+    region = synthesize(tmp_path / "region", config=SynthConfig(seed=0, size_km=(5.0, 5.0)))
+    cube = tmp_path / "cube.zarr"
+    ingest(region.products, cube=cube, scheduler="threads")
+    ingest_mask(region.truth_rasters["water"], cube=cube, scheduler="threads")
+    ingest_reference_dem(region.truth_rasters["reference_dem"], cube=cube, scheduler="threads")
+    ds = open_cube(cube)
+    feats, _ = pair_features(ds, grid=GRID, earlier=2010, later=2016, water=ds["water"],
+                             reference=ds["reference_dem"])  # fmt: skip
+    feats = feats.compute(scheduler="threads").chunk({"y": GRID.block_size, "x": GRID.block_size})
+    truth = gpd.read_parquet(region.truth_slumps)
+    truth = truth[(truth.winter_start == 2010) & (truth.winter_end == 2016)].reset_index(drop=True)
+    assert len(truth) > 20
+    measured = measure(truth[["geometry"]], feats, grid=GRID).compute(scheduler="threads")
+    site = gpd.GeoDataFrame({"name": ["region"]}, geometry=[shapely.box(*GRID.bounds(region.window))], crs=3413)
+    dens = regional_densities(measured, feats, grid=GRID, regions=site).compute(scheduler="threads")
+    truth_rate = truth.volume_m3.sum() / 6.0 / dens.valid_area_km2.iloc[0]
+    rate = dens.volume_change_rate_m3_per_yr_km2.iloc[0]
+    print(f"volume-change rate: measured {rate:.0f}, implanted {truth_rate:.0f} m³/yr/km²")
+    assert rate == pytest.approx(truth_rate, rel=0.05)
+    assert dens.n_rts.iloc[0] == len(truth)

@@ -81,10 +81,14 @@ def _assemble(rts: gpd.GeoDataFrame, parts, *, regions, cell_size, years: float,
         c_i = np.floor((c.x.to_numpy() - GRID_ORIGIN[0]) / cell_size).astype(int)
         idx = np.array([lookup.get((a, b), -1) for a, b in zip(r_i, c_i, strict=True)], dtype=int)
     n = len(geoms)
-    count = np.bincount(idx[idx >= 0], minlength=n)
-    area = np.bincount(idx[idx >= 0], weights=rts["area_m2"].to_numpy()[idx >= 0], minlength=n)
-    vol = np.bincount(idx[idx >= 0], weights=rts["volume_m3"].to_numpy()[idx >= 0], minlength=n)
-    var = np.bincount(idx[idx >= 0], weights=rts["volume_sigma_m3"].to_numpy()[idx >= 0] ** 2, minlength=n)
+    sel = idx >= 0
+    # RTS without any valid dDEM pixel have no volume: counted, but left out of the volume sums.
+    vol_known = np.isfinite(rts["volume_m3"].to_numpy())
+    count = np.bincount(idx[sel], minlength=n)
+    no_volume = np.bincount(idx[sel], weights=(~vol_known[sel]).astype(float), minlength=n).astype(int)
+    area = np.bincount(idx[sel], weights=rts["area_m2"].to_numpy()[sel], minlength=n)
+    vol = np.bincount(idx[sel], weights=np.nan_to_num(rts["volume_m3"].to_numpy()[sel]), minlength=n)
+    var = np.bincount(idx[sel], weights=np.nan_to_num(rts["volume_sigma_m3"].to_numpy()[sel]) ** 2, minlength=n)
     km2 = valid / 1e6
     with np.errstate(divide="ignore", invalid="ignore"):
         out = gpd.GeoDataFrame(
@@ -92,6 +96,7 @@ def _assemble(rts: gpd.GeoDataFrame, parts, *, regions, cell_size, years: float,
                 "region": list(zone_name),
                 "valid_area_km2": km2,
                 "n_rts": count,
+                "n_rts_without_volume": no_volume,
                 "rts_density_per_km2": count / km2,
                 "rts_area_m2": area,
                 "volume_m3": vol,
