@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import click
+import numpy as np
 
 from rtsflow import __version__
 
@@ -151,6 +152,13 @@ def ingest_mask_cmd(raster, cube, name, cluster) -> None:
     "--water", default="water", show_default=True, help="Cube variable holding the water mask ('none' for no mask)."
 )
 @click.option(
+    "--reference",
+    default="reference_dem",
+    show_default=True,
+    help="Cube variable holding a reference DEM to co-register every observation to "
+    "('none' to skip; skipped when the default is absent).",
+)
+@click.option(
     "--weighting", type=click.Choice(["coherence", "inverse_variance"]), default="coherence", show_default=True
 )
 @click.option("--epoch", type=click.Choice(["winter", "date"]), default="winter", show_default=True)
@@ -205,6 +213,122 @@ def features(cube, pair, out, water, reference, weighting, epoch, all_months, ho
         write_features(feats, out, grid=cube_info(cube).grid, selection=selection, overwrite=overwrite)
     click.echo(selection.to_string(columns=["product_id", "epoch", "selected", "reason"], index=False))
     click.echo(f"wrote {out}")
+
+
+@main.command(name="reduce")
+@click.argument("features_path", metavar="FEATURES", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option(
+    "--probability",
+    required=True,
+    type=click.Path(exists=True, path_type=Path),
+    help="RTS probability (0-1) or 0/1 mask: a GeoTIFF in any CRS (resampled onto the features' grid) "
+    "or a Zarr store with a 'probability' variable on that grid.",
+)
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="RTS polygons: .parquet (GeoParquet) or .gpkg.",
+)
+@click.option("--threshold", type=float, default=0.5, show_default=True)
+@click.option("--min-area", type=float, default=1000.0, show_default=True, help="m² (nominal pixel area).")
+@click.option("--max-water", type=float, default=0.5, show_default=True, help="Largest water overlap kept.")
+@click.option("--max-quality", type=float, default=0.5, show_default=True, help="Largest SAR-mask overlap kept.")
+@click.option("--min-dh", type=float, default=2.0, show_default=True, help="Smallest max |dh| kept (m).")
+@click.option(
+    "--correlation-length",
+    type=float,
+    default=200.0,
+    show_default=True,
+    help="Of the DEM error, for the correlated volume uncertainty (m).",
+)
+@click.option("--cell-size", type=float, multiple=True, help="Regular-grid densities (m), e.g. 10000; repeatable.")
+@click.option(
+    "--sites",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Regions (any vector format/CRS) for densities, named by --site-name.",
+)
+@click.option("--site-name", default="name", show_default=True)
+@click.option("--cluster", default="local", show_default=True, help=CLUSTER_HELP)
+def reduce_cmd(features_path, probability, out, threshold, min_area, max_water, max_quality, min_dh,
+               correlation_length, cell_size, sites, site_name, cluster) -> None:  # fmt: skip
+    """Probability + features → RTS polygons with volume change ± σ, filters and regional densities."""
+    import dask
+    import geopandas as gpd
+
+    from rtsflow.cluster import connect
+    from rtsflow.graph.dem import grid_of
+    from rtsflow.graph.densities import regional_densities
+    from rtsflow.io.features import open_features
+    from rtsflow.io.vectors import run_metadata, write_vectors
+    from rtsflow.postprocess import FilterConfig
+    from rtsflow.reduce import detect_rts, probability_on_grid
+
+    feats = open_features(features_path)
+    grid = grid_of(feats)
+    prob = probability_on_grid(probability, like=feats["ddem"], grid=grid)
+    filters = FilterConfig(min_area_m2=min_area, max_water_fraction=max_water, max_quality_fraction=max_quality,
+                           min_max_abs_dh_m=min_dh)  # fmt: skip
+    meta = run_metadata(command="reduce", features=str(features_path), probability=str(probability),
+                        threshold=threshold, filters=filters.__dict__, correlation_length=correlation_length,
+                        model_sha256=feats.attrs.get("model_sha256"))  # fmt: skip
+    with connect(cluster):
+        rts = detect_rts(prob, feats, grid=grid, threshold=threshold, filters=filters,
+                         correlation_length=correlation_length).compute()  # fmt: skip
+        write_vectors(rts, out, metadata=meta)
+        kept = rts[rts.kept]
+        jobs = {f"cells_{int(c)}m": regional_densities(kept, feats, grid=grid, cell_size=c) for c in cell_size}
+        if sites:
+            jobs["sites"] = regional_densities(kept, feats, grid=grid, regions=gpd.read_file(sites), name=site_name)
+        results = dict(zip(jobs, dask.compute(*jobs.values()), strict=True))
+    for name, table in results.items():
+        write_vectors(table, out.with_name(f"{out.stem}_densities_{name}{out.suffix}"), metadata=meta)
+    click.echo(f"{len(rts)} polygons, {int(rts.kept.sum())} kept after filters; written to {out}")
+    if len(kept):
+        sigma = np.sqrt((kept.volume_sigma_m3**2).sum())
+        click.echo(f"net volume change of kept RTS: {kept.volume_m3.sum():.0f} ± {sigma:.0f} m³ "
+                   f"({kept.volume_per_year_m3.sum():.0f} m³/yr)")  # fmt: skip
+    for name, table in results.items():
+        click.echo(f"densities ({name}): {len(table)} regions written next to {out.name}")
+
+
+@main.command()
+@click.argument("predicted", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("reference", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--kept-only/--all",
+    default=True,
+    show_default=True,
+    help="With an rtsflow polygon file, use only polygons that passed the filters.",
+)
+@click.option("--sites", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Per-site metrics.")
+@click.option("--site-name", default="name", show_default=True)
+@click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), help="Also write JSON here.")
+def evaluate(predicted, reference, kept_only, sites, site_name, json_out) -> None:
+    """Pixel and detection IoU/F1/precision/recall of PREDICTED polygons against REFERENCE (paper Sec. 2.5.3)."""
+    import json as jsonlib
+
+    import geopandas as gpd
+
+    from rtsflow.evaluate import evaluate_by_site, evaluate_polygons
+
+    def read(p):
+        return gpd.read_parquet(p) if p.suffix == ".parquet" else gpd.read_file(p)
+
+    pred, ref = read(predicted), read(reference)
+    if kept_only and "kept" in pred:
+        pred = pred[pred.kept]
+    pred = pred.to_crs(ref.crs)
+    if sites:
+        table = evaluate_by_site(pred, ref, gpd.read_file(sites), name=site_name)
+        click.echo(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+        result = table.to_dict(orient="records")
+    else:
+        m = evaluate_polygons(pred, ref)
+        click.echo(m.table())
+        result = m.to_dict()
+    if json_out:
+        Path(json_out).write_text(jsonlib.dumps(result, indent=2, default=float))
 
 
 def selection_text(cube: Path) -> str:

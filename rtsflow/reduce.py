@@ -11,7 +11,40 @@ from rtsflow.graph.polygons import vectorize
 from rtsflow.grid import Grid
 from rtsflow.postprocess import DEFAULT_FILTERS, FilterConfig, apply_filters
 
-__all__ = ["detect_rts"]
+__all__ = ["detect_rts", "probability_on_grid"]
+
+
+def probability_on_grid(path, *, like: xr.DataArray, grid: Grid) -> xr.DataArray:
+    """A probability layer on the grid of ``like`` (lazy for Zarr; GeoTIFFs are warped bilinearly)."""
+    from pathlib import Path
+
+    import dask.array as da
+    import numpy as np
+    from rasterio.enums import Resampling
+
+    from rtsflow.io.rasters import check_layer_values, inspect_raster, warp_to_window
+
+    path = Path(path)
+    window = grid.window_from_coords(like["x"].values, like["y"].values)
+    if path.is_dir():
+        ds = xr.open_zarr(str(path), consolidated=False, chunks={})
+        prob = ds["probability"]
+        if prob.sizes != like.sizes or not np.allclose(prob["x"], like["x"]) or not np.allclose(prob["y"], like["y"]):
+            raise ValueError(f"{path}: 'probability' is not on the features' grid")
+        return prob.chunk(dict(zip(like.dims, like.data.chunks, strict=True))).astype("float32")
+    info = inspect_raster(path, sidecar=path, key="probability")
+    check_layer_values(info, key="probability")
+    chunks = like.data.chunks
+    y0s, x0s = np.cumsum((0, *chunks[0][:-1])), np.cumsum((0, *chunks[1][:-1]))
+    rows = []
+    for i, y0 in enumerate(y0s):
+        cols = []
+        for j, x0 in enumerate(x0s):
+            w = type(window)(window.row + int(y0), window.col + int(x0), chunks[0][i], chunks[1][j])
+            part = dask.delayed(warp_to_window)(info, grid=grid, window=w, resampling=Resampling.bilinear)
+            cols.append(da.from_delayed(part, shape=w.shape, dtype=np.float32))
+        rows.append(da.concatenate(cols, axis=1))
+    return xr.DataArray(da.concatenate(rows, axis=0), dims=like.dims, coords={"x": like["x"], "y": like["y"]})
 
 
 def detect_rts(

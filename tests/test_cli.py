@@ -66,3 +66,60 @@ def test_demo_runs_end_to_end_and_is_resumable(tmp_path):
     r = run("demo", "--out", str(tmp_path / "demo"), "--size-km", "1.5")
     assert r.returncode == 0, r.stderr
     assert "ingest: 0 added, 12 already present" in r.stdout
+
+
+def test_evaluate_cli_on_published_predictions(tmp_path):
+    from .conftest import shared
+
+    out = tmp_path / "metrics.json"
+    r = run(
+        "evaluate",
+        str(shared("maier2025_ellesmere", "prediction_postprocessed.geojson")),
+        str(shared("maier2025_ellesmere", "reference_postprocessed.geojson")),
+        "--json",
+        str(out),
+    )
+    assert r.returncode == 0, r.stderr
+    import json
+
+    m = json.loads(out.read_text())
+    assert abs(m["pixel_iou"] - 0.75) <= 0.01 and abs(m["detection_f1"] - 0.83) <= 0.015
+    assert "pixel_iou" in r.stdout
+
+
+@pytest.mark.slow
+def test_features_reduce_evaluate_cli(tmp_path):
+    """synth → ingest → water mask → features → reduce (truth mask as probability) → evaluate."""
+    region = tmp_path / "region"
+    assert run("synth", str(region), "--size-km", "2", "2", "--winters", "2010,2016", "--seed", "5").returncode == 0
+    cube = tmp_path / "cube.zarr"
+    products = sorted((region / "products").glob("*.json"))
+    assert run("ingest", *map(str, products), "--cube", str(cube), "--workers", "1").returncode == 0
+    assert run("ingest-mask", str(region / "truth" / "water.tif"), "--cube", str(cube)).returncode == 0
+    feats = tmp_path / "features.zarr"
+    r = run("features", str(cube), "--pair", "2010", "2016", "--out", str(feats))
+    assert r.returncode == 0, r.stderr
+    assert "month 8 outside" in r.stdout  # the selection table names why summer scenes were dropped
+    rts = tmp_path / "rts.parquet"
+    r = run(
+        "reduce",
+        str(feats),
+        "--probability",
+        str(region / "truth" / "rts_mask_2010_2016.tif"),
+        "--out",
+        str(rts),
+        "--cell-size",
+        "1000",
+    )
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "rts_densities_cells_1000m.parquet").exists()
+    import geopandas as gpd
+
+    got = gpd.read_parquet(rts)
+    assert {"volume_m3", "volume_sigma_m3", "kept", "filter_reason"} <= set(got.columns)
+    truth = gpd.read_parquet(region / "truth" / "slumps.parquet")
+    truth = truth[(truth.winter_start == 2010) & (truth.winter_end == 2016)]
+    truth.to_parquet(tmp_path / "truth.parquet")
+    r = run("evaluate", str(rts), str(tmp_path / "truth.parquet"), "--all")
+    assert r.returncode == 0, r.stderr
+    assert "detection_f1" in r.stdout and " 1.000" in r.stdout

@@ -69,7 +69,7 @@ def _assemble(rts: gpd.GeoDataFrame, parts, *, regions, cell_size, years: float,
         for p in parts:
             for k, v in p.items():
                 total[k] = total.get(k, 0.0) + v
-        keys = sorted(total)
+        keys = sorted(k for k, v in total.items() if v > 0)  # cells without valid ground are not reported
         valid = np.array([total[k] for k in keys])
         x0, y0 = GRID_ORIGIN
         geoms = [shapely.box(x0 + c * cell_size, y0 - (r + 1) * cell_size, x0 + (c + 1) * cell_size, y0 - r * cell_size)

@@ -56,6 +56,7 @@ LAYER_RULES: dict[str, LayerRule] = {
     ),
     "incidence": LayerRule(0.0, math.pi, Resampling.bilinear, "local incidence angles in radians within [0, π]"),
     "sigma": LayerRule(0.0, 1.0e4, Resampling.bilinear, "non-negative elevation errors in metres"),
+    "probability": LayerRule(0.0, 1.0, Resampling.bilinear, "probabilities within [0, 1]"),
     "water": LayerRule(0.0, 1.0, Resampling.nearest, "mask values 0 (land) or 1 (water)", integer_flags=True),
 }
 
