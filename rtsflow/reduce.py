@@ -6,6 +6,7 @@ import dask
 import xarray as xr
 from dask.delayed import Delayed
 
+from rtsflow.graph.chunks import chunk_windows
 from rtsflow.graph.masswasting import measure
 from rtsflow.graph.polygons import vectorize
 from rtsflow.grid import Grid
@@ -34,16 +35,11 @@ def probability_on_grid(path, *, like: xr.DataArray, grid: Grid) -> xr.DataArray
         return prob.chunk(dict(zip(like.dims, like.data.chunks, strict=True))).astype("float32")
     info = inspect_raster(path, sidecar=path, key="probability")
     check_layer_values(info, key="probability")
-    chunks = like.data.chunks
-    y0s, x0s = np.cumsum((0, *chunks[0][:-1])), np.cumsum((0, *chunks[1][:-1]))
-    rows = []
-    for i, y0 in enumerate(y0s):
-        cols = []
-        for j, x0 in enumerate(x0s):
-            w = type(window)(window.row + int(y0), window.col + int(x0), chunks[0][i], chunks[1][j])
-            part = dask.delayed(warp_to_window)(info, grid=grid, window=w, resampling=Resampling.bilinear)
-            cols.append(da.from_delayed(part, shape=w.shape, dtype=np.float32))
-        rows.append(da.concatenate(cols, axis=1))
+    rows: dict[int, list] = {}
+    for i, _, w in chunk_windows(like.data.chunks, window):
+        part = dask.delayed(warp_to_window)(info, grid=grid, window=w, resampling=Resampling.bilinear)
+        rows.setdefault(i, []).append(da.from_delayed(part, shape=w.shape, dtype=np.float32))
+    rows = [da.concatenate(r, axis=1) for _, r in sorted(rows.items())]
     return xr.DataArray(da.concatenate(rows, axis=0), dims=like.dims, coords={"x": like["x"], "y": like["y"]})
 
 

@@ -15,6 +15,7 @@ import shapely
 import xarray as xr
 from dask.delayed import Delayed
 
+from rtsflow.graph.chunks import chunk_windows
 from rtsflow.grid import GRID_CRS, GRID_ORIGIN, Grid, Window
 
 __all__ = ["regional_densities"]
@@ -150,12 +151,9 @@ def regional_densities(
     window = grid.window_from_coords(features["x"].values, features["y"].values)
     chunks = features["ddem"].data.chunks
     arrays = [features[v].data.to_delayed() if v in features else None for v in ("ddem", "quality", "water")]
-    y0s, x0s = np.cumsum((0, *chunks[0][:-1])), np.cumsum((0, *chunks[1][:-1]))
     parts = []
-    for i, y0 in enumerate(y0s):
-        for j, x0 in enumerate(x0s):
-            w = Window(window.row + int(y0), window.col + int(x0), chunks[0][i], chunks[1][j])
-            blocks = [a[i, j] if a is not None else None for a in arrays]
-            parts.append(dask.delayed(_valid_area)(*blocks, window=w, grid=grid, regions=regions, cell_size=cell_size))
+    for i, j, w in chunk_windows(chunks, window):
+        blocks = [a[i, j] if a is not None else None for a in arrays]
+        parts.append(dask.delayed(_valid_area)(*blocks, window=w, grid=grid, regions=regions, cell_size=cell_size))
     years = float(features.attrs.get("years", 1.0))
     return dask.delayed(_assemble)(rts, parts, regions=regions, cell_size=cell_size, years=years, name=name)

@@ -9,6 +9,7 @@ import rasterio.features
 import xarray as xr
 from dask.delayed import Delayed
 
+from rtsflow.graph.chunks import chunk_windows
 from rtsflow.grid import Grid, Window
 from rtsflow.kernels.masswasting import mass_wasting_table
 from rtsflow.kernels.zonal import MAX_FIELDS, ZONAL_FIELDS, zonal_sums
@@ -81,13 +82,10 @@ def measure(
         arrays.append(features[v].data if v in features else None)
     chunks = arrays[0].chunks
     delayed = [a.to_delayed() if a is not None else None for a in arrays]
-    y0s, x0s = np.cumsum((0, *chunks[0][:-1])), np.cumsum((0, *chunks[1][:-1]))
     parts = []
-    for i, y0 in enumerate(y0s):
-        for j, x0 in enumerate(x0s):
-            w = Window(window.row + int(y0), window.col + int(x0), chunks[0][i], chunks[1][j])
-            blocks = [d[i, j] if d is not None else None for d in delayed]
-            parts.append(dask.delayed(_block_sums)(polygons, *blocks, grid=grid, window=w))
+    for i, j, w in chunk_windows(chunks, window):
+        blocks = [d[i, j] if d is not None else None for d in delayed]
+        parts.append(dask.delayed(_block_sums)(polygons, *blocks, grid=grid, window=w))
     years = float(features.attrs.get("years", 1.0))
     result = dask.delayed(_assemble)(polygons, parts, years=years, nominal_area=grid.pixel_area_nominal,
                                      correlation_length=correlation_length)  # fmt: skip

@@ -11,7 +11,8 @@ import xarray as xr
 from dask.delayed import Delayed
 from pyproj import Transformer
 
-from rtsflow.grid import GRID_CRS, Grid, Window
+from rtsflow.graph.chunks import chunk_windows
+from rtsflow.grid import GRID_CRS, Grid
 from rtsflow.kernels.vectorize import BlockPieces, stitch, vectorize_block
 
 __all__ = ["polygons_from_mask", "vectorize"]
@@ -87,13 +88,9 @@ def vectorize(probability: xr.DataArray, *, grid: Grid, threshold: float | None 
     """
     window = grid.window_from_coords(probability["x"].values, probability["y"].values)
     data = probability.data
-    ychunks, xchunks = data.chunks
-    y0s, x0s = np.cumsum((0, *ychunks[:-1])), np.cumsum((0, *xchunks[:-1]))
     blocks = data.to_delayed()
-    tasks = []
-    for i, y0 in enumerate(y0s):
-        for j, x0 in enumerate(x0s):
-            w = Window(window.row + int(y0), window.col + int(x0), ychunks[i], xchunks[j])
-            tasks.append(dask.delayed(_block_pieces)(blocks[i, j], threshold=threshold,
-                                                     transform=grid.transform(w), block=(i, j)))  # fmt: skip
+    tasks = [
+        dask.delayed(_block_pieces)(blocks[i, j], threshold=threshold, transform=grid.transform(w), block=(i, j))
+        for i, j, w in chunk_windows(data.chunks, window)
+    ]
     return dask.delayed(polygons_from_mask)(tasks, grid=grid)
