@@ -70,16 +70,18 @@ def _assemble(rts: gpd.GeoDataFrame, parts, *, regions, cell_size, years: float,
         for p in parts:
             for k, v in p.items():
                 total[k] = total.get(k, 0.0) + v
-        keys = sorted(k for k, v in total.items() if v > 0)  # cells without valid ground are not reported
-        valid = np.array([total[k] for k in keys])
+        c = rts.geometry.centroid
+        r_i = np.floor((GRID_ORIGIN[1] - c.y.to_numpy()) / cell_size).astype(int)
+        c_i = np.floor((c.x.to_numpy() - GRID_ORIGIN[0]) / cell_size).astype(int)
+        # Cells are reported where there is valid ground or an RTS (a cell of the cube's
+        # window that is all no-data and holds no RTS is left out).
+        keys = sorted({k for k, v in total.items() if v > 0} | set(zip(r_i.tolist(), c_i.tolist(), strict=True)))
+        valid = np.array([total.get(k, 0.0) for k in keys])
         x0, y0 = GRID_ORIGIN
         geoms = [shapely.box(x0 + c * cell_size, y0 - (r + 1) * cell_size, x0 + (c + 1) * cell_size, y0 - r * cell_size)
                  for r, c in keys]  # fmt: skip
         zone_name = [f"cell_{r}_{c}" for r, c in keys]
         lookup = {k: i for i, k in enumerate(keys)}
-        c = rts.geometry.centroid
-        r_i = np.floor((GRID_ORIGIN[1] - c.y.to_numpy()) / cell_size).astype(int)
-        c_i = np.floor((c.x.to_numpy() - GRID_ORIGIN[0]) / cell_size).astype(int)
         idx = np.array([lookup.get((a, b), -1) for a, b in zip(r_i, c_i, strict=True)], dtype=int)
     n = len(geoms)
     sel = idx >= 0
