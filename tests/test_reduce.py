@@ -253,11 +253,11 @@ def test_outputs_with_metadata(ellesmere, tmp_path, suffix):
     ref, _, _ = ellesmere
     meta = run_metadata(config={"threshold": 0.5}, model_sha256="abc", features="f.zarr")
     path = write_vectors(ref.iloc[:5], tmp_path / f"rts{suffix}", metadata=meta)
-    back = gpd.read_file(path) if suffix == ".gpkg" else gpd.read_parquet(path)
+    back = gpd.read_file(path, layer="rts") if suffix == ".gpkg" else gpd.read_parquet(path)
     assert len(back) == 5 and back.crs.to_epsg() == 3413
     got = read_metadata(path)
     assert got["model_sha256"] == "abc" and got["config"] == {"threshold": 0.5} and "versions" in got
-    assert not list(tmp_path.glob(".*tmp"))
+    assert not list(tmp_path.glob(".*tmp*"))
 
 
 @pytest.mark.slow

@@ -126,10 +126,10 @@ def pair_features(
                "title": f"rtsflow pair features {earlier}→{later}", "Conventions": "CF-1.10"},
     )  # fmt: skip
     if fits is not None:
-        out = out.merge(fits)
+        out = out.merge(fits, compat="no_conflicts", join="outer")
     obs_fits = [v for v in comps.data_vars if v.startswith("obs_coreg_")]
     if obs_fits:
-        out = out.merge(comps[obs_fits])
+        out = out.merge(comps[obs_fits], compat="no_conflicts", join="outer")
     if "spatial_ref" in cube.coords:
         out = out.assign_coords(spatial_ref=cube["spatial_ref"])
     return out, selection

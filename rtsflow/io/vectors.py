@@ -45,7 +45,7 @@ def write_vectors(gdf: gpd.GeoDataFrame, path: str | Path, *, metadata: dict[str
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
     text = json.dumps(metadata, default=str)
     if path.suffix == ".parquet":
         gdf.to_parquet(tmp)
