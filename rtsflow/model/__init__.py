@@ -1,0 +1,1 @@
+"""Segmentation models (segmentation-models-pytorch) and their checkpoints."""

@@ -1,0 +1,58 @@
+"""Per-band normalisation of feature tiles for the model (pure NumPy).
+
+Defaults follow the paper's scheme (fixed metre ranges for dDEM and σ,
+slope / 90) with two deliberate differences from the reference code: values
+outside a range are clipped instead of set to zero, and NaN (no data) becomes
+0 with a separate validity mask, so the loss can ignore those pixels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+__all__ = ["DEFAULT_NORMALISATION", "BandScaling", "normalise"]
+
+
+@dataclass(frozen=True)
+class BandScaling:
+    """Linear map of [low, high] onto [-1, 1] (or [0, 1] when ``low == 0``), then clipping."""
+
+    band: str
+    low: float
+    high: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+DEFAULT_NORMALISATION: tuple[BandScaling, ...] = (
+    BandScaling("ddem_norm", -10.0, 10.0),
+    BandScaling("ddem", -20.0, 20.0),
+    BandScaling("ddem_sigma", 0.0, 10.0),
+    BandScaling("slope", 0.0, 90.0),
+)
+
+
+def normalise(bands: np.ndarray, scalings: Sequence[BandScaling]) -> tuple[np.ndarray, np.ndarray]:
+    """Scale a ``(band, y, x)`` stack; return ``(scaled float32, valid bool (y, x))``.
+
+    A pixel is valid when every band is finite; invalid pixels are 0 in every band.
+    """
+    x = np.asarray(bands, dtype=np.float32)
+    if x.shape[0] != len(scalings):
+        raise ValueError(f"expected {len(scalings)} bands ({[s.band for s in scalings]}), got {x.shape[0]}")
+    valid = np.isfinite(x).all(axis=0)
+    out = np.empty_like(x)
+    for i, s in enumerate(scalings):
+        if s.low == 0.0:
+            scaled = x[i] / s.high
+            lo, hi = 0.0, 1.0
+        else:
+            scaled = 2.0 * (x[i] - s.low) / (s.high - s.low) - 1.0
+            lo, hi = -1.0, 1.0
+        out[i] = np.clip(np.nan_to_num(scaled, nan=0.0), lo, hi)
+    out[:, ~valid] = 0.0
+    return out, valid
