@@ -1,0 +1,91 @@
+"""Tile inference: invalid input, batching, per-process model loading and routing to GPU-tagged workers."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import dask.array as da
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+from distributed import Client, LocalCluster, get_task_stream
+
+from rtsflow.model.checkpoint import save_checkpoint
+from rtsflow.model.factory import build_model
+from rtsflow.model.inference import load_count, predict
+from rtsflow.model.normalise import DEFAULT_NORMALISATION
+
+BANDS = [s.band for s in DEFAULT_NORMALISATION]
+
+
+@pytest.fixture(scope="module")
+def spec(tmp_path_factory):
+    torch.manual_seed(0)
+    model = build_model(architecture="unet", encoder="resnet18", in_channels=4, encoder_depth=3).eval()
+    directory = tmp_path_factory.mktemp("model") / "ckpt"
+    return save_checkpoint(model, directory, architecture="unet", encoder="resnet18", encoder_depth=3, bands=BANDS,
+                           normalisation=list(DEFAULT_NORMALISATION), tile_size=128)  # fmt: skip
+
+
+def _features(n=384, chunk=192, seed=0):
+    rng = np.random.default_rng(seed)
+    arrs = {b: rng.normal(0, 3, (n, n)).astype("float32") for b in BANDS}
+    arrs["ddem_sigma"] = np.abs(arrs["ddem_sigma"])
+    arrs["ddem"][:100, :100] = np.nan  # a no-data corner larger than a tile
+    coords = {"x": np.arange(n) * 10.0, "y": -np.arange(n) * 10.0}
+    return xr.Dataset({k: (("y", "x"), da.from_array(v, chunks=chunk)) for k, v in arrs.items()}, coords=coords)
+
+
+def test_prediction_is_lazy_nan_where_invalid_and_in_range(spec):
+    feats = _features()
+    prob = predict(feats, spec=spec, bands=BANDS, halo=16, tile=128)
+    assert isinstance(prob.data, da.Array) and prob.attrs["model_sha256"] == spec.sha256
+    p = prob.compute(scheduler="sync").values
+    assert np.isnan(p[:100, :100]).all()
+    inside = p[~np.isnan(p)]
+    assert inside.size == 384 * 384 - 100 * 100
+    assert ((inside >= 0) & (inside <= 1)).all()
+    # Batch size does not change results.
+    p2 = predict(feats, spec=spec, bands=BANDS, halo=16, tile=128, batch_size=1).compute(scheduler="sync").values
+    np.testing.assert_array_equal(p, p2)
+
+
+def test_inference_runs_only_on_gpu_tagged_worker_and_loads_once_per_process(spec, tmp_path):
+    dask_worker = shutil.which("dask", path=str(Path(sys.executable).parent))
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1",
+                      dashboard_address=None) as cluster, Client(cluster) as client:  # fmt: skip
+        gpu = subprocess.Popen([dask_worker, "worker", cluster.scheduler_address, "--resources", "GPU=1",
+                                "--nthreads", "1", "--no-dashboard", "--name", "gpu-worker",
+                                "--local-directory", str(tmp_path)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+        try:
+            client.wait_for_workers(2, timeout=120)
+            info = client.scheduler_info()["workers"]
+            gpu_addr = next(a for a, w in info.items() if w.get("resources", {}).get("GPU"))
+            feats = client.persist(_features())  # the CPU stage runs anywhere
+            prob = predict(feats, spec=spec, bands=BANDS, halo=16, tile=128, device="cpu")
+            with get_task_stream(client) as ts:
+                result = client.compute(prob.data, resources={"GPU": 1}).result()
+            ran = {t["worker"] for t in ts.data if "predict_block" in str(t["key"])}
+            assert ran == {gpu_addr}
+            loads = client.run(load_count)
+            assert loads[gpu_addr] == 1  # four blocks, one model load
+            assert all(n == 0 for a, n in loads.items() if a != gpu_addr)
+            assert result.shape == (384, 384)
+        finally:
+            gpu.terminate()
+            gpu.wait(timeout=60)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_bf16_on_gpu_matches_fp32(spec):
+    feats = _features()
+    p32 = predict(feats, spec=spec, bands=BANDS, halo=16, tile=128, device="cuda").compute(scheduler="sync").values
+    p16 = predict(feats, spec=spec, bands=BANDS, halo=16, tile=128, device="cuda",
+                  precision="bf16").compute(scheduler="sync").values  # fmt: skip
+    assert np.nanmax(np.abs(p32 - p16)) < 0.05
