@@ -19,15 +19,13 @@ checks that both give the same dDEM. Usage::
 from __future__ import annotations
 
 import argparse
-import platform
 import shutil
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
-import psutil
 import zarr
+from common import print_header
 from distributed import Client
 from pyproj import Transformer
 
@@ -98,8 +96,7 @@ def main() -> None:
     ap.add_argument("--chunk", type=int, default=1024)
     ap.add_argument("--out", type=Path, default=Path("/tmp/rtsflow-bench-features"))
     args = ap.parse_args()
-    print(f"# feature-graph benchmark, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC")
-    print(f"# machine: {platform.node()}, {psutil.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB")
+    print_header("feature-graph")
 
     # Centre the region in one block so the reference fits in memory.
     b = GRID.block_size

@@ -22,17 +22,15 @@ baseline measured in the same run. Usage::
 from __future__ import annotations
 
 import argparse
-import platform
 import shutil
 import time
 import tracemalloc
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
-import psutil
 import rasterio
 from affine import Affine
+from common import print_header
 from distributed import Client
 from rasterio.warp import reproject
 
@@ -126,11 +124,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("/tmp/rtsflow-bench-ingest"))
     args = ap.parse_args()
 
-    print(f"# ingest benchmark, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC")
-    print(
-        f"# machine: {platform.node()}, {psutil.cpu_count()} cores, "
-        f"{psutil.virtual_memory().total / 2**30:.0f} GiB, {platform.processor() or platform.machine()}"
-    )
+    print_header("ingest")
     config = SynthConfig(seed=1, size_km=(args.size_km, args.size_km), winters=(2010, 2016), obs_per_winter=2)
     region_dir = args.out / "region"
     shutil.rmtree(args.out, ignore_errors=True)

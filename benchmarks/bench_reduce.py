@@ -16,19 +16,17 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import platform
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 import dask.array as da
 import numpy as np
-import psutil
 import rasterio
 import rasterio.features
 import rasterio.mask
 import shapely
 import xarray as xr
+from common import print_header
 from distributed import Client
 
 from rtsflow.cluster import local_cluster
@@ -47,8 +45,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("/tmp/rtsflow-bench-reduce"))
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    print(f"# reduction benchmark, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC")
-    print(f"# machine: {platform.node()}, {psutil.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB")
+    print_header("reduction")
 
     n_px = int(args.size_km * 100)
     n_px -= n_px % 512

@@ -13,12 +13,13 @@ from pathlib import Path
 
 import zarr
 
+from pipelines.summaries import features_summary
 from rtsflow.cluster import connect
 from rtsflow.graph.features import pair_features
 from rtsflow.ingest import ingest, ingest_mask, ingest_reference_dem
 from rtsflow.io.cube import cube_info, open_cube
 from rtsflow.io.features import open_features, write_features
-from rtsflow.summary import cube_summary, features_summary
+from rtsflow.summary import cube_summary
 from rtsflow.synth.generator import SynthConfig, SynthRegion, synthesize
 
 __all__ = ["DemoResult", "run_demo"]

@@ -121,6 +121,25 @@ class Grid:
         if self.tile_size < 1 or self.block_tiles < 1:
             raise ValueError("tile_size and block_tiles must be >= 1")
 
+    # -- store attributes ----------------------------------------------------
+    def to_attrs(self) -> dict[str, object]:
+        """The grid as store attributes (every rtsflow store records its grid this way)."""
+        return {
+            "grid_crs": GRID_CRS,
+            "grid_resolution": self.resolution,
+            "grid_tile_size": self.tile_size,
+            "grid_block_tiles": self.block_tiles,
+        }
+
+    @classmethod
+    def from_attrs(cls, attrs) -> Grid:
+        """The grid recorded by :meth:`to_attrs` (raises ``KeyError`` if absent)."""
+        return cls(
+            resolution=float(attrs["grid_resolution"]),
+            tile_size=int(attrs["grid_tile_size"]),
+            block_tiles=int(attrs["grid_block_tiles"]),
+        )
+
     # -- sizes -------------------------------------------------------------
     @property
     def crs(self) -> str:

@@ -36,7 +36,7 @@ __all__ = ["IngestReport", "PreparedProduct", "ingest", "ingest_mask", "ingest_r
 
 log = logging.getLogger(__name__)
 
-COMMITTED_ATTR = "rtsflow_committed_obs"
+COMMITTED_ATTR = cubeio.COMMITTED_ATTR
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-__all__ = ["cube_summary", "features_summary", "store_size"]
+__all__ = ["cube_summary", "store_size"]
 
 
 def store_size(path: str | Path) -> int:
@@ -39,35 +39,4 @@ def cube_summary(ds: xr.Dataset, *, path: str | Path | None = None) -> str:
     lines.append(
         "variables: " + ", ".join(f"{k} [{v.attrs.get('units', '')}]" for k, v in ds.data_vars.items() if v.ndim == 3)
     )
-    return "\n".join(lines)
-
-
-def features_summary(ds: xr.Dataset) -> str:
-    """A short description of a feature store: dDEM statistics and co-registration fits (computes small reductions)."""
-    d = ds["ddem"]
-    valid = int(d.notnull().sum().compute())
-    lines = [
-        f"period: {ds.attrs.get('earlier')} → {ds.attrs.get('later')} ({ds.attrs.get('years', float('nan')):g} years)",
-        f"valid dDEM pixels: {valid:,}; no data or SAR-quality masked: {int((ds['quality'] == 1).sum().compute()):,}; "
-        f"water: {int((ds['water'] == 1).sum().compute()):,}",
-    ]
-    if valid:
-        values = d.values
-        values = values[np.isfinite(values)]
-        q = np.percentile(values, [1, 50, 99])
-        sig = ds["ddem_sigma"].values
-        lines.append(f"dDEM percentiles 1/50/99 %: {q[0]:.2f} / {q[1]:.2f} / {q[2]:.2f} m; "
-                     f"median σ_dDEM {np.nanmedian(sig):.2f} m")  # fmt: skip
-    if "coreg_status" in ds:
-        fits = ds[[v for v in ds.data_vars if v.startswith("coreg_")]].compute()
-        for by in fits.block_y.values:
-            for bx in fits.block_x.values:
-                f = fits.sel(block_y=by, block_x=bx)
-                status = ["fit", "neighbours", "none", "failed"][int(f.coreg_status)]
-                lines.append(
-                    f"co-registration block ({by}, {bx}): {status}, shift "
-                    f"({float(f.coreg_shift_x):+.2f}, {float(f.coreg_shift_y):+.2f}, {float(f.coreg_shift_z):+.2f}) m, "
-                    f"NMAD {float(f.coreg_nmad_before):.2f} → {float(f.coreg_nmad_after):.2f} m "
-                    f"over {int(f.coreg_n_stable):,} stable px"
-                )
     return "\n".join(lines)

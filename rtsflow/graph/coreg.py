@@ -10,6 +10,7 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
+from rtsflow.graph.chunks import chunk_windows
 from rtsflow.grid import Grid
 from rtsflow.kernels.coreg import FIT_FIELDS, STATUS, apply_fit, fit_block, resolve_fallbacks
 
@@ -97,16 +98,14 @@ def coregister(
 
     # One parameter vector (+ chunk origin within its block) per dask chunk.
     halo = math.ceil(config.max_shift_px) + 2
-    ychunks, xchunks = tba.chunks
-    y0s, x0s = np.cumsum((0, *ychunks[:-1])), np.cumsum((0, *xchunks[:-1]))
-    rows = []
-    for y0 in y0s:
-        cols = []
-        for x0 in x0s:
-            origin = da.from_array(np.array([y0 % b, x0 % b], dtype=np.float64), chunks=2)
-            cols.append(da.concatenate([table[y0 // b, x0 // b], origin])[None, :])
-        rows.append(da.concatenate(cols, axis=1))
-    params = da.concatenate(rows, axis=0).rechunk((1, len(FIT_FIELDS) + 2))
+    rows: dict[int, list] = {}
+    for i, _, w in chunk_windows(tba.chunks, window):
+        # Chunk origin relative to the block it lies in (the ramp is block-relative).
+        origin = da.from_array(np.array([w.row % b, w.col % b], dtype=np.float64), chunks=2)
+        fit = table[(w.row - window.row) // b, (w.col - window.col) // b]
+        rows.setdefault(i, []).append(da.concatenate([fit, origin])[None, :])
+    params = da.concatenate([da.concatenate(r, axis=1) for _, r in sorted(rows.items())], axis=0)
+    params = params.rechunk((1, len(FIT_FIELDS) + 2))
 
     padded = da.overlap.overlap(tba, depth={0: halo, 1: halo}, boundary=np.nan)
     res = grid.resolution

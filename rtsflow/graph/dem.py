@@ -212,6 +212,5 @@ def grid_of(ds: xr.Dataset) -> Grid:
     """The grid recorded in a cube's or feature store's attributes (default grid otherwise)."""
     a = ds.attrs
     if "grid_resolution" in a:
-        return Grid(resolution=float(a["grid_resolution"]), tile_size=int(a["grid_tile_size"]),
-                    block_tiles=int(a["grid_block_tiles"]))  # fmt: skip
+        return Grid.from_attrs(a)
     return Grid(resolution=float(abs(ds["x"].values[1] - ds["x"].values[0])))

@@ -12,7 +12,7 @@ from dask.delayed import Delayed
 from rtsflow.graph.chunks import chunk_windows
 from rtsflow.grid import Grid, Window
 from rtsflow.kernels.masswasting import mass_wasting_table
-from rtsflow.kernels.zonal import MAX_FIELDS, ZONAL_FIELDS, zonal_sums
+from rtsflow.kernels.zonal import MAX_FIELDS, ZONAL_FIELDS, combine_zonal, zonal_sums
 
 __all__ = ["measure"]
 
@@ -36,8 +36,10 @@ def _block_sums(polygons: gpd.GeoDataFrame, ddem, sigma, water, quality, *, grid
 
 
 def _assemble(polygons: gpd.GeoDataFrame, parts, *, years: float, nominal_area: float, correlation_length: float):
-    sums = np.sum([p[0] for p in parts], axis=0) if parts else np.zeros((len(polygons), len(ZONAL_FIELDS)))
-    maxima = np.max([p[1] for p in parts], axis=0) if parts else np.zeros((len(polygons), len(MAX_FIELDS)))
+    if parts:
+        sums, maxima = combine_zonal(parts)
+    else:
+        sums, maxima = np.zeros((len(polygons), len(ZONAL_FIELDS))), np.zeros((len(polygons), len(MAX_FIELDS)))
     table = mass_wasting_table(sums, maxima, years=years, nominal_area=nominal_area,
                                correlation_length=correlation_length)  # fmt: skip
     table.index = polygons.index

@@ -100,6 +100,9 @@ OBS_COORDS: dict[str, tuple[str, str, str]] = {
     "content_hash": ("content hash", "", "sha256 of the sidecar metadata and raster bytes."),
 }
 
+#: Group attribute: how many observations are committed (readers ignore the rest).
+COMMITTED_ATTR = "rtsflow_committed_obs"
+
 #: Obs coordinates are tiny; long chunks keep the file count low as obs grows.
 OBS_COORD_CHUNK = 4096
 
@@ -196,10 +199,7 @@ def create_cube(path: str | Path, *, grid: Grid, window: Window, obs: Mapping[st
             "title": "rtsflow observation cube",
             "Conventions": "CF-1.10",
             "rtsflow_version": __version__,
-            "grid_crs": GRID_CRS,
-            "grid_resolution": grid.resolution,
-            "grid_tile_size": grid.tile_size,
-            "grid_block_tiles": grid.block_tiles,
+            **grid.to_attrs(),
             "grid_window": [window.row, window.col, window.height, window.width],
         }
     )
@@ -228,10 +228,10 @@ def write_block(
     not stored. Callers must not write the same shard concurrently (ingest
     gives each (observation, block) to exactly one task).
     """
-    grid_tile = zarr.open_group(str(path), mode="r", zarr_format=3).attrs["grid_tile_size"]
+    group = zarr.open_group(str(path), mode="r+", zarr_format=3)
+    grid_tile = group.attrs["grid_tile_size"]
     if block.row % grid_tile or block.col % grid_tile or block.height % grid_tile or block.width % grid_tile:
         raise ValueError(f"{block} is not aligned to {grid_tile}-px tiles")
-    group = zarr.open_group(str(path), mode="r+", zarr_format=3)
     ys, xs = block.relative_to(cube_window)
     for name, arr in layers.items():
         spec = CUBE_VARIABLES[name]
@@ -298,11 +298,7 @@ def cube_info(path: str | Path) -> CubeInfo:
     group = zarr.open_group(str(path), mode="r", zarr_format=3)
     a = group.attrs
     try:
-        grid = Grid(
-            resolution=float(a["grid_resolution"]),
-            tile_size=int(a["grid_tile_size"]),
-            block_tiles=int(a["grid_block_tiles"]),
-        )
+        grid = Grid.from_attrs(a)
         window = Window(*(int(v) for v in a["grid_window"]))
     except KeyError as e:
         raise ValueError(f"{path}: not an rtsflow observation cube (missing attribute {e})") from e
@@ -337,7 +333,7 @@ def open_cube(path: str | Path, *, sort_by_time: bool = True, chunk: int | None 
         warnings.filterwarnings("ignore", "The specified chunks separate", UserWarning)
         ds = xr.open_zarr(str(path), consolidated=False, chunks={"obs": 1, "y": b, "x": b}, decode_coords="all")
     # Observations of an ingest that has not committed (or was killed) are not shown.
-    committed = ds.attrs.get("rtsflow_committed_obs")
+    committed = ds.attrs.get(COMMITTED_ATTR)
     if committed is not None and int(committed) < ds.sizes["obs"]:
         ds = ds.isel(obs=slice(0, int(committed)))
     text = ("orbit", "sensor", "product_id", "kind", "source", "content_hash")

@@ -44,9 +44,7 @@ def write_features(ds: xr.Dataset, path: str | Path, *, grid: Grid, selection=No
         raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
     tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
     out = ds.copy()
-    out.attrs["grid_resolution"] = grid.resolution
-    out.attrs["grid_tile_size"] = grid.tile_size
-    out.attrs["grid_block_tiles"] = grid.block_tiles
+    out.attrs.update(grid.to_attrs())
     if selection is not None:
         out.attrs["observation_selection"] = json.dumps(
             selection.assign(time=selection.time.astype(str)).to_dict(orient="records")
@@ -66,5 +64,5 @@ def open_features(path: str | Path, *, chunk: int | None = None) -> xr.Dataset:
     import zarr
 
     attrs = zarr.open_group(str(path), mode="r", zarr_format=3).attrs
-    b = int(attrs["grid_tile_size"]) * int(attrs["grid_block_tiles"]) if chunk is None else int(chunk)
+    b = Grid.from_attrs(attrs).block_size if chunk is None else int(chunk)
     return xr.open_zarr(str(path), consolidated=False, chunks={"y": b, "x": b, "winter": 1}, decode_coords="all")

@@ -15,7 +15,7 @@ import logging
 import shutil
 from pathlib import Path
 
-import zarr
+from rtsflow.io.cube import truncate_obs
 
 __all__ = ["PENDING_DIR", "CubeTransaction", "recover"]
 
@@ -62,12 +62,7 @@ class CubeTransaction:
         if not manifest.exists():  # backup never completed: the cube was not touched
             shutil.rmtree(self.backup, ignore_errors=True)
             return
-        n_obs = json.loads(manifest.read_text())["n_obs"]
-        group = zarr.open_group(str(self.cube), mode="r+", zarr_format=3)
-        for _, arr in group.arrays():
-            names = arr.metadata.dimension_names or ()
-            if names and names[0] == "obs" and arr.shape[0] != n_obs:
-                arr.resize((n_obs, *arr.shape[1:]))  # drops chunks past n_obs
+        truncate_obs(self.cube, json.loads(manifest.read_text())["n_obs"])  # drops chunks past n_obs
         # Coordinate chunks appended after the backup disappear; the rest is restored.
         saved = {p.relative_to(self.backup) for p in self.backup.rglob("*") if p.is_file()} - {Path(_MANIFEST)}
         for f in _protected_files(self.cube):

@@ -255,7 +255,7 @@ def synthesize(out: str | Path, *, config: SynthConfig | None = None, window_px:
                 w0, w1 = scene.epochs[i], scene.epochs[j]
                 dh = scene.slump_change(x, y, j, since=i)
                 truth_files[f"dh_{w0}_{w1}"].write(dh.astype(np.float32), 1, window=rw)
-                truth_files[f"rts_mask_{w0}_{w1}"].write(_active_mask(scene, x, y, i, j).astype(np.uint8), 1, window=rw)
+                truth_files[f"rts_mask_{w0}_{w1}"].write(scene.active_mask(x, y, i, j).astype(np.uint8), 1, window=rw)
     finally:
         for f in (*files.values(), *truth_files.values()):
             f.close()
@@ -310,20 +310,6 @@ def synthesize(out: str | Path, *, config: SynthConfig | None = None, window_px:
     }
     (out / "region.json").write_text(json.dumps(doc, indent=2) + "\n")
     return region
-
-
-def _active_mask(scene: Scene, x: np.ndarray, y: np.ndarray, i: int, j: int) -> np.ndarray:
-    """Pixels inside the end-of-period scar of every slump that changed between epochs i and j."""
-    from rtsflow.synth.scene import _local
-
-    out = np.zeros((y.size, x.size), dtype=bool)
-    for s in scene.slumps((float(x.min()), float(y.min()), float(x.max()), float(y.max()))):
-        if s.fractions[j] == s.fractions[i]:
-            continue
-        sl = _local(x, y, s.x, s.y, s.radius)
-        if sl is not None:
-            out[sl] |= s.footprint(x[sl[1]], y[sl[0]], s.fractions[j])
-    return out
 
 
 def _slump_window(grid: Grid, s: Slump) -> Window:

@@ -73,7 +73,6 @@ def _shape_mean() -> float:
 
 
 SHAPE_MEAN = _shape_mean()
-SHAPE_MAX = 1.25 * 1.0  # shape at s=0 edge tends to 0; the max over the disc is below this
 
 
 @dataclass(frozen=True)
@@ -398,19 +397,32 @@ class Scene:
                 z[sl] -= pit.depth * bump(r2, 0.5)
         return z
 
+    def _slumps_local(self, x: np.ndarray, y: np.ndarray):
+        """Each slump that can affect the grid ``x`` × ``y``, with its local slices and coordinates."""
+        for slump in self.slumps(_bounds(x, y)):
+            sl = _local(x, y, slump.x, slump.y, slump.radius)
+            if sl is not None:
+                yield slump, sl, x[sl[1]], y[sl[0]]
+
     def slump_change(self, x: np.ndarray, y: np.ndarray, epoch: int, since: int | None = None) -> np.ndarray:
         """Elevation change by slumps at ``epoch`` (relative to epoch ``since``, or to no slumps)."""
         out = np.zeros((y.size, x.size))
-        for slump in self.slumps(_bounds(x, y)):
+        for slump, sl, xs, ys in self._slumps_local(x, y):
             f1 = slump.fractions[epoch]
             f0 = 0.0 if since is None else slump.fractions[since]
-            sl = _local(x, y, slump.x, slump.y, slump.radius)
-            if f1 == f0 or sl is None:
+            if f1 == f0:
                 continue
-            xs, ys = x[sl[1]], y[sl[0]]
             out[sl] += slump.elevation_change(xs, ys, f1)
             if f0 > 0:
                 out[sl] -= slump.elevation_change(xs, ys, f0)
+        return out
+
+    def active_mask(self, x: np.ndarray, y: np.ndarray, since: int, epoch: int) -> np.ndarray:
+        """Pixels inside the end-of-period scar of every slump that changed between two epochs."""
+        out = np.zeros((y.size, x.size), dtype=bool)
+        for slump, sl, xs, ys in self._slumps_local(x, y):
+            if slump.fractions[epoch] != slump.fractions[since]:
+                out[sl] |= slump.footprint(xs, ys, slump.fractions[epoch])
         return out
 
 
