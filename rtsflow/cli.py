@@ -215,6 +215,170 @@ def features(cube, pair, out, water, reference, weighting, epoch, all_months, ho
     click.echo(f"wrote {out}")
 
 
+@main.command()
+@click.option(
+    "--features",
+    "features_paths",
+    multiple=True,
+    required=True,
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Feature store (repeatable: one per training area/pair).",
+)
+@click.option(
+    "--labels",
+    "labels_paths",
+    multiple=True,
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="RTS polygons (GeoParquet/GeoPackage/GeoJSON, any CRS): one for all stores, or one per --features.",
+)
+@click.option("--where", default=None, help="pandas query selecting label rows, e.g. 'winter_start == 2010'.")
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Checkpoint directory.")
+@click.option(
+    "--preset",
+    type=click.Choice(["paper", "demo"]),
+    default="paper",
+    show_default=True,
+    help="paper: UNet++ ResNet18 on 512² tiles; demo: compact 3-level UNet on 128² tiles.",
+)
+@click.option("--architecture", type=click.Choice(["unet", "unetplusplus", "deeplabv3plus"]), default=None)
+@click.option("--encoder", default=None, help="Any segmentation-models-pytorch encoder name.")
+@click.option("--epochs", type=int, default=None)
+@click.option("--steps-per-epoch", type=int, default=None)
+@click.option("--batch-size", type=int, default=None)
+@click.option("--split-size", type=int, default=None, help="Side (px) of the train/validation split cells.")
+@click.option("--loss", type=click.Choice(["dice", "bce+dice"]), default=None)
+@click.option("--seed", type=int, default=None)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
+@click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True)
+@click.option("--max-minutes", type=float, default=None, help="Stop after the epoch that crosses this wall time.")
+@click.option("--overwrite", is_flag=True)
+def train(
+    features_paths,
+    labels_paths,
+    where,
+    out,
+    preset,
+    architecture,
+    encoder,
+    epochs,
+    steps_per_epoch,
+    batch_size,
+    split_size,
+    loss,
+    seed,
+    device,
+    precision,
+    max_minutes,
+    overwrite,
+) -> None:
+    """Train a segmentation model on feature stores and RTS label polygons; keep the best checkpoint."""
+    import dataclasses
+
+    from rtsflow.model.train import DEMO_CONFIG, TrainConfig, load_area, read_labels
+    from rtsflow.model.train import train as train_model
+
+    if len(labels_paths) not in (1, len(features_paths)):
+        raise click.BadParameter(
+            f"give one --labels for all stores or one per --features ({len(features_paths)}), got {len(labels_paths)}",
+            param_hint="--labels",
+        )
+    base = DEMO_CONFIG if preset == "demo" else TrainConfig()
+    overrides = {
+        k: v
+        for k, v in dict(
+            architecture=architecture,
+            encoder=encoder,
+            epochs=epochs,
+            steps_per_epoch=steps_per_epoch,
+            batch_size=batch_size,
+            split_size=split_size,
+            loss=loss,
+            seed=seed,
+            max_minutes=max_minutes,
+        ).items()
+        if v is not None
+    }
+    config = dataclasses.replace(base, device=device, precision=precision, **overrides)
+    labels = [read_labels(p, where=where) for p in labels_paths]
+    areas = [load_area(f, labels[min(i, len(labels) - 1)], config=config) for i, f in enumerate(features_paths)]
+    result = train_model(areas, out=out, config=config, overwrite=overwrite)
+    m = result.metrics
+    click.echo(f"best epoch {result.best_epoch}: validation IoU {m['val_iou']:.3f}, F1 {m['val_f1']:.3f}")
+    click.echo(f"checkpoint: {out} (sha256 {result.spec.sha256[:12]}…); log: {result.log}")
+
+
+@main.command()
+@click.argument("features_path", metavar="FEATURES", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option(
+    "--model",
+    "model_path",
+    required=True,
+    type=click.Path(exists=True, path_type=Path),
+    help="Checkpoint directory (model.safetensors + rtsflow_model.json).",
+)
+@click.option(
+    "--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Probability store (Zarr)."
+)
+@click.option("--halo", type=int, default=64, show_default=True, help="Overlap of neighbouring tiles (px, even).")
+@click.option("--tile", type=int, default=None, help="Tile size (default: the checkpoint's).")
+@click.option("--batch-size", type=int, default=4, show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto (cuda if the worker has one), cpu or cuda.")
+@click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True)
+@click.option("--dtype", type=click.Choice(["uint8", "float16"]), default="uint8", show_default=True)
+@click.option("--overwrite", is_flag=True)
+@click.option("--cluster", default="local", show_default=True, help=CLUSTER_HELP)
+def predict(
+    features_path, model_path, out, halo, tile, batch_size, device, precision, dtype, overwrite, cluster
+) -> None:
+    """Run the model over a feature store and write the RTS probability (Zarr, with the model's sha256)."""
+    from rtsflow.cluster import connect, gpu_resources
+    from rtsflow.graph.dem import grid_of
+    from rtsflow.io.features import open_features
+    from rtsflow.io.probability import write_probability
+    from rtsflow.model.checkpoint import CheckpointError, ModelSpec, read_record
+    from rtsflow.model.inference import predict as predict_lazy
+
+    try:
+        record = read_record(model_path)
+    except CheckpointError as e:
+        raise click.BadParameter(str(e), param_hint="--model") from e
+    feats = open_features(features_path)
+    missing = [b for b in record["bands"] if b not in feats]
+    if missing:
+        raise click.BadParameter(f"{features_path} lacks the model's band(s) {missing}", param_hint="FEATURES")
+    spec = ModelSpec(path=str(Path(model_path).resolve()), sha256=record["weights_sha256"])
+    grid = grid_of(feats)
+    prob = predict_lazy(
+        feats,
+        spec=spec,
+        bands=record["bands"],
+        halo=halo,
+        tile=tile or record["tile_size"],
+        batch_size=batch_size,
+        device=device,
+        precision=precision,
+        grid=grid,
+    )
+    with connect(cluster) as client:
+        resources = gpu_resources(client)
+        write_probability(
+            prob,
+            out,
+            grid=grid,
+            dtype=dtype,
+            overwrite=overwrite,
+            resources=resources,
+            attrs={
+                "features": str(Path(features_path).resolve()),
+                "model": spec.path,
+                "threshold": record["threshold"],
+            },
+        )
+    where = "GPU-tagged workers" if resources else "all workers"
+    click.echo(f"wrote {out} (model {spec.sha256[:12]}…, inference on {where})")
+
+
 @main.command(name="reduce")
 @click.argument("features_path", metavar="FEATURES", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option(

@@ -10,7 +10,7 @@ from contextlib import contextmanager
 import psutil
 from distributed import Client, LocalCluster
 
-__all__ = ["connect", "local_cluster"]
+__all__ = ["connect", "gpu_resources", "local_cluster"]
 
 log = logging.getLogger(__name__)
 
@@ -58,3 +58,19 @@ def connect(cluster: str = "local", *, n_workers: int | None = None, quiet: bool
             yield client
     else:
         raise ValueError(f"--cluster: expected 'local' or a scheduler address (tcp://host:port), got {cluster!r}")
+
+
+def gpu_resources(client: Client | None = None) -> dict | None:
+    """``{"GPU": 1}`` when some worker of the client's cluster is tagged ``GPU``, else ``None`` (run anywhere).
+
+    Used to submit the inference stage so it runs only on GPU workers.
+    """
+    if client is None:
+        from distributed import default_client
+
+        try:
+            client = default_client()
+        except ValueError:
+            return None
+    workers = client.scheduler_info(n_workers=-1)["workers"]
+    return {"GPU": 1} if any(w.get("resources", {}).get("GPU") for w in workers.values()) else None

@@ -12,7 +12,7 @@ from zarr.codecs import BloscCodec
 
 from rtsflow.grid import Grid
 
-__all__ = ["open_features", "write_features"]
+__all__ = ["open_features", "write_features", "write_grid_dataset"]
 
 _COMPRESSOR = BloscCodec(cname="zstd", clevel=3, shuffle="shuffle")
 
@@ -39,24 +39,56 @@ def write_features(ds: xr.Dataset, path: str | Path, *, grid: Grid, selection=No
     selection
         Optional observation-selection table (pandas) stored as JSON in the attributes.
     """
+    out = ds.copy()
+    if selection is not None:
+        out.attrs["observation_selection"] = json.dumps(
+            selection.assign(time=selection.time.astype(str)).to_dict(orient="records")
+        )
+    return write_grid_dataset(out, path, grid=grid, overwrite=overwrite)
+
+
+def write_grid_dataset(
+    ds: xr.Dataset,
+    path: str | Path,
+    *,
+    grid: Grid,
+    overwrite: bool = False,
+    encoding: dict | None = None,
+    compute_kwargs: dict | None = None,
+) -> Path:
+    """Write a dataset on the grid (tile chunks, block shards) atomically: temporary sibling, then rename.
+
+    ``encoding`` adds per-variable keys (e.g. ``dtype``, ``scale_factor``);
+    ``compute_kwargs`` go to ``dask.compute`` through a distributed client when
+    one is active (e.g. ``resources={"GPU": 1}``).
+    """
     path = Path(path)
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
     tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
     out = ds.copy()
     out.attrs.update(grid.to_attrs())
-    if selection is not None:
-        out.attrs["observation_selection"] = json.dumps(
-            selection.assign(time=selection.time.astype(str)).to_dict(orient="records")
-        )
+    enc = _encoding(out, grid)
+    for name, extra in (encoding or {}).items():
+        enc.setdefault(name, {}).update(extra)
     try:
-        out.to_zarr(str(tmp), mode="w-", encoding=_encoding(out, grid), zarr_format=3, consolidated=False)
+        job = out.to_zarr(str(tmp), mode="w-", encoding=enc, zarr_format=3, consolidated=False, compute=False)
+        _compute(job, compute_kwargs or {})
         if path.exists():
             shutil.rmtree(path)
         tmp.rename(path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return path
+
+
+def _compute(job, kwargs: dict) -> None:
+    if not kwargs:
+        job.compute()
+        return
+    from distributed import default_client
+
+    default_client().compute(job, **kwargs).result()
 
 
 def open_features(path: str | Path, *, chunk: int | None = None) -> xr.Dataset:

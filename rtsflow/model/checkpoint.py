@@ -57,6 +57,7 @@ def save_checkpoint(
     tile_size: int = 512,
     threshold: float = 0.5,
     encoder_depth: int = 5,
+    decoder_channels: tuple[int, ...] | None = None,
     training: dict[str, Any] | None = None,
     metrics: dict[str, Any] | None = None,
 ) -> ModelSpec:
@@ -78,6 +79,7 @@ def save_checkpoint(
         "architecture": architecture,
         "encoder": encoder,
         "encoder_depth": encoder_depth,
+        "decoder_channels": list(decoder_channels) if decoder_channels else None,
         "in_channels": len(bands),
         "bands": list(bands),
         "normalisation": [s.to_dict() for s in normalisation],
@@ -136,7 +138,8 @@ def load_checkpoint(path: str | Path, *, expected_sha256: str | None = None, dev
     if expected_sha256 is not None and sha != expected_sha256:
         raise CheckpointError(f"{weights}: sha256 {sha[:12]}… is not the expected {expected_sha256[:12]}…")
     model = build_model(architecture=record["architecture"], encoder=record["encoder"],
-                        in_channels=record["in_channels"], encoder_depth=record.get("encoder_depth", 5))  # fmt: skip
+                        in_channels=record["in_channels"], encoder_depth=record.get("encoder_depth", 5),
+                        decoder_channels=record.get("decoder_channels"))  # fmt: skip
     state = safetensors.torch.load_file(str(weights), device="cpu")
     model.load_state_dict(state, strict=True)
     return model.to(device).eval(), record

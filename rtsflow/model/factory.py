@@ -8,10 +8,11 @@ __all__ = ["ARCHITECTURES", "build_model"]
 
 
 def build_model(*, architecture: str = "unetplusplus", encoder: str = "resnet18", in_channels: int = 4,
-                classes: int = 1, encoder_depth: int = 5):  # fmt: skip
+                classes: int = 1, encoder_depth: int = 5, decoder_channels: tuple[int, ...] | None = None):  # fmt: skip
     """A randomly initialised smp model (UNet++ with a ResNet18 encoder by default, as in the paper).
 
     Weights are never downloaded: ``encoder_weights=None``; models are trained by rtsflow.
+    ``decoder_channels`` defaults to smp's (256, 128, 64, 32, 16), cut to ``encoder_depth``.
     """
     import segmentation_models_pytorch as smp
 
@@ -22,5 +23,5 @@ def build_model(*, architecture: str = "unetplusplus", encoder: str = "resnet18"
     kwargs = {"encoder_name": encoder, "encoder_weights": None, "in_channels": in_channels, "classes": classes}
     if key != "deeplabv3plus":
         kwargs["encoder_depth"] = encoder_depth
-        kwargs["decoder_channels"] = tuple(256 // 2**i for i in range(encoder_depth))
+        kwargs["decoder_channels"] = tuple(decoder_channels or (256 // 2**i for i in range(encoder_depth)))
     return cls(**kwargs)

@@ -2,10 +2,16 @@
 
 The model travels as a :class:`~rtsflow.model.checkpoint.ModelSpec` (path +
 sha256) and is loaded once per worker process (a process-level cache), never
-closed over in a task. Within a block (plus halo) the tiles overlap by
-``2 × halo`` and only their centres are kept, so predictions do not depend on
-block boundaries; windows without any valid pixel are skipped (NaN) and never
-reach the model.
+closed over in a task.
+
+Tiles sit on a lattice anchored to the global grid: output cells of
+``tile − halo`` pixels, each predicted from the tile that widens it by
+``halo / 2`` on every side (neighbouring tiles overlap by ``halo``; only the
+centres are kept). A pixel is therefore always predicted from the same tile,
+whatever the chunking, and there are no seams. Chunks are aligned to the
+lattice before ``map_overlap`` so no tile is run twice; the inferred / output
+pixel ratio is ``(tile / (tile − halo))²`` (1.31 for 512 / 64). Windows
+without any valid pixel are skipped (NaN) and never reach the model.
 """
 
 from __future__ import annotations
@@ -21,10 +27,11 @@ import xarray as xr
 from rtsflow.model.checkpoint import ModelSpec, load_checkpoint
 from rtsflow.model.normalise import BandScaling, normalise
 
-__all__ = ["load_count", "predict", "predict_block"]
+__all__ = ["lattice", "load_count", "predict", "predict_block", "tile_stats"]
 
 _CACHE: dict[tuple[str, str, str], tuple[object, dict]] = {}
 _LOADS: list[tuple[int, str]] = []
+_STATS: dict[tuple[int, str], dict[str, int]] = {}
 _LOCK = threading.Lock()
 
 
@@ -40,6 +47,47 @@ def _model(spec: ModelSpec, device: str):
 def load_count() -> int:
     """How many times this process has loaded a model (for tests and diagnostics)."""
     return len(_LOADS)
+
+
+def tile_stats() -> dict[str, int]:
+    """Tiles run through the model and all-NaN tiles skipped in this process (summed over models)."""
+    out = {"tiles": 0, "skipped": 0}
+    for v in _STATS.values():
+        out["tiles"] += v["tiles"]
+        out["skipped"] += v["skipped"]
+    return out
+
+
+def lattice(*, tile: int, halo: int) -> tuple[int, int]:
+    """``(step, margin)`` of the tile lattice: output cells of ``step`` px, context ``margin`` px each side."""
+    if halo < 0 or halo % 2:
+        raise ValueError(f"halo must be an even number of pixels >= 0, got {halo}")
+    if tile - halo < 32:
+        raise ValueError(f"tile ({tile}) must exceed the halo ({halo}) by at least 32 px")
+    return tile - halo, halo // 2
+
+
+def _aligned_chunks(chunks: Sequence[int], origin: int, step: int, margin: int) -> tuple[int, ...]:
+    """Chunk sizes close to ``chunks`` whose boundaries fall on lattice lines (global index ≡ 0 mod step).
+
+    The first chunk ends at a lattice line, interior chunks are whole multiples of
+    ``step``; a chunk narrower than ``margin`` is merged into its neighbour
+    (``map_overlap`` cannot pad by more than a chunk).
+    """
+    n = int(sum(chunks))
+    k = max(1, round(float(np.median(chunks)) / step))
+    first = (-origin) % step or step * k
+    sizes, pos = [], 0
+    size = min(first, n)
+    while pos < n:
+        sizes.append(size)
+        pos += size
+        size = min(step * k, n - pos)
+    if len(sizes) > 1 and sizes[0] < margin:
+        sizes[1] += sizes.pop(0)
+    if len(sizes) > 1 and sizes[-1] < margin:
+        sizes[-2] += sizes.pop()
+    return tuple(sizes)
 
 
 def _device(device: str) -> str:
@@ -81,34 +129,35 @@ def predict_block(
 ) -> np.ndarray:
     """Probability of one block padded by ``pad``: ``(band, y + 2p, x + 2p)`` → ``(y + 2p, x + 2p)``.
 
-    Tiles sit on a lattice anchored to the global grid (cells of ``tile − 2·halo`` px,
-    each widened by ``halo``), so a pixel is always predicted from the same tile,
-    whatever the chunking; only cell centres are kept. The padding is NaN in the
-    output (``map_overlap`` trims it).
+    ``halo`` is the overlap of neighbouring tiles (each output cell of ``tile − halo``
+    px is widened by ``halo / 2`` on every side). The padding is NaN in the output
+    (``map_overlap`` trims it).
     """
     import torch
 
     device = _device(device)
     model, record = _model(spec, device)
+    stats = _STATS.setdefault((os.getpid(), spec.sha256), {"tiles": 0, "skipped": 0})
     scalings = [BandScaling(**s) for s in record["normalisation"]]
     _, ny, nx = bands.shape
     depth = pad
     by, bx = ny - 2 * depth, nx - 2 * depth
     out = np.full((ny, nx), np.nan, dtype=np.float32)
-    step = tile - 2 * halo
-    if step <= 0:
-        raise ValueError(f"tile ({tile}) must exceed twice the halo ({halo})")
+    step, margin = lattice(tile=tile, halo=halo)
     i, j = block_info[0]["chunk-location"][1:] if block_info else (0, 0)
     gy0 = origin[0] + int(chunk_starts[0][i])
     gx0 = origin[1] + int(chunk_starts[1][j])
     padded = np.pad(bands, ((0, 0), (tile, tile), (tile, tile)), constant_values=np.nan)  # room for edge windows
     todo = []
-    for wy, cy, ly in _lattice_starts(gy0, by, depth, step, halo):
-        for wx, cx, lx in _lattice_starts(gx0, bx, depth, step, halo):
+    for wy, cy, ly in _lattice_starts(gy0, by, depth, step, margin):
+        for wx, cx, lx in _lattice_starts(gx0, bx, depth, step, margin):
             win = padded[:, wy + tile : wy + 2 * tile, wx + tile : wx + 2 * tile]
             x, valid = normalise(win, scalings)
             if valid.any():  # all-NaN windows never reach the model
                 todo.append(((wy, cy, ly), (wx, cx, lx), x, valid))
+            else:
+                stats["skipped"] += 1
+    stats["tiles"] += len(todo)
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[precision]
     with torch.inference_mode():
         for k in range(0, len(todo), batch_size):
@@ -150,21 +199,25 @@ def predict(
     Submit it to GPU workers with ``client.compute(prob, resources={"GPU": 1})``
     (annotations set while building the graph are dropped by fusion).
     """
+    step, margin = lattice(tile=tile, halo=halo)
+    origin = (0, 0) if grid is None else _origin(features, grid)
     stack = da.stack([features[b].data.astype(np.float32) for b in bands])
-    stack = stack.rechunk({0: -1})
-    # Enough padding that every lattice window touching a block lies inside block + padding.
-    pad = tile - halo
+    in_chunks = stack.chunks[1:]
+    # Chunks on lattice lines: every tile lies within its chunk ± margin, and none is run twice.
+    aligned = tuple(_aligned_chunks(c, o, step, margin) for c, o in zip(in_chunks, origin, strict=True))
+    stack = stack.rechunk((len(bands), *aligned))
+    pad = margin
     chunks = stack.chunks
     starts = (tuple(np.cumsum((0, *chunks[1][:-1])).tolist()), tuple(np.cumsum((0, *chunks[2][:-1])).tolist()))
-    origin = (0, 0) if grid is None else _origin(features, grid)
     prob = da.map_overlap(
         predict_block, stack, depth={0: 0, 1: pad, 2: pad}, boundary=np.nan, trim=True, drop_axis=0,
         dtype=np.float32, meta=np.empty((0, 0), np.float32), spec=spec, halo=halo, tile=tile, pad=pad,
         origin=origin, chunk_starts=starts, batch_size=batch_size, device=device, precision=precision,
     )  # fmt: skip
+    prob = prob.rechunk(in_chunks)
     out = xr.DataArray(prob, dims=("y", "x"), coords={"x": features["x"], "y": features["y"]}, name="probability")
     out.attrs = {"long_name": "RTS probability", "units": "1", "model_sha256": spec.sha256,
-                 "description": f"Sigmoid of the model output; tiles of {tile} px with a {halo} px halo."}  # fmt: skip
+                 "description": f"Sigmoid of the model output; {tile} px tiles overlapping by {halo} px."}  # fmt: skip
     return out
 
 

@@ -1,0 +1,454 @@
+"""Training a segmentation model on feature stores and label polygons.
+
+Paper setup (Maier et al. 2025, Sec. 2.4) by default: UNet++ with a ResNet18
+encoder on 512² tiles of (dDEM_norm, dDEM, σ, slope), Dice loss, AdamW with
+cosine warm restarts, flips / 90° rotations / 3-px blur at p = 0.5. Training
+and validation tiles come from disjoint split cells of the global grid;
+batches hold tiles with and without slumps in a fixed ratio; the loss ignores
+pixels without valid input. Every epoch is logged to CSV and the checkpoint
+with the best validation IoU is kept.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from rtsflow.model.checkpoint import ModelSpec, save_checkpoint
+from rtsflow.model.factory import build_model
+from rtsflow.model.normalise import DEFAULT_NORMALISATION, BandScaling, normalise
+from rtsflow.model.samples import TilePool, augment, candidate_tiles, split_cells, validation_tiles
+
+__all__ = ["DEMO_CONFIG", "TrainConfig", "TrainResult", "TrainingArea", "load_area", "read_labels", "train"]
+
+log = logging.getLogger(__name__)
+LOG_NAME = "training_log.csv"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Model and optimisation settings (defaults: the paper's model).
+
+    Parameters
+    ----------
+    split_size
+        Side (px) of the grid-anchored cells that are wholly training or wholly
+        validation (default: one grid block, 4096 px).
+    steps_per_epoch
+        Batches per epoch (tiles are drawn at random, so an epoch is a fixed number of batches).
+    restart_epochs
+        Epochs of the first cosine cycle (``CosineAnnealingWarmRestarts`` T_0).
+    patience
+        Epochs without a better validation IoU before stopping.
+    positive_fraction
+        Share of each batch drawn from tiles that contain slumps.
+    max_minutes
+        Safety cap on wall time (the epoch in progress finishes); ``None`` = none.
+    """
+
+    architecture: str = "unetplusplus"
+    encoder: str = "resnet18"
+    encoder_depth: int = 5
+    decoder_channels: tuple[int, ...] | None = None
+    bands: tuple[str, ...] = tuple(s.band for s in DEFAULT_NORMALISATION)
+    normalisation: tuple[BandScaling, ...] = DEFAULT_NORMALISATION
+    tile: int = 512
+    batch_size: int = 8
+    epochs: int = 100
+    steps_per_epoch: int = 50
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    restart_epochs: int = 10
+    loss: str = "dice"
+    patience: int = 15
+    positive_fraction: float = 0.5
+    min_positive_px: int = 20
+    val_fraction: float = 0.2
+    split_size: int = 4096
+    sample_stride: int = 32
+    augment: bool = True
+    threshold: float = 0.5
+    seed: int = 0
+    device: str = "auto"
+    precision: str = "fp32"
+    max_minutes: float | None = None
+
+    def __post_init__(self):
+        if self.loss not in ("dice", "bce+dice"):
+            raise ValueError(f"loss must be 'dice' or 'bce+dice', got {self.loss!r}")
+        if [s.band for s in self.normalisation] != list(self.bands):
+            raise ValueError(f"normalisation bands {[s.band for s in self.normalisation]} != bands {list(self.bands)}")
+        if self.tile % 32:
+            raise ValueError(f"tile must be a multiple of 32 (encoder strides), got {self.tile}")
+        if not 0 < self.val_fraction < 1:
+            raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["normalisation"] = [s.to_dict() for s in self.normalisation]
+        d["bands"] = list(self.bands)
+        return d
+
+
+# The compact model of the demo and the tests: a 3-level UNet on 128² tiles, trains in minutes on 2 CPU cores.
+DEMO_CONFIG = TrainConfig(
+    architecture="unet",
+    encoder="mobilenet_v2",
+    encoder_depth=4,
+    decoder_channels=(64, 32, 16, 8),
+    tile=128,
+    batch_size=16,
+    epochs=20,
+    steps_per_epoch=30,
+    lr=3e-3,
+    restart_epochs=20,
+    patience=8,
+    split_size=256,
+    sample_stride=16,
+    loss="bce+dice",
+)
+
+
+@dataclass
+class TrainingArea:
+    """Normalised bands, validity and labels of one loaded area (NumPy), with its place on the grid."""
+
+    x: np.ndarray  # (band, y, x) float32, normalised
+    valid: np.ndarray  # (y, x) bool
+    label: np.ndarray  # (y, x) uint8
+    origin: tuple[int, int]  # global (row, col) of [0, 0]
+    source: dict = field(default_factory=dict)
+
+
+def read_labels(path: str | Path, *, where: str | None = None):
+    """Label polygons from GeoParquet, GeoPackage, GeoJSON or any OGR format; ``where`` is a pandas query."""
+    import geopandas as gpd
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"labels: {path} does not exist")
+    gdf = gpd.read_parquet(path) if path.suffix.lower() == ".parquet" else gpd.read_file(path)
+    if gdf.crs is None:
+        raise ValueError(f"labels: {path} has no CRS; label polygons must declare their CRS")
+    if where:
+        try:
+            gdf = gdf.query(where)
+        except Exception as e:  # pandas raises several types for a bad expression
+            raise ValueError(f"labels: --where {where!r} is not a valid filter for {path}: {e}") from e
+    return gdf
+
+
+def load_area(features_path: str | Path, labels, *, config: TrainConfig) -> TrainingArea:
+    """Read the bands of a feature store (its valid bounding box) and rasterise the labels onto it.
+
+    This reads pixels (it is an I/O entry point, like writing a store).
+    """
+    import dask
+    import rasterio.features
+    from affine import Affine
+
+    from rtsflow.graph.dem import grid_of
+    from rtsflow.io.features import open_features
+
+    feats = open_features(features_path)
+    missing = [b for b in config.bands if b not in feats]
+    if missing:
+        raise ValueError(f"{features_path}: missing band(s) {missing}; the model needs {list(config.bands)}")
+    grid = grid_of(feats)
+    finite = np.isfinite(feats[config.bands[0]].data)
+    rows, cols = dask.compute(finite.any(axis=1), finite.any(axis=0))
+    if not rows.any():
+        raise ValueError(f"{features_path}: no valid pixels in band {config.bands[0]!r}")
+    r0, r1 = np.flatnonzero(rows)[[0, -1]]
+    c0, c1 = np.flatnonzero(cols)[[0, -1]]
+    sub = feats[list(config.bands)].isel(y=slice(r0, r1 + 1), x=slice(c0, c1 + 1))
+    bands = np.stack(dask.compute(*[sub[b].data for b in config.bands])).astype(np.float32)
+    x, valid = normalise(bands, config.normalisation)
+    res = grid.resolution
+    xs, ys = sub["x"].values, sub["y"].values
+    transform = Affine(res, 0.0, xs[0] - res / 2, 0.0, -res, ys[0] + res / 2)
+    polys = labels.to_crs(grid.crs).geometry
+    polys = polys[~polys.is_empty & polys.notna()]
+    label = (
+        rasterio.features.rasterize(
+            ((g, 1) for g in polys), out_shape=valid.shape, transform=transform, fill=0, dtype="uint8"
+        )
+        if len(polys)
+        else np.zeros(valid.shape, np.uint8)
+    )
+    w = grid.window_from_coords(xs, ys)
+    period = {k: feats.attrs.get(k) for k in ("earlier", "later", "years")}
+    return TrainingArea(
+        x=x,
+        valid=valid,
+        label=label,
+        origin=(w.row, w.col),
+        source={"features": str(Path(features_path).resolve()), "period": period, "n_label_polygons": len(polys)},
+    )
+
+
+@dataclass
+class TrainResult:
+    spec: ModelSpec
+    log: Path
+    best_epoch: int
+    metrics: dict
+    history: list[dict]
+
+
+def _masked_loss(logits, target, valid, kind: str):
+    import torch
+    import torch.nn.functional as F
+
+    p = torch.sigmoid(logits)
+    m = valid.float()
+    # Batch-level soft Dice over valid pixels: all-negative tiles still penalise false positives.
+    inter = (p * target * m).sum()
+    dice = 1.0 - (2.0 * inter + 1.0) / ((p * m).sum() + (target * m).sum() + 1.0)
+    if kind == "dice":
+        return dice
+    bce = (F.binary_cross_entropy_with_logits(logits, target, reduction="none") * m).sum() / m.sum().clamp(min=1)
+    return dice + bce
+
+
+def _draw(rng, areas, pools: list[TilePool], config: TrainConfig):
+    pos = [(i, rc) for i, pl in enumerate(pools) for rc in pl.positive]
+    neg = [(i, rc) for i, pl in enumerate(pools) for rc in pl.negative]
+    xs, ys, vs = [], [], []
+    t = config.tile
+    for _ in range(config.batch_size):
+        pick_pos = (rng.random() < config.positive_fraction and pos) or not neg
+        i, (r, c) = (pos if pick_pos else neg)[int(rng.integers(len(pos if pick_pos else neg)))]
+        a = areas[i]
+        x, y, v = a.x[:, r : r + t, c : c + t], a.label[r : r + t, c : c + t], a.valid[r : r + t, c : c + t]
+        if config.augment:
+            x, y, v = augment(x, y, v, rng)
+        xs.append(x)
+        ys.append(y)
+        vs.append(v)
+    return np.stack(xs), np.stack(ys).astype(np.float32), np.stack(vs)
+
+
+def _pad_tile(a: np.ndarray, t: int, fill) -> np.ndarray:
+    pads = [(0, 0)] * (a.ndim - 2) + [(0, t - a.shape[-2]), (0, t - a.shape[-1])]
+    return np.pad(a, pads, constant_values=fill)
+
+
+def _validate(model, areas, val_sets, config: TrainConfig, device: str):
+    import torch
+
+    t = config.tile
+    tp = fp = fn = 0
+    losses = []
+    with torch.inference_mode():
+        for a, (tiles, is_val) in zip(areas, val_sets, strict=True):
+            for k in range(0, len(tiles), config.batch_size):
+                batch = tiles[k : k + config.batch_size]
+                x = np.stack([_pad_tile(a.x[:, r : r + t, c : c + t], t, 0.0) for r, c in batch])
+                y = np.stack([_pad_tile(a.label[r : r + t, c : c + t], t, 0) for r, c in batch]).astype(np.float32)
+                m = np.stack(
+                    [
+                        _pad_tile(a.valid[r : r + t, c : c + t] & is_val[r : r + t, c : c + t], t, False)
+                        for r, c in batch
+                    ]
+                )
+                logits = model(torch.from_numpy(x).to(device)).float()[:, 0]
+                yt, mt = torch.from_numpy(y).to(device), torch.from_numpy(m).to(device)
+                losses.append(float(_masked_loss(logits, yt, mt, config.loss)))
+                pred = (torch.sigmoid(logits) >= config.threshold).cpu().numpy() & m
+                truth = y.astype(bool) & m
+                tp += int((pred & truth).sum())
+                fp += int((pred & ~truth).sum())
+                fn += int((~pred & truth).sum())
+    iou = tp / (tp + fp + fn) if (tp + fp + fn) else float("nan")
+    f1 = 2 * tp / (2 * tp + fp + fn) if (tp + fp + fn) else float("nan")
+    return {
+        "val_loss": float(np.mean(losses)) if losses else float("nan"),
+        "val_iou": iou,
+        "val_f1": f1,
+        "val_precision": tp / (tp + fp) if tp + fp else float("nan"),
+        "val_recall": tp / (tp + fn) if tp + fn else float("nan"),
+    }
+
+
+def train(
+    areas: list[TrainingArea],
+    *,
+    out: str | Path,
+    config: TrainConfig = TrainConfig(),
+    progress: bool = True,
+    overwrite: bool = False,
+) -> TrainResult:
+    """Train a model; keep the checkpoint with the best validation IoU in ``out``.
+
+    ``out`` becomes a checkpoint directory (``model.safetensors``,
+    ``rtsflow_model.json``) with ``training_log.csv`` (one row per epoch). The
+    checkpoint is written to a temporary sibling and renamed into place.
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    from rtsflow.model.inference import _device
+
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} exists; pass overwrite=True (CLI: --overwrite) to replace it")
+    device = _device(config.device)
+    rng = np.random.default_rng(config.seed)
+    torch.manual_seed(config.seed)
+    if device == "cpu":
+        torch.use_deterministic_algorithms(True)
+    train_pools, val_sets = [], []
+    n_val_tiles = 0
+    for a in areas:
+        is_val = split_cells(
+            a.valid.shape,
+            origin=a.origin,
+            split_size=config.split_size,
+            val_fraction=config.val_fraction,
+            seed=config.seed,
+        )
+        tr, _ = candidate_tiles(
+            a.valid,
+            a.label,
+            is_val,
+            origin=a.origin,
+            tile=config.tile,
+            split_size=config.split_size,
+            stride=config.sample_stride,
+            min_positive_px=config.min_positive_px,
+        )
+        vt = validation_tiles(a.valid, is_val, tile=config.tile)
+        train_pools.append(tr)
+        val_sets.append((vt, is_val))
+        n_val_tiles += len(vt)
+    n_pos = sum(len(p.positive) for p in train_pools)
+    n_neg = sum(len(p.negative) for p in train_pools)
+    if n_pos == 0:
+        raise ValueError("no training tile contains a slump label: check the labels' area, CRS and --where filter")
+    if n_val_tiles == 0:
+        raise ValueError(
+            f"no validation tiles: the areas cover too few split cells of {config.split_size} px; "
+            "lower split_size or raise val_fraction"
+        )
+    log.info("training tiles: %d with slumps, %d without; %d validation tiles", n_pos, n_neg, n_val_tiles)
+
+    model = build_model(
+        architecture=config.architecture,
+        encoder=config.encoder,
+        in_channels=len(config.bands),
+        encoder_depth=config.encoder_depth,
+        decoder_channels=config.decoder_channels,
+    ).to(device)
+    if device == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(
+        opt, T_0=config.restart_epochs * config.steps_per_epoch
+    )
+    autocast = dict(
+        device_type="cuda" if device == "cuda" else "cpu", dtype=torch.bfloat16, enabled=config.precision == "bf16"
+    )
+
+    staging = out.with_name(f".{out.name}.training")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    log_path = staging / LOG_NAME
+    history: list[dict] = []
+    best = {"val_iou": -1.0}
+    best_epoch, stale, t0 = -1, 0, time.perf_counter()
+    stopped = "epochs"
+    training_info = {
+        "areas": [a.source for a in areas],
+        "config": config.to_dict(),
+        "tiles": {"train_positive": n_pos, "train_negative": n_neg, "validation": n_val_tiles},
+    }
+    bar = tqdm(range(config.epochs), desc="training", unit="epoch", disable=not progress)
+    for epoch in bar:
+        model.train()
+        losses = []
+        te = time.perf_counter()
+        for _ in range(config.steps_per_epoch):
+            x, y, v = _draw(rng, areas, train_pools, config)
+            xt = torch.from_numpy(x).to(device)
+            if device == "cuda":
+                xt = xt.to(memory_format=torch.channels_last)
+            with torch.autocast(**autocast):
+                logits = model(xt)
+            loss = _masked_loss(
+                logits.float()[:, 0], torch.from_numpy(y).to(device), torch.from_numpy(v).to(device), config.loss
+            )
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            losses.append(float(loss.detach()))
+        model.eval()
+        metrics = _validate(model, areas, val_sets, config, device)
+        row = {
+            "epoch": epoch + 1,
+            "train_loss": float(np.mean(losses)),
+            **metrics,
+            "lr": opt.param_groups[0]["lr"],
+            "seconds": time.perf_counter() - te,
+        }
+        history.append(row)
+        _write_log(log_path, history)
+        bar.set_postfix(loss=f"{row['train_loss']:.3f}", val_iou=f"{row['val_iou']:.3f}")
+        if np.isfinite(row["val_iou"]) and row["val_iou"] > best["val_iou"]:
+            best, best_epoch, stale = row, epoch + 1, 0
+            save_checkpoint(
+                model,
+                staging,
+                architecture=config.architecture,
+                encoder=config.encoder,
+                encoder_depth=config.encoder_depth,
+                decoder_channels=config.decoder_channels,
+                bands=list(config.bands),
+                normalisation=list(config.normalisation),
+                tile_size=config.tile,
+                threshold=config.threshold,
+                training={**training_info, "best_epoch": best_epoch},
+                metrics={k: v for k, v in row.items() if k.startswith("val_")},
+            )
+        else:
+            stale += 1
+        if stale >= config.patience:
+            stopped = f"early stopping after {config.patience} epochs without a better validation IoU"
+            break
+        if config.max_minutes is not None and time.perf_counter() - t0 > 60 * config.max_minutes:
+            stopped = f"time cap of {config.max_minutes} min"
+            break
+    bar.close()
+    if best_epoch < 0:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise RuntimeError("validation IoU was never finite: the validation cells hold no valid pixels")
+    # Record how training ended next to the log, then move the checkpoint into place.
+    import json
+
+    record_path = staging / "rtsflow_model.json"
+    record = json.loads(record_path.read_text())
+    record["training"].update(
+        stopped=stopped, epochs_run=len(history), log=LOG_NAME, minutes=round((time.perf_counter() - t0) / 60, 2)
+    )
+    record_path.write_text(json.dumps(record, indent=2) + "\n")
+    if out.exists():
+        shutil.rmtree(out)
+    staging.rename(out)
+    from rtsflow.model.checkpoint import read_record
+
+    spec = ModelSpec(path=str(out.resolve()), sha256=read_record(out)["weights_sha256"])
+    return TrainResult(spec=spec, log=out / LOG_NAME, best_epoch=best_epoch, metrics=best, history=history)
+
+
+def _write_log(path: Path, rows: list[dict]) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
