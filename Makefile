@@ -20,7 +20,11 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check rtsflow pipelines tests benchmarks
+	@# A one-node SLURM on loopback for the dask-jobqueue test (installs slurm-wlm + munge as root;
+	@# where it cannot, the test skips and says why).
+	-@bash cluster/slurm/start_local_slurm.sh
 	$(VENV)/bin/python -m pytest -q tests
 
 bench: $(STAMP)
 	$(VENV)/bin/python benchmarks/bench_ingest.py
+	$(VENV)/bin/python benchmarks/bench_inference.py --batch 2 4

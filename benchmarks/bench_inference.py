@@ -4,7 +4,7 @@ The same model (paper default: UNet++ ResNet18, 4 bands, 512² tiles, untrained
 weights — speed does not depend on them), the same tiles and the same batch
 size in the same process:
 
-- baseline: the tiles of the lattice that the pipeline runs (valid windows
+- baseline: the (tile + halo)² windows that the pipeline runs (valid ones
   only), pre-normalised and stacked in memory, pushed through ``model(x)`` in
   batches;
 - rtsflow: ``predict`` over a feature dataset (dask array, grid blocks of
@@ -63,13 +63,13 @@ def features(size: int, block: int, origin: tuple[int, int]) -> xr.Dataset:
 def raw_tiles(stack: np.ndarray, origin, tile: int, halo: int) -> list[np.ndarray]:
     """The pipeline's lattice windows over the array (normalised, valid ones only)."""
     step, margin = lattice(tile=tile, halo=halo)
-    n = stack.shape[1]
-    pad = np.pad(stack, ((0, 0), (tile, tile), (tile, tile)), constant_values=np.nan)
+    n, size = stack.shape[1], tile + halo
+    pad = np.pad(stack, ((0, 0), (size, size), (size, size)), constant_values=np.nan)
     out = []
     starts = [range((o // step) * step - o, n, step) for o in origin]  # cell starts relative to the array
     for r in starts[0]:
         for c in starts[1]:
-            win = pad[:, tile + r - margin : tile + r - margin + tile, tile + c - margin : tile + c - margin + tile]
+            win = pad[:, size + r - margin : size + r - margin + size, size + c - margin : size + c - margin + size]
             x, valid = normalise(win, DEFAULT_NORMALISATION)
             if valid.any():
                 out.append(x)
@@ -95,7 +95,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         spec = save_checkpoint(model, f"{tmp}/ckpt", architecture=args.architecture, encoder="resnet18", bands=BANDS,
                                normalisation=list(DEFAULT_NORMALISATION), tile_size=args.tile)  # fmt: skip
-        origin = (649216 + 37, 419840 + 11)  # an arbitrary place on the grid, not block-aligned
+        origin = (158 * GRID.block_size, 102 * GRID.block_size)  # block-aligned, like every rtsflow store
         feats = features(args.size, args.block, origin)
         stack = np.stack([feats[b].values for b in BANDS])
         tiles = raw_tiles(stack, origin, args.tile, args.halo)
@@ -128,7 +128,7 @@ def main() -> None:
             pipe = time.perf_counter() - t0
             ran = tile_stats()["tiles"] - before
             assert ran == len(tiles), (ran, len(tiles))
-            overhead = ran * args.tile**2 / np.isfinite(p).sum()
+            overhead = ran * (args.tile + args.halo) ** 2 / np.isfinite(p).sum()
             print(f"{batch:>5} {len(tiles) / raw:>12.2f} {ran / pipe:>17.2f} {km2 / pipe:>15.2f} "
                   f"{(ran / pipe) / (len(tiles) / raw):>6.2f} {overhead:>14.3f}")  # fmt: skip
 

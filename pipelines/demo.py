@@ -1,7 +1,13 @@
-"""The main job on the embedded default: synthetic region → observation cube → pair features.
+"""The main job on the embedded default, end to end.
 
-Later stages (features, inference, polygons, evaluation, report) extend this
-same pipeline as they land.
+1. Synthesise a test region (``seed``) and, for training, a separate region
+   (``seed + 1000``, 8 km) with their ground truth.
+2. Ingest both into observation cubes (with a water mask and a reference DEM).
+3. Train the compact demo model on the training region's 2010→2016 features
+   unless an identical one is cached in ``out/model``.
+4. Run the test region as a config-driven run (per-block features and
+   inference, polygons, volumes, densities), evaluate against the truth and
+   write the report.
 """
 
 from __future__ import annotations
@@ -11,27 +17,22 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import zarr
-
-from pipelines.summaries import features_summary
 from rtsflow.cluster import connect
-from rtsflow.graph.features import pair_features
-from rtsflow.ingest import ingest, ingest_mask, ingest_reference_dem
-from rtsflow.io.cube import cube_info, open_cube
-from rtsflow.io.features import open_features, write_features
-from rtsflow.summary import cube_summary
 from rtsflow.synth.generator import SynthConfig, SynthRegion, synthesize
 
-__all__ = ["DemoResult", "run_demo"]
+__all__ = ["DemoResult", "prepare_region", "run_demo"]
+
+TRAIN_SEED_OFFSET = 1000
+TRAIN_SIZE_KM = 8.0
 
 
 @dataclass
 class DemoResult:
     out: Path
-    region: SynthRegion
-    cube: Path
-    features: Path
-    summary: str
+    run: Path
+    model: Path
+    summary: dict
+    report: Path | None
 
 
 def _region(out: Path, config: SynthConfig, *, force: bool) -> SynthRegion:
@@ -44,6 +45,89 @@ def _region(out: Path, config: SynthConfig, *, force: bool) -> SynthRegion:
     return synthesize(out, config=config)
 
 
+def prepare_region(out: Path, config: SynthConfig, *, force: bool = False, say=print) -> tuple[SynthRegion, Path]:
+    """Synthesise a region and ingest it (+ water mask, reference DEM) into ``out/cube.zarr``."""
+    import shutil
+
+    import zarr
+
+    from rtsflow.ingest import ingest, ingest_mask, ingest_reference_dem
+
+    region = _region(out / "region", config, force=force)
+    cube = out / "cube.zarr"
+    if force and cube.exists():
+        shutil.rmtree(cube)
+    report = ingest(region.products, cube=cube)
+    present = zarr.open_group(str(cube), mode="r")
+    if "water" not in present:  # stand-in for a real surface-water product
+        ingest_mask(region.truth_rasters["water"], cube=cube, name="water")
+    if "reference_dem" not in present:
+        ingest_reference_dem(region.truth_rasters["reference_dem"], cube=cube)
+    say(
+        f"  {out}: {config.size_km[0]:g} x {config.size_km[1]:g} km, {len(region.products)} products "
+        f"({len(report.added)} ingested, {len(report.skipped)} already present), {region.n_slumps} slumps"
+    )
+    return region, cube
+
+
+def _truth_file(region: SynthRegion, pair: tuple[int, int], path: Path) -> Path:
+    import geopandas as gpd
+
+    truth = gpd.read_parquet(region.truth_slumps)
+    truth = truth[(truth.winter_start == pair[0]) & (truth.winter_end == pair[1])]
+    truth.to_parquet(path)
+    return path
+
+
+def _cached_model(model: Path, key: dict) -> bool:
+    record = model / "rtsflow_model.json"
+    if not record.exists():
+        return False
+    return json.loads(record.read_text()).get("training", {}).get("demo") == key
+
+
+def _train(out: Path, seed: int, *, force: bool, say) -> tuple[Path, bool]:
+    """The demo model: trained on a separate synthetic region unless an identical one is cached."""
+    from pipelines.train import run_training
+    from rtsflow.graph.features import pair_features
+    from rtsflow.io.cube import cube_info, open_cube
+    from rtsflow.io.features import write_features
+    from rtsflow.model.train import DEMO_CONFIG
+
+    model = out / "model"
+    config = SynthConfig(seed=seed + TRAIN_SEED_OFFSET, size_km=(TRAIN_SIZE_KM, TRAIN_SIZE_KM))
+    key = {"synth": json.loads(json.dumps(asdict(config))), "train": DEMO_CONFIG.to_dict()}
+    if not force and _cached_model(model, key):
+        say(f"model: cached {model}")
+        return model, False
+    pair = (config.winters[0], config.winters[-1])
+    region, cube = prepare_region(out / "train", config, force=force, say=say)
+    feats_path = out / "train" / f"features_{pair[0]}_{pair[1]}.zarr"
+    ds = open_cube(cube)
+    grid = cube_info(cube).grid
+    feats, selection = pair_features(
+        ds, grid=grid, earlier=pair[0], later=pair[1], water=ds["water"], reference=ds["reference_dem"]
+    )
+    write_features(feats, feats_path, grid=grid, selection=selection, overwrite=True)
+    labels = _truth_file(region, pair, out / "train" / "labels.parquet")
+    say(
+        f"model: training {DEMO_CONFIG.architecture} ({DEMO_CONFIG.encoder}) on the training region ({feats_path.name})"
+    )
+    result = run_training(
+        features=[feats_path], labels=[labels], out=model, config=DEMO_CONFIG, overwrite=True, progress=False
+    )
+    record_path = model / "rtsflow_model.json"
+    record = json.loads(record_path.read_text())
+    record["training"]["demo"] = key  # what the cache is keyed on (the weights' sha256 is unchanged)
+    record_path.write_text(json.dumps(record, indent=2) + "\n")
+    log = result.history
+    say(
+        f"model: {len(log)} epochs, validation IoU {log[0]['val_iou']:.3f} → best {result.metrics['val_iou']:.3f} "
+        f"(epoch {result.best_epoch}); log {result.log}"
+    )
+    return model, True
+
+
 def run_demo(
     *,
     out: str | Path = "demo_output",
@@ -52,57 +136,74 @@ def run_demo(
     cluster: str = "local",
     force: bool = False,
 ) -> DemoResult:
-    """Run the demo end to end and print what it did.
+    """Run the demo end to end and print where the outputs are, what was found and how well.
 
     Parameters
     ----------
     out
-        Output directory (region, cube).
+        Output directory (regions, cubes, model, run).
     seed, size_km
-        The synthetic region (square, ``size_km`` on a side).
+        The synthetic test region (square, ``size_km`` on a side).
     cluster
-        ``"local"`` (embedded LocalCluster) or a scheduler address.
+        ``"local"`` (embedded LocalCluster), a jobqueue profile or a scheduler address.
     force
-        Regenerate the region and rebuild the cube.
+        Regenerate, retrain and recompute everything.
     """
-    out = Path(out)
-    t0 = time.perf_counter()
-    config = SynthConfig(seed=seed, size_km=(size_km, size_km))
-    region = _region(out / "region", config, force=force)
-    print(
-        f"[{time.perf_counter() - t0:6.1f} s] synthetic region: {out / 'region'} "
-        f"({size_km:g} x {size_km:g} km, {len(region.products)} products, {region.n_slumps} slumps)",
-        flush=True,
-    )
-    cube = out / "cube.zarr"
-    if force and cube.exists():
-        import shutil
+    from pipelines.region import run_region
+    from rtsflow.config import parse_config
 
-        shutil.rmtree(cube)
-    earlier, later = config.winters[0], config.winters[-1]
-    features_path = out / f"features_{earlier}_{later}.zarr"
-    with connect(cluster):
-        report = ingest(region.products, cube=cube)
-        print(
-            f"[{time.perf_counter() - t0:6.1f} s] ingest: {len(report.added)} added, "
-            f"{len(report.skipped)} already present, {report.blocks_written} block writes",
-            flush=True,
+    out = Path(out).resolve()
+    t0 = time.perf_counter()
+
+    def say(msg: str) -> None:
+        print(f"[{time.perf_counter() - t0:6.1f} s] {msg}", flush=True)
+
+    config = SynthConfig(seed=seed, size_km=(size_km, size_km))
+    pair = (config.winters[0], config.winters[-1])
+    with connect(cluster) as client:
+        say("synthetic test region")
+        region, cube = prepare_region(out, config, force=force, say=say)
+        model, retrained = _train(out, seed, force=force, say=say)
+        truth = _truth_file(region, pair, out / "truth.parquet")
+        run_config = parse_config(
+            {
+                "name": f"demo-seed{seed}",
+                "output": "run",
+                "cube": str(cube),
+                "pairs": [list(pair)],
+                "model": str(model),
+                "truth": {"path": str(truth)},
+                "inference": {"halo": 32},
+                "densities": {"cell_size": [1000]},
+            },
+            base=out,
+            source="demo config",
         )
-        present = zarr.open_group(str(cube), mode="r")
-        if "water" not in present:
-            # Stand-in for a real water-mask product (e.g. a surface-water map).
-            ingest_mask(region.truth_rasters["water"], cube=cube, name="water")
-        if "reference_dem" not in present:
-            ingest_reference_dem(region.truth_rasters["reference_dem"], cube=cube)
-        ds = open_cube(cube)
-        summary = cube_summary(ds, path=cube)
-        print(summary, flush=True)
-        if force or report.added or not features_path.exists():
-            grid = cube_info(cube).grid
-            feats, selection = pair_features(ds, grid=grid, earlier=earlier, later=later, water=ds["water"],
-                                             reference=ds["reference_dem"])  # fmt: skip
-            write_features(feats, features_path, grid=grid, selection=selection, overwrite=True)
-    print(f"[{time.perf_counter() - t0:6.1f} s] features {earlier}→{later}: {features_path}", flush=True)
-    print(features_summary(open_features(features_path)), flush=True)
-    print(f"[{time.perf_counter() - t0:6.1f} s] done; outputs in {out.resolve()}", flush=True)
-    return DemoResult(out=out, region=region, cube=cube, features=features_path, summary=summary)
+        result = run_region(run_config, client=client, force=force or retrained, progress=False)
+    summary = result.pairs[f"{pair[0]}_{pair[1]}"]
+    m = summary.get("metrics", {})
+    years = summary["years"]
+    say("done")
+    print()
+    print(f"outputs:  {result.run}")
+    print(f"report:   {summary.get('report')}")
+    print(
+        f"RTS:      {summary['n_rts']} found ({summary['n_polygons']} polygons before filters) in "
+        f"{summary['valid_area_km2']:.1f} km², {pair[0]}→{pair[1]} ({years:g} yr)"
+    )
+    print(
+        f"area:     {summary['area_m2'] / 1e4:.2f} ha = {summary['area_density_m2_per_km2']:.0f} m²/km²; "
+        f"{summary['area_m2'] / years / 1e4:.3f} ha/yr"
+    )
+    print(
+        f"volume:   {summary['volume_m3']:.0f} ± {summary['volume_sigma_m3']:.0f} m³ = "
+        f"{summary['volume_m3'] / years:.0f} m³/yr = {summary['volume_change_rate_m3_per_yr_km2']:.0f} m³/yr/km²"
+    )
+    if m:
+        print(
+            f"accuracy against the synthetic truth ({m['n_reference']} slumps): "
+            f"detection F1 {m['detection_f1']:.3f} (P {m['detection_precision']:.3f}, R {m['detection_recall']:.3f}), "
+            f"pixel IoU {m['pixel_iou']:.3f}, pixel F1 {m['pixel_f1']:.3f}"
+        )
+    report = Path(summary["report"]) if summary.get("report") else None
+    return DemoResult(out=out, run=result.run, model=model, summary=summary, report=report)

@@ -557,14 +557,59 @@ def info(cube) -> None:
 @main.command()
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("demo_output"), show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--size-km", type=float, default=5.0, show_default=True, help="Side of the square region (km).")
+@click.option("--size-km", type=float, default=5.0, show_default=True, help="Side of the square test region (km).")
 @click.option("--cluster", default="local", show_default=True, help=CLUSTER_HELP)
-@click.option("--force", is_flag=True, help="Regenerate everything.")
+@click.option("--force", is_flag=True, help="Regenerate, retrain and recompute everything.")
 def demo(out, seed, size_km, cluster, force) -> None:
-    """Run the main job end to end on a built-in synthetic region."""
+    """Run the main job end to end on built-in synthetic regions (train a small model if none is cached)."""
     from pipelines.demo import run_demo
 
     run_demo(out=out, seed=seed, size_km=size_km, cluster=cluster, force=force)
+
+
+@main.command(name="run")
+@click.argument("config_path", metavar="CONFIG", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--output", default=None, help="Run directory (overrides the config's 'output').")
+@click.option("--force", is_flag=True, help="Recompute every block, even those already done.")
+@click.option("--cluster", default="local", show_default=True, help=CLUSTER_HELP)
+def run_cmd(config_path, output, force, cluster) -> None:
+    """Run (or resume) a configured region: per-block features and inference, RTS, densities, report."""
+    from pipelines.region import RunIncomplete, run_region
+    from rtsflow.config import ConfigError, load_config
+
+    try:
+        config = load_config(config_path, output=output)
+    except ConfigError as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(2)
+    try:
+        result = run_region(config, cluster=cluster, force=force)
+    except RunIncomplete as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(1)
+    except ValueError as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(2)
+    for key, s in result.pairs.items():
+        line = f"{key}: {s['n_rts']} RTS, {s['volume_change_rate_m3_per_yr_km2']:.1f} m³/yr/km²"
+        if "metrics" in s:
+            line += f", detection F1 {s['metrics']['detection_f1']:.3f}"
+        click.echo(line + (f"; report {s['report']}" if s.get("report") else ""))
+    click.echo(f"run directory: {result.run}")
+
+
+@main.command()
+@click.argument("run_dir", metavar="RUN", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--pair", default=None, help="EARLIER_LATER (default: every pair of the run).")
+def report(run_dir, pair) -> None:
+    """(Re)write the report of a finished run: quick-look map, distributions, Markdown summary."""
+    from rtsflow.report import write_report
+
+    pairs = [pair] if pair else sorted(p.stem.removeprefix("summary_") for p in run_dir.glob("summary_*.json"))
+    if not pairs:
+        raise click.BadParameter(f"{run_dir} has no finished pair (no summary_*.json)", param_hint="RUN")
+    for key in pairs:
+        click.echo(f"wrote {write_report(run_dir, pair=key)}")
 
 
 if __name__ == "__main__":  # pragma: no cover

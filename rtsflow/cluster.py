@@ -1,4 +1,11 @@
-"""Dask clusters for rtsflow: the embedded local default, or an existing scheduler."""
+"""Dask clusters for rtsflow: the embedded local default, dask-jobqueue profiles (SLURM, PBS), or a scheduler address.
+
+A jobqueue profile is a YAML file (templates in the repository's
+``cluster/profiles/``) with a ``cpu`` and an optional ``gpu`` section of
+``SLURMCluster``/``PBSCluster`` arguments. CPU jobs and GPU jobs share one
+scheduler; GPU workers are started with ``--resources GPU=1`` so the
+inference stage can be routed to them.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +13,16 @@ import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import psutil
+import yaml
 from distributed import Client, LocalCluster
 
-__all__ = ["connect", "gpu_resources", "local_cluster"]
+__all__ = ["connect", "gpu_resources", "jobqueue_cluster", "load_profile", "local_cluster"]
+
+PROFILE_DIRS = (Path.cwd() / "cluster" / "profiles", Path(__file__).resolve().parents[1] / "cluster" / "profiles")
+JOBQUEUE_KINDS = ("slurm", "pbs")
 
 log = logging.getLogger(__name__)
 
@@ -42,11 +54,20 @@ def local_cluster(
 
 @contextmanager
 def connect(cluster: str = "local", *, n_workers: int | None = None, quiet: bool = False) -> Iterator[Client]:
-    """A client for ``"local"`` (start the embedded cluster) or a scheduler address.
+    """A client for ``"local"`` (start the embedded cluster), a jobqueue profile, or a scheduler address.
 
-    Prints the dashboard link so a run can be watched.
+    ``cluster`` may be ``"local"``, a profile name (``"slurm"``, ``"pbs"``: looked up in
+    ``cluster/profiles/``), a path to a profile YAML, or ``tcp://host:port``. Prints
+    the dashboard link so a run can be watched.
     """
-    if cluster == "local":
+    if cluster.endswith((".yaml", ".yml")) or cluster in JOBQUEUE_KINDS:
+        profile = load_profile(cluster)
+        with jobqueue_cluster(profile) as jq, Client(jq) as client:
+            _wait_for_profile(client, profile)
+            if not quiet:
+                print(f"dask dashboard: {client.dashboard_link}", flush=True)
+            yield client
+    elif cluster == "local":
         with local_cluster(n_workers=n_workers) as lc, Client(lc) as client:
             if not quiet:
                 print(f"dask dashboard: {client.dashboard_link}", flush=True)
@@ -57,7 +78,74 @@ def connect(cluster: str = "local", *, n_workers: int | None = None, quiet: bool
                 print(f"dask dashboard: {client.dashboard_link}", flush=True)
             yield client
     else:
-        raise ValueError(f"--cluster: expected 'local' or a scheduler address (tcp://host:port), got {cluster!r}")
+        raise ValueError(
+            f"--cluster: expected 'local', a profile ({', '.join(JOBQUEUE_KINDS)} or a .yaml path) "
+            f"or a scheduler address (tcp://host:port), got {cluster!r}"
+        )
+
+
+def load_profile(name_or_path: str | Path) -> dict:
+    """Read and check a jobqueue profile (a name in ``cluster/profiles/`` or a YAML path)."""
+    path = Path(name_or_path)
+    if not path.suffix:
+        found = [d / f"{name_or_path}.yaml" for d in PROFILE_DIRS if (d / f"{name_or_path}.yaml").exists()]
+        if not found:
+            raise ValueError(f"--cluster: no profile {name_or_path!r} in {', '.join(map(str, PROFILE_DIRS))}")
+        path = found[0]
+    if not path.exists():
+        raise ValueError(f"--cluster: {path} does not exist")
+    doc = yaml.safe_load(path.read_text()) or {}
+    for key in doc:
+        if key not in ("kind", "scheduler", "cpu", "gpu"):
+            raise ValueError(f"{path}: unknown key {key!r} (expected kind, scheduler, cpu, gpu)")
+    if doc.get("kind") not in JOBQUEUE_KINDS:
+        raise ValueError(f"{path}: kind must be one of {JOBQUEUE_KINDS}, got {doc.get('kind')!r}")
+    if not isinstance(doc.get("cpu"), dict):
+        raise ValueError(f"{path}: missing the 'cpu' section (SLURMCluster/PBSCluster arguments)")
+    for section in ("cpu", "gpu"):
+        if section in doc and doc[section] is not None:
+            jobs = doc[section].get("jobs", 1)
+            if not isinstance(jobs, int) or jobs < 0:
+                raise ValueError(f"{path}: {section}.jobs must be an integer >= 0, got {jobs!r}")
+    doc["source"] = str(path)
+    return doc
+
+
+def jobqueue_cluster(profile: dict):
+    """Start a dask-jobqueue cluster from a profile: CPU jobs, plus GPU jobs on the same scheduler."""
+    import dask_jobqueue
+
+    cls = {"slurm": dask_jobqueue.SLURMCluster, "pbs": dask_jobqueue.PBSCluster}[profile["kind"]]
+    sched = dict(profile.get("scheduler") or {})
+    sched.pop("wait_timeout", None)
+    dashboard = sched.pop("dashboard_address", ":8787")
+    interface = sched.pop("interface", None)
+    cpu = {k: v for k, v in profile["cpu"].items() if v is not None}
+    cpu_jobs = cpu.pop("jobs", 1)
+    cluster = cls(**cpu, interface=interface, scheduler_options={"dashboard_address": dashboard, **sched})
+    cluster.scale(jobs=cpu_jobs)
+    gpu = {k: v for k, v in (profile.get("gpu") or {}).items() if v is not None}
+    gpu_jobs = gpu.pop("jobs", 0) if gpu else 0
+    if gpu_jobs:
+        # Heterogeneous jobs on one scheduler: extra worker specs with the GPU job's options.
+        options = {**cluster._job_kwargs, **gpu}
+        for k in range(gpu_jobs):
+            spec = {"cls": cluster.job_cls, "options": options}
+            if options.get("processes", 1) > 1:
+                spec["group"] = [f"-{i}" for i in range(options["processes"])]
+            cluster.worker_spec[f"gpu-{k}"] = spec
+        cluster.sync(cluster._correct_state)
+    log.info("jobqueue cluster from %s:\n%s", profile.get("source"), cluster.job_script())
+    return cluster
+
+
+def _wait_for_profile(client: Client, profile: dict) -> None:
+    timeout = (profile.get("scheduler") or {}).get("wait_timeout", 600)
+    cpu = profile["cpu"]
+    n_cpu = cpu.get("jobs", 1) * cpu.get("processes", 1)
+    gpu = profile.get("gpu") or {}
+    n_gpu = gpu.get("jobs", 0) * gpu.get("processes", 1)
+    client.wait_for_workers(n_cpu + n_gpu, timeout=timeout)
 
 
 def gpu_resources(client: Client | None = None) -> dict | None:

@@ -42,7 +42,7 @@ def _features(n=384, chunk=192, seed=0):
 
 def test_prediction_is_lazy_nan_where_invalid_and_in_range(spec):
     feats = _features()
-    prob = predict(feats, spec=spec, bands=BANDS, halo=16, tile=128)
+    prob = predict(feats, spec=spec, bands=BANDS, halo=32, tile=128)
     assert isinstance(prob.data, da.Array) and prob.attrs["model_sha256"] == spec.sha256
     p = prob.compute(scheduler="sync").values
     assert np.isnan(p[:100, :100]).all()
@@ -50,14 +50,14 @@ def test_prediction_is_lazy_nan_where_invalid_and_in_range(spec):
     assert inside.size == 384 * 384 - 100 * 100
     assert ((inside >= 0) & (inside <= 1)).all()
     # Batch size does not change results.
-    p2 = predict(feats, spec=spec, bands=BANDS, halo=16, tile=128, batch_size=1).compute(scheduler="sync").values
+    p2 = predict(feats, spec=spec, bands=BANDS, halo=32, tile=128, batch_size=1).compute(scheduler="sync").values
     np.testing.assert_array_equal(p, p2)
 
 
 def test_predictions_do_not_depend_on_chunking(spec):
     """Tiles sit on a lattice anchored to the grid: 96², 192² and one 384² chunk give the same map."""
     maps = [
-        predict(_features(chunk=c), spec=spec, bands=BANDS, halo=16, tile=128).compute(scheduler="sync").values
+        predict(_features(chunk=c), spec=spec, bands=BANDS, halo=32, tile=128).compute(scheduler="sync").values
         for c in (96, 192, 384)
     ]
     np.testing.assert_array_equal(maps[0], maps[2])
@@ -82,7 +82,7 @@ def test_inference_runs_only_on_gpu_tagged_worker_and_loads_once_per_process(spe
             info = client.scheduler_info()["workers"]
             gpu_addr = next(a for a, w in info.items() if w.get("resources", {}).get("GPU"))
             feats = client.persist(_features())  # the CPU stage runs anywhere
-            prob = predict(feats, spec=spec, bands=BANDS, halo=16, tile=128, device="cpu")
+            prob = predict(feats, spec=spec, bands=BANDS, halo=32, tile=128, device="cpu")
             with get_task_stream(client) as ts:
                 result = client.compute(prob.data, resources={"GPU": 1}).result()
             ran = {t["worker"] for t in ts.data if "predict_block" in str(t["key"])}
@@ -100,7 +100,7 @@ def test_inference_runs_only_on_gpu_tagged_worker_and_loads_once_per_process(spe
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_bf16_on_gpu_matches_fp32(spec):
     feats = _features()
-    p32 = predict(feats, spec=spec, bands=BANDS, halo=16, tile=128, device="cuda").compute(scheduler="sync").values
-    p16 = predict(feats, spec=spec, bands=BANDS, halo=16, tile=128, device="cuda",
+    p32 = predict(feats, spec=spec, bands=BANDS, halo=32, tile=128, device="cuda").compute(scheduler="sync").values
+    p16 = predict(feats, spec=spec, bands=BANDS, halo=32, tile=128, device="cuda",
                   precision="bf16").compute(scheduler="sync").values  # fmt: skip
     assert np.nanmax(np.abs(p32 - p16)) < 0.05

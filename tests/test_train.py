@@ -177,7 +177,7 @@ def test_cli_train_then_predict_writes_probability_store(tmp_path):
     assert "best epoch" in r.output
     record = json.loads((tmp_path / "model" / "rtsflow_model.json").read_text())
     r = runner.invoke(main, ["predict", str(tmp_path / "f.zarr"), "--model", str(tmp_path / "model"), "--out",
-                             str(tmp_path / "p.zarr"), "--halo", "16"], catch_exceptions=False)  # fmt: skip
+                             str(tmp_path / "p.zarr"), "--halo", "32"], catch_exceptions=False)  # fmt: skip
     assert r.exit_code == 0, r.output
     prob = open_probability(tmp_path / "p.zarr")
     assert prob.attrs["model_sha256"] == record["weights_sha256"]

@@ -4,14 +4,16 @@ The model travels as a :class:`~rtsflow.model.checkpoint.ModelSpec` (path +
 sha256) and is loaded once per worker process (a process-level cache), never
 closed over in a task.
 
-Tiles sit on a lattice anchored to the global grid: output cells of
-``tile − halo`` pixels, each predicted from the tile that widens it by
-``halo / 2`` on every side (neighbouring tiles overlap by ``halo``; only the
-centres are kept). A pixel is therefore always predicted from the same tile,
-whatever the chunking, and there are no seams. Chunks are aligned to the
-lattice before ``map_overlap`` so no tile is run twice; the inferred / output
-pixel ratio is ``(tile / (tile − halo))²`` (1.31 for 512 / 64). Windows
-without any valid pixel are skipped (NaN) and never reach the model.
+Output cells are the grid's own tiles (``tile`` px, 512 by default, anchored
+to the global grid); each is predicted from a window that widens it by
+``halo / 2`` on every side (``tile + halo`` px, 576 by default), and only the
+cell is kept. Neighbouring windows overlap by ``halo``, so there are no seams,
+and a pixel is always predicted from the same window whatever the chunking.
+Grid blocks hold whole tiles, so no window is ever run twice and the inferred /
+output pixel ratio is ``((tile + halo) / tile)²`` (1.27 for 512 / 64). The
+model is fully convolutional: trained on ``tile``² samples, it sees
+``(tile + halo)``² windows. Windows without any valid pixel are skipped (NaN)
+and never reach the model.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import xarray as xr
 from rtsflow.model.checkpoint import ModelSpec, load_checkpoint
 from rtsflow.model.normalise import BandScaling, normalise
 
-__all__ = ["lattice", "load_count", "predict", "predict_block", "tile_stats"]
+__all__ = ["lattice", "load_count", "predict", "predict_block", "predict_window", "tile_stats"]
 
 _CACHE: dict[tuple[str, str, str], tuple[object, dict]] = {}
 _LOADS: list[tuple[int, str]] = []
@@ -62,9 +64,9 @@ def lattice(*, tile: int, halo: int) -> tuple[int, int]:
     """``(step, margin)`` of the tile lattice: output cells of ``step`` px, context ``margin`` px each side."""
     if halo < 0 or halo % 2:
         raise ValueError(f"halo must be an even number of pixels >= 0, got {halo}")
-    if tile - halo < 32:
-        raise ValueError(f"tile ({tile}) must exceed the halo ({halo}) by at least 32 px")
-    return tile - halo, halo // 2
+    if tile < 32 or (tile + halo) % 32:
+        raise ValueError(f"tile + halo ({tile} + {halo}) must be a multiple of 32 (the encoder's strides)")
+    return tile, halo // 2
 
 
 def _aligned_chunks(chunks: Sequence[int], origin: int, step: int, margin: int) -> tuple[int, ...]:
@@ -129,8 +131,8 @@ def predict_block(
 ) -> np.ndarray:
     """Probability of one block padded by ``pad``: ``(band, y + 2p, x + 2p)`` → ``(y + 2p, x + 2p)``.
 
-    ``halo`` is the overlap of neighbouring tiles (each output cell of ``tile − halo``
-    px is widened by ``halo / 2`` on every side). The padding is NaN in the output
+    Each output cell of ``tile`` px is predicted from a window widened by ``halo / 2``
+    on every side (neighbouring windows overlap by ``halo``). The padding is NaN in the output
     (``map_overlap`` trims it).
     """
     import torch
@@ -147,11 +149,12 @@ def predict_block(
     i, j = block_info[0]["chunk-location"][1:] if block_info else (0, 0)
     gy0 = origin[0] + int(chunk_starts[0][i])
     gx0 = origin[1] + int(chunk_starts[1][j])
-    padded = np.pad(bands, ((0, 0), (tile, tile), (tile, tile)), constant_values=np.nan)  # room for edge windows
+    size = step + 2 * margin
+    padded = np.pad(bands, ((0, 0), (size, size), (size, size)), constant_values=np.nan)  # room for edge windows
     todo = []
     for wy, cy, ly in _lattice_starts(gy0, by, depth, step, margin):
         for wx, cx, lx in _lattice_starts(gx0, bx, depth, step, margin):
-            win = padded[:, wy + tile : wy + 2 * tile, wx + tile : wx + 2 * tile]
+            win = padded[:, wy + size : wy + 2 * size, wx + size : wx + 2 * size]
             x, valid = normalise(win, scalings)
             if valid.any():  # all-NaN windows never reach the model
                 todo.append(((wy, cy, ly), (wx, cx, lx), x, valid))
@@ -217,10 +220,53 @@ def predict(
     prob = prob.rechunk(in_chunks)
     out = xr.DataArray(prob, dims=("y", "x"), coords={"x": features["x"], "y": features["y"]}, name="probability")
     out.attrs = {"long_name": "RTS probability", "units": "1", "model_sha256": spec.sha256,
-                 "description": f"Sigmoid of the model output; {tile} px tiles overlapping by {halo} px."}  # fmt: skip
+                 "description": f"Sigmoid of the model output; {tile} px cells, {tile + halo} px windows."}  # fmt: skip
     return out
 
 
 def _origin(features: xr.Dataset, grid) -> tuple[int, int]:
     w = grid.window_from_coords(features["x"].values, features["y"].values)
     return w.row, w.col
+
+
+def predict_window(
+    features: xr.Dataset,
+    *,
+    rows: slice,
+    cols: slice,
+    spec: ModelSpec,
+    bands: Sequence[str],
+    halo: int = 64,
+    tile: int = 512,
+    batch_size: int = 4,
+    device: str = "auto",
+    precision: str = "fp32",
+    grid=None,
+) -> xr.DataArray:
+    """Lazy probability of one window of ``features`` (e.g. a grid block of a run), one task.
+
+    Runs exactly the lattice windows that meet the window, reading up to
+    ``tile + halo`` pixels of context around it, so it equals the same window of :func:`predict`
+    over the whole dataset.
+    """
+    lattice(tile=tile, halo=halo)  # validates tile and halo
+    ny, nx = features.sizes["y"], features.sizes["x"]
+    p = tile + halo
+    r0, r1 = max(rows.start - p, 0), min(rows.stop + p, ny)
+    c0, c1 = max(cols.start - p, 0), min(cols.stop + p, nx)
+    sub = features[list(bands)].isel(y=slice(r0, r1), x=slice(c0, c1))
+    stack = da.stack([sub[b].data.astype(np.float32) for b in bands]).rechunk(-1)
+    # NaN beyond the dataset, so the padded window is always the window ± tile.
+    widths = ((0, 0), (p - (rows.start - r0), p - (r1 - rows.stop)), (p - (cols.start - c0), p - (c1 - cols.stop)))
+    stack = da.pad(stack, widths, mode="constant", constant_values=np.nan).rechunk(-1)
+    origin = (0, 0) if grid is None else _origin(features, grid)
+    g = (origin[0] + rows.start, origin[1] + cols.start)
+    prob = da.map_blocks(
+        predict_block, stack, drop_axis=0, dtype=np.float32, meta=np.empty((0, 0), np.float32), spec=spec,
+        halo=halo, tile=tile, pad=p, origin=g, chunk_starts=((0,), (0,)), batch_size=batch_size, device=device,
+        precision=precision,
+    )[p:-p, p:-p]  # fmt: skip
+    sel = features.isel(y=rows, x=cols)
+    out = xr.DataArray(prob, dims=("y", "x"), coords={"x": sel["x"], "y": sel["y"]}, name="probability")
+    out.attrs = {"long_name": "RTS probability", "units": "1", "model_sha256": spec.sha256}
+    return out

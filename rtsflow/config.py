@@ -1,0 +1,264 @@
+"""Run configurations (YAML): parsed into dataclasses, with errors that name the bad key.
+
+Example (every key but ``cube``, ``pairs`` and ``model`` is optional)::
+
+    name: banks-island
+    output: runs/banks-island        # the run directory
+    cube: data/banks.zarr            # observation cube
+    products: [data/products/*.json] # ingested first (already-present products are skipped)
+    water: water                     # cube variable, or null
+    reference: reference_dem         # cube variable, or null
+    pairs: [[2010, 2016]]
+    epoch: winter                    # or date (YYYYMMDD pairs)
+    region: {bbox: [-120.2, 72.7, -119.0, 73.1], crs: EPSG:4326}
+    model: models/rts-unetpp         # checkpoint directory
+    inference: {halo: 64, batch_size: 4, precision: fp32, device: auto, dtype: uint8}
+    threshold: 0.5
+    filters: {min_area_m2: 1000, max_water_fraction: 0.5, max_quality_fraction: 0.5, min_max_abs_dh_m: 2}
+    correlation_length: 200
+    densities: {cell_size: [10000], sites: sites.gpkg, site_name: name}
+    truth: {path: truth.parquet, where: "winter_start == 2010"}
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import glob
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from rtsflow.postprocess import FilterConfig
+
+__all__ = ["ConfigError", "Densities", "Inference", "RunConfig", "Truth", "load_config", "parse_config"]
+
+
+class ConfigError(ValueError):
+    """A run configuration that cannot be used; the message names the key."""
+
+
+@dataclass(frozen=True)
+class Inference:
+    halo: int = 64
+    batch_size: int = 4
+    precision: str = "fp32"
+    device: str = "auto"
+    dtype: str = "uint8"
+
+
+@dataclass(frozen=True)
+class Densities:
+    cell_size: tuple[float, ...] = ()
+    sites: str | None = None
+    site_name: str = "name"
+
+
+@dataclass(frozen=True)
+class Truth:
+    path: str
+    where: str | None = None
+
+
+@dataclass(frozen=True)
+class Region:
+    bbox: tuple[float, float, float, float]
+    crs: str = "EPSG:3413"
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """A resolved run configuration (paths absolute)."""
+
+    cube: str
+    pairs: tuple[tuple[int, int], ...]
+    model: str
+    name: str = "run"
+    output: str = "rtsflow_run"
+    products: tuple[str, ...] = ()
+    water: str | None = "water"
+    reference: str | None = "reference_dem"
+    epoch: str = "winter"
+    region: Region | None = None
+    inference: Inference = field(default_factory=Inference)
+    threshold: float = 0.5
+    filters: FilterConfig = field(default_factory=FilterConfig)
+    correlation_length: float = 200.0
+    densities: Densities = field(default_factory=Densities)
+    truth: Truth | None = None
+    report: bool = True
+
+    def to_dict(self) -> dict:
+        return _plain(dataclasses.asdict(self))
+
+
+def _plain(v):
+    if isinstance(v, dict):
+        return {k: _plain(x) for k, x in v.items()}
+    if isinstance(v, list | tuple):
+        return [_plain(x) for x in v]
+    return v
+
+
+def _check_keys(doc: dict, cls, where: str) -> None:
+    known = [f.name for f in dataclasses.fields(cls)]
+    for key in doc:
+        if key not in known:
+            hint = difflib.get_close_matches(str(key), known, n=1)
+            extra = f" (did you mean {hint[0]!r}?)" if hint else f"; known keys: {', '.join(known)}"
+            raise ConfigError(f"{where}: unknown key {key!r}{extra}")
+
+
+def _typed(cls, doc: Any, where: str):
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{where}: expected a mapping of keys to values, got {type(doc).__name__}")
+    _check_keys(doc, cls, where)
+    out = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in doc:
+            continue
+        v = doc[f.name]
+        default = getattr(cls(**{}), f.name) if _all_defaults(cls) else None
+        if isinstance(default, bool):
+            ok = isinstance(v, bool)
+        elif isinstance(default, int | float) and not isinstance(default, bool):
+            ok = isinstance(v, int | float) and not isinstance(v, bool)
+            v = type(default)(v) if ok and (isinstance(default, float) or float(v).is_integer()) else v
+            ok = ok and isinstance(v, type(default))
+        elif isinstance(default, str) or default is None:
+            ok = v is None or isinstance(v, str | int | float)
+            v = v if v is None else str(v)
+        elif isinstance(default, tuple):
+            v = [v] if isinstance(v, int | float | str) else v
+            ok = isinstance(v, list)
+            v = tuple(float(x) for x in v) if ok and f.name == "cell_size" else v
+        else:
+            ok = True
+        if not ok:
+            raise ConfigError(f"{where}.{f.name}: expected {type(default).__name__}, got {v!r}")
+        out[f.name] = v
+    return cls(**out)
+
+
+def _all_defaults(cls) -> bool:
+    return all(
+        f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
+        for f in dataclasses.fields(cls)
+    )
+
+
+def _path(v: Any, base: Path, key: str, *, must_exist: bool = True) -> str:
+    if not isinstance(v, str | Path):
+        raise ConfigError(f"{key}: expected a path, got {v!r}")
+    p = Path(v).expanduser()
+    p = p if p.is_absolute() else base / p
+    if must_exist and not p.exists():
+        raise ConfigError(f"{key}: {p} does not exist")
+    return str(p.resolve())
+
+
+def parse_config(doc: Any, *, base: str | Path = ".", source: str = "run config") -> RunConfig:
+    """Validate a configuration mapping; relative paths are resolved against ``base``."""
+    base = Path(base).resolve()
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{source}: expected a YAML mapping at the top level")
+    _check_keys(doc, RunConfig, source)
+    for key in ("cube", "pairs", "model"):
+        if key not in doc:
+            raise ConfigError(f"{source}: missing required key {key!r}")
+    kw: dict[str, Any] = {}
+    kw["products"] = ()
+    if doc.get("products"):
+        items = doc["products"] if isinstance(doc["products"], list) else [doc["products"]]
+        found: list[str] = []
+        for item in items:
+            pattern = str(Path(item) if Path(str(item)).is_absolute() else base / str(item))
+            matches = sorted(glob.glob(pattern))
+            if not matches:
+                raise ConfigError(f"{source}: products: {item!r} matches no file")
+            found += [str(Path(m).resolve()) for m in matches]
+        kw["products"] = tuple(found)
+    kw["cube"] = _path(doc["cube"], base, f"{source}: cube", must_exist=not kw["products"])
+    kw["model"] = _path(doc["model"], base, f"{source}: model")
+    pairs = doc["pairs"]
+    if (
+        not isinstance(pairs, list)
+        or not pairs
+        or not all(isinstance(p, list) and len(p) == 2 and all(isinstance(x, int) for x in p) for p in pairs)
+    ):
+        raise ConfigError(f"{source}: pairs: expected a list of [earlier, later] integer pairs, got {pairs!r}")
+    if any(a >= b for a, b in pairs):
+        raise ConfigError(f"{source}: pairs: each pair must be [earlier, later] with earlier < later, got {pairs!r}")
+    kw["pairs"] = tuple((int(a), int(b)) for a, b in pairs)
+    for key in ("name", "water", "reference"):
+        if key in doc:
+            if doc[key] is not None and not isinstance(doc[key], str):
+                raise ConfigError(f"{source}: {key}: expected a string or null, got {doc[key]!r}")
+            kw[key] = doc[key]
+    kw["output"] = _path(doc.get("output", "rtsflow_run"), base, f"{source}: output", must_exist=False)
+    if "epoch" in doc:
+        if doc["epoch"] not in ("winter", "date"):
+            raise ConfigError(f"{source}: epoch: expected 'winter' or 'date', got {doc['epoch']!r}")
+        kw["epoch"] = doc["epoch"]
+    if doc.get("region") is not None:
+        r = doc["region"]
+        reg = _typed(_RegionDoc, r, f"{source}: region")
+        if not (isinstance(reg.bbox, list | tuple) and len(reg.bbox) == 4):
+            raise ConfigError(f"{source}: region.bbox: expected [xmin, ymin, xmax, ymax], got {reg.bbox!r}")
+        kw["region"] = Region(bbox=tuple(float(v) for v in reg.bbox), crs=str(reg.crs))
+    if "inference" in doc:
+        inf = _typed(Inference, doc["inference"], f"{source}: inference")
+        if inf.halo % 2 or inf.halo < 0:
+            raise ConfigError(f"{source}: inference.halo: expected an even number of pixels, got {inf.halo}")
+        if inf.precision not in ("fp32", "bf16"):
+            raise ConfigError(f"{source}: inference.precision: expected 'fp32' or 'bf16', got {inf.precision!r}")
+        if inf.dtype not in ("uint8", "float16"):
+            raise ConfigError(f"{source}: inference.dtype: expected 'uint8' or 'float16', got {inf.dtype!r}")
+        kw["inference"] = inf
+    for key in ("threshold", "correlation_length"):
+        if key in doc:
+            v = doc[key]
+            if not isinstance(v, int | float) or isinstance(v, bool):
+                raise ConfigError(f"{source}: {key}: expected a number, got {v!r}")
+            kw[key] = float(v)
+    if not 0 < kw.get("threshold", 0.5) < 1:
+        raise ConfigError(f"{source}: threshold: expected a probability in (0, 1), got {kw['threshold']}")
+    if "filters" in doc:
+        kw["filters"] = _typed(FilterConfig, doc["filters"], f"{source}: filters")
+    if "densities" in doc:
+        d = _typed(Densities, doc["densities"], f"{source}: densities")
+        if d.sites:
+            d = dataclasses.replace(d, sites=_path(d.sites, base, f"{source}: densities.sites"))
+        kw["densities"] = d
+    if doc.get("truth") is not None:
+        t = doc["truth"]
+        if isinstance(t, str):
+            t = {"path": t}
+        _check_keys(t, Truth, f"{source}: truth")
+        kw["truth"] = Truth(path=_path(t.get("path"), base, f"{source}: truth.path"), where=t.get("where"))
+    if "report" in doc:
+        if not isinstance(doc["report"], bool):
+            raise ConfigError(f"{source}: report: expected true or false, got {doc['report']!r}")
+        kw["report"] = doc["report"]
+    return RunConfig(**kw)
+
+
+@dataclass(frozen=True)
+class _RegionDoc:
+    bbox: tuple = ()
+    crs: str = "EPSG:3413"
+
+
+def load_config(path: str | Path, **overrides) -> RunConfig:
+    """Read and validate a YAML run configuration (paths relative to the file's folder)."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{path}: no such run configuration")
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({e})") from e
+    doc = {**(doc or {}), **{k: v for k, v in overrides.items() if v is not None}}
+    return parse_config(doc, base=path.parent, source=str(path))

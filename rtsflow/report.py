@@ -1,0 +1,154 @@
+"""Run reports: a quick-look map (dDEM with RTS outlines), distributions and densities, and a Markdown summary."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+__all__ = ["write_report"]
+
+
+def _valid_crop(ddem: np.ndarray) -> tuple[slice, slice]:
+    rows = np.flatnonzero(np.isfinite(ddem).any(axis=1))
+    cols = np.flatnonzero(np.isfinite(ddem).any(axis=0))
+    if not len(rows):
+        return slice(0, 0), slice(0, 0)
+    return slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1)
+
+
+def _map(ax, feats, rts, *, max_px: int = 1500):
+    """dDEM (coarsened to ≤ max_px) with kept RTS outlines (black) and filtered polygons (grey)."""
+    ddem = feats["ddem"]
+    factor = max(1, int(np.ceil(max(ddem.shape) / max_px)))
+    if factor > 1:
+        ddem = ddem.coarsen(y=factor, x=factor, boundary="trim").mean()
+    values = ddem.values
+    ys, xs = _valid_crop(values)
+    values = values[ys, xs]
+    x, y = ddem["x"].values[xs], ddem["y"].values[ys]
+    if values.size == 0:
+        ax.text(0.5, 0.5, "no valid dDEM", ha="center", transform=ax.transAxes)
+        return
+    res = float(abs(x[1] - x[0])) if len(x) > 1 else 10.0
+    extent = (x[0] - res / 2, x[-1] + res / 2, y[-1] - res / 2, y[0] + res / 2)
+    lim = float(np.nanpercentile(np.abs(values), 99)) or 1.0
+    im = ax.imshow(values, extent=extent, cmap="RdBu", vmin=-lim, vmax=lim, interpolation="nearest")
+    ax.figure.colorbar(im, ax=ax, shrink=0.8, label="elevation change (m)")
+    if len(rts):
+        dropped = rts[~rts.kept]
+        if len(dropped):
+            dropped.boundary.plot(ax=ax, color="0.4", linewidth=0.6, linestyle="--")
+        kept = rts[rts.kept]
+        if len(kept):
+            kept.boundary.plot(ax=ax, color="black", linewidth=0.9)
+    ax.set_xlim(extent[0], extent[1])
+    ax.set_ylim(extent[2], extent[3])
+    ax.set_xlabel("x (m, EPSG:3413)")
+    ax.set_ylabel("y (m)")
+
+
+def write_report(run: str | Path, *, pair: str) -> Path:
+    """Write ``report/`` in a run directory for one pair; returns the Markdown file.
+
+    Reads the run's outputs (features, RTS polygons, densities, summary, status
+    table); this is an I/O entry point.
+    """
+    import geopandas as gpd
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from rtsflow.io.features import open_features
+
+    run = Path(run)
+    out = run / "report"
+    out.mkdir(exist_ok=True)
+    summary = json.loads((run / f"summary_{pair}.json").read_text())
+    rts = gpd.read_parquet(summary["rts"])
+    feats = open_features(summary["features"])
+    kept = rts[rts.kept]
+
+    fig, ax = plt.subplots(figsize=(8, 7), dpi=110)
+    _map(ax, feats, rts)
+    ax.set_title(f"{pair.replace('_', ' → ')}: {len(kept)} RTS (black), {len(rts) - len(kept)} filtered (grey)")
+    fig.tight_layout()
+    map_png = out / f"map_{pair}.png"
+    fig.savefig(map_png)
+    plt.close(fig)
+
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8), dpi=110)
+    if len(kept):
+        axes[0].hist(kept.area_m2 / 1e4, bins=min(30, max(5, len(kept) // 3)), color="0.3")
+        axes[1].hist(kept.volume_per_year_m3, bins=min(30, max(5, len(kept) // 3)), color="tab:red")
+        axes[2].errorbar(
+            kept.area_m2 / 1e4,
+            -kept.volume_m3,
+            yerr=kept.volume_sigma_m3,
+            fmt="o",
+            ms=3,
+            color="0.2",
+            ecolor="0.6",
+            elinewidth=0.8,
+        )
+        axes[2].set_xscale("log")
+        axes[2].set_yscale("log")
+    axes[0].set_xlabel("RTS area (ha)")
+    axes[0].set_ylabel("count")
+    axes[1].set_xlabel("volume change (m³/yr)")
+    axes[2].set_xlabel("RTS area (ha)")
+    axes[2].set_ylabel("volume loss ± 1σ (m³)")
+    for a, t in zip(axes, ("areas", "volume-change rates", "volume vs area"), strict=True):
+        a.set_title(t)
+    fig.tight_layout()
+    dist_png = out / f"distributions_{pair}.png"
+    fig.savefig(dist_png)
+    plt.close(fig)
+
+    lines = [f"# rtsflow run report: {run.name}, pair {pair.replace('_', ' → ')}", ""]
+    lines += ["| quantity | value |", "|---|---|"]
+    years = summary["years"]
+    rows = [
+        ("RTS kept / polygons", f"{summary['n_rts']} / {summary['n_polygons']}"),
+        ("RTS area", f"{summary['area_m2'] / 1e4:.2f} ha"),
+        ("net volume change", f"{summary['volume_m3']:.0f} ± {summary['volume_sigma_m3']:.0f} m³ over {years:g} yr"),
+        ("valid area", f"{summary['valid_area_km2']:.1f} km²"),
+        ("volume-change density", f"{summary['volume_change_rate_m3_per_yr_km2']:.1f} m³/yr/km²"),
+        ("RTS area density", f"{summary['area_density_m2_per_km2']:.1f} m²/km²"),
+    ]
+    lines += [f"| {k} | {v} |" for k, v in rows]
+    if "metrics" in summary:
+        m = summary["metrics"]
+        lines += ["", "## Accuracy against the reference", "", "| metric | pixel | detection |", "|---|---|---|"]
+        for k in ("iou", "f1", "precision", "recall"):
+            lines.append(f"| {k} | {m[f'pixel_{k}']:.3f} | {m[f'detection_{k}']:.3f} |")
+        lines.append(f"| objects (predicted / reference) | {m['n_predicted']} | {m['n_reference']} |")
+    lines += ["", f"![map](map_{pair}.png)", "", f"![distributions](distributions_{pair}.png)", ""]
+    if len(kept):
+        cols = ["rts_id", "area_m2", "volume_m3", "volume_sigma_m3", "volume_per_year_m3", "max_abs_dh_m"]
+        cols = [c for c in cols if c in kept]
+        top = kept.sort_values("volume_m3").head(10)[cols]
+        lines += ["## Largest volume losses", "", _md_table(top), ""]
+    status = pd.read_csv(run / "status.csv", keep_default_na=False)
+    status = status[status.pair.astype(str) == pair]
+    counts = status.groupby(["stage", "status"]).size().rename("blocks").reset_index()
+    lines += ["## Blocks", "", _md_table(counts), ""]
+    if (run / "timings.csv").exists():
+        timings = pd.read_csv(run / "timings.csv")
+        lines += ["## Timings (s)", "", _md_table(timings), ""]
+    md = out / f"report_{pair}.md"
+    md.write_text("\n".join(lines) + "\n")
+    return md
+
+
+def _md_table(df: pd.DataFrame) -> str:
+    def fmt(v):
+        return f"{v:.1f}" if isinstance(v, float) else str(v)
+
+    head = "| " + " | ".join(map(str, df.columns)) + " |"
+    sep = "|" + "---|" * len(df.columns)
+    body = ["| " + " | ".join(fmt(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join([head, sep, *body])

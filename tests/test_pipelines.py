@@ -1,0 +1,296 @@
+"""Runs that survive: config validation, resume after a killed run, a killed worker, a failing block, SLURM.
+
+One small synthetic region is ingested into a cube on a grid with 256-px blocks
+(so a 2.5 km region spans several blocks), a tiny model is trained on it, and
+an uninterrupted LocalCluster run is the reference every other run must equal.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+import psutil
+import pytest
+import yaml
+from distributed import Client, LocalCluster
+
+from pipelines.region import RunIncomplete, run_region
+from rtsflow.config import ConfigError, load_config, parse_config
+from rtsflow.grid import Grid
+from rtsflow.io.probability import open_probability
+
+SMALL_GRID = Grid(resolution=10.0, tile_size=128, block_tiles=2)
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    from pipelines.train import run_training
+    from rtsflow.graph.features import pair_features
+    from rtsflow.ingest import ingest, ingest_mask
+    from rtsflow.io.cube import open_cube
+    from rtsflow.io.features import write_features
+    from rtsflow.model.train import DEMO_CONFIG
+    from rtsflow.synth.generator import SynthConfig, synthesize
+
+    root = tmp_path_factory.mktemp("pipeline")
+    config = SynthConfig(seed=11, size_km=(2.5, 2.5), winters=(2010, 2016), obs_per_winter=2, slump_density=4.0)
+    region = synthesize(root / "region", config=config)
+    cube = root / "cube.zarr"
+    ingest(region.products, cube=cube, grid=SMALL_GRID, scheduler="threads")
+    ingest_mask(region.truth_rasters["water"], cube=cube, scheduler="threads")
+    ds = open_cube(cube)
+    feats, _ = pair_features(ds, grid=SMALL_GRID, earlier=2010, later=2016, water=ds["water"])
+    write_features(feats, root / "train_features.zarr", grid=SMALL_GRID)
+    truth = gpd.read_parquet(region.truth_slumps)
+    truth[(truth.winter_start == 2010) & (truth.winter_end == 2016)].to_parquet(root / "truth.parquet")
+    tiny = dataclasses.replace(DEMO_CONFIG, tile=64, epochs=2, steps_per_epoch=3, batch_size=4, split_size=128)
+    run_training(features=[root / "train_features.zarr"], labels=[root / "truth.parquet"], out=root / "model",
+                 config=tiny, progress=False)  # fmt: skip
+    doc = {"name": "test", "cube": str(cube), "pairs": [[2010, 2016]], "model": str(root / "model"),
+           "reference": None, "truth": {"path": str(root / "truth.parquet")}, "inference": {"halo": 32},
+           "densities": {"cell_size": [1000]}}  # fmt: skip
+    return {"root": root, "doc": doc, "cube": cube}
+
+
+def _config(setup, output: Path):
+    return parse_config({**setup["doc"], "output": str(output)}, base=setup["root"])
+
+
+@pytest.fixture(scope="module")
+def reference(setup):
+    out = setup["root"] / "reference"
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                      dashboard_address=None) as lc, Client(lc) as client:  # fmt: skip
+        result = run_region(_config(setup, out), client=client, progress=False)
+    return result
+
+
+def _outputs(run: Path):
+    prob = open_probability(run / "probability_2010_2016.zarr").values
+    rts = gpd.read_parquet(run / "rts_2010_2016.parquet")
+    return prob, rts
+
+
+def _assert_same_outputs(run: Path, ref: Path):
+    p, rts = _outputs(run)
+    p0, rts0 = _outputs(ref)
+    np.testing.assert_array_equal(p, p0)
+    assert len(rts) == len(rts0)
+    assert list(rts.geometry.to_wkb()) == list(rts0.geometry.to_wkb())
+    cols = ["volume_m3", "volume_sigma_m3", "area_m2", "kept"]
+    pd.testing.assert_frame_equal(pd.DataFrame(rts[cols]), pd.DataFrame(rts0[cols]))
+
+
+def test_reference_run_has_status_versions_report(reference):
+    run = reference.run
+    status = pd.read_csv(run / "status.csv", keep_default_na=False)
+    blocks = status[status.stage == "features"]
+    assert len(blocks) >= 4 and (blocks.status == "done").all()  # the region spans several grid blocks
+    assert set(status.stage) == {"features", "predict", "reduce"}
+    assert (status.session == 1).all()
+    assert {"rtsflow", "torch", "dask", "zarr"} <= set(yaml.safe_load((run / "versions.json").read_text()))
+    assert yaml.safe_load((run / "config.yaml").read_text())["pairs"] == [[2010, 2016]]
+    summary = reference.pairs["2010_2016"]
+    assert summary["n_polygons"] > 0 and "metrics" in summary
+    md = Path(summary["report"]).read_text()
+    assert "volume-change density" in md and "detection" in md
+    for png in ("map_2010_2016.png", "distributions_2010_2016.png"):
+        assert (run / "report" / png).stat().st_size > 10_000
+    prob = open_probability(run / "probability_2010_2016.zarr")
+    from rtsflow.model.checkpoint import read_record
+
+    assert prob.attrs["model_sha256"] == read_record(_config_model(reference))["weights_sha256"]
+
+
+def _config_model(reference) -> str:
+    return yaml.safe_load((reference.run / "config.yaml").read_text())["model"]
+
+
+def test_rerun_skips_everything_done(setup, reference, tmp_path):
+    run = tmp_path / "again"
+    shutil.copytree(reference.run, run)
+    result = run_region(_config(setup, run), cluster="local", progress=False)
+    assert result.computed == {"features 2010_2016": 0, "predict 2010_2016": 0}
+    _assert_same_outputs(run, reference.run)
+
+
+def test_config_errors_name_the_key(setup, tmp_path):
+    doc = {**setup["doc"], "output": str(tmp_path / "r")}
+    with pytest.raises(ConfigError, match="unknown key 'treshold' \\(did you mean 'threshold'\\?\\)"):
+        parse_config({**doc, "treshold": 0.4})
+    with pytest.raises(ConfigError, match="missing required key 'pairs'"):
+        parse_config({k: v for k, v in doc.items() if k != "pairs"})
+    with pytest.raises(ConfigError, match="pairs: each pair must be \\[earlier, later\\]"):
+        parse_config({**doc, "pairs": [[2016, 2010]]})
+    with pytest.raises(ConfigError, match=r"inference\.halo: expected an even number"):
+        parse_config({**doc, "inference": {"halo": 33}})
+    with pytest.raises(ConfigError, match="filters: unknown key 'min_area'"):
+        parse_config({**doc, "filters": {"min_area": 5}})
+    with pytest.raises(ConfigError, match=r"model: .* does not exist"):
+        parse_config({**doc, "model": str(tmp_path / "nope")})
+    with pytest.raises(ConfigError, match="threshold: expected a number"):
+        parse_config({**doc, "threshold": "high"})
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("cube: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+    # The CLI reports the key and exits 2 without creating the run directory.
+    good = tmp_path / "run.yaml"
+    good.write_text(yaml.safe_dump({**doc, "filters": {"min_areaa_m2": 1}}))
+    r = subprocess.run([sys.executable, "-m", "rtsflow.cli", "run", str(good)], capture_output=True, text=True)
+    assert r.returncode == 2 and "filters: unknown key 'min_areaa_m2'" in r.stderr
+    assert not (tmp_path / "r").exists()
+
+
+def _wait_for_done(status: Path, n: int, timeout: float = 300) -> pd.DataFrame:
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if status.exists():
+            s = pd.read_csv(status, keep_default_na=False)
+            if (s.status == "done").sum() >= n:
+                return s
+        time.sleep(0.1)
+    raise TimeoutError(f"{status}: fewer than {n} blocks done after {timeout} s")
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_with_identical_output(setup, reference, tmp_path):
+    run = tmp_path / "killed"
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(yaml.safe_dump({**setup["doc"], "output": str(run)}))
+    cmd = [sys.executable, "-m", "rtsflow.cli", "run", str(cfg)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        at_kill = _wait_for_done(run / "status.csv", 2)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the run and its LocalCluster, mid-run
+        proc.wait()
+    at_kill = pd.read_csv(run / "status.csv", keep_default_na=False)
+    done_before = set(zip(at_kill.stage, at_kill.block, strict=True))
+    total = len(pd.read_csv(reference.run / "status.csv"))
+    assert 2 <= len(done_before) < total  # killed part-way
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    status = pd.read_csv(run / "status.csv", keep_default_na=False)
+    assert (status.status == "done").all()
+    first = status[status.session == 1]
+    assert set(zip(first.stage, first.block, strict=True)) == done_before  # nothing done was redone
+    redone = status[(status.session == 2) & (status.stage != "reduce")]
+    assert len(redone) == total - len(done_before) - 1  # exactly the missing blocks (reduce is per pair)
+    _assert_same_outputs(run, reference.run)
+
+
+@pytest.mark.slow
+def test_killed_worker_does_not_change_the_output(setup, reference, tmp_path):
+    run = tmp_path / "worker_killed"
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                      dashboard_address=None) as lc, Client(lc) as client:  # fmt: skip
+        pids = client.run(os.getpid)
+        box = {}
+
+        def go():
+            try:
+                box["result"] = run_region(_config(setup, run), client=client, progress=False)
+            except BaseException as e:  # surfaced below
+                box["error"] = e
+
+        t = threading.Thread(target=go)
+        t.start()
+        _wait_for_done(run / "status.csv", 1)
+        victim = next(iter(pids.values()))
+        psutil.Process(victim).kill()  # a worker dies mid-run; the nanny restarts it
+        t.join(timeout=600)
+        assert "error" not in box, box.get("error")
+        assert set(client.run(os.getpid).values()) != set(pids.values())  # a worker really was replaced
+    _assert_same_outputs(run, reference.run)
+
+
+def test_failing_block_keeps_the_others_and_is_redone(setup, reference, tmp_path):
+    """A corrupt cube shard fails one block; the others finish; after repair only that block is recomputed."""
+    cube = tmp_path / "cube.zarr"
+    shutil.copytree(setup["cube"], cube)
+    shards = sorted((cube / "dem" / "c").rglob("*"))
+    shard = next(p for p in shards if p.is_file() and p.stat().st_size > 1000)
+    original = shard.read_bytes()
+    shard.write_bytes(b"not a zarr shard" * 10)
+    run = tmp_path / "failing"
+    config = parse_config({**setup["doc"], "cube": str(cube), "output": str(run)}, base=setup["root"])
+    with pytest.raises(RunIncomplete, match="block"):
+        run_region(config, cluster="local", progress=False)
+    status = pd.read_csv(run / "status.csv", keep_default_na=False)
+    failed = status[status.status == "failed"]
+    assert len(failed) >= 1 and failed.error.str.len().min() > 0
+    assert (status[status.stage == "features"].status == "done").sum() >= 1  # the others were kept
+    assert not (run / "rts_2010_2016.parquet").exists()  # no partial result for the pair
+    shard.write_bytes(original)
+    result = run_region(config, cluster="local", progress=False)
+    assert result.computed["features 2010_2016"] == len(failed[failed.stage == "features"])
+    _assert_same_outputs(run, reference.run)
+
+
+def _slurm_available() -> str | None:
+    script = ROOT / "cluster" / "slurm" / "start_local_slurm.sh"
+    r = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=600)
+    if r.returncode == 3:
+        return r.stderr.strip() or "SLURM cannot be installed here"
+    if r.returncode != 0:
+        pytest.fail(f"local SLURM did not start: {r.stderr}")
+    return None
+
+
+@pytest.mark.slow
+def test_slurm_jobqueue_run_equals_local_and_routes_inference(setup, reference, tmp_path):
+    """A real one-node SLURM: one CPU job and one GPU-tagged job (dask_jobqueue.SLURMCluster) run the pipeline."""
+    reason = _slurm_available()
+    if reason:
+        pytest.skip(f"no SLURM: {reason}")
+    from rtsflow.cluster import connect
+    from rtsflow.model.inference import load_count
+
+    profile = yaml.safe_load((ROOT / "cluster" / "profiles" / "slurm.yaml").read_text())
+    profile["scheduler"].update(interface="lo", dashboard_address=None, wait_timeout=180)
+    for section in ("cpu", "gpu"):  # the template, sized for a 2-core test node without GPUs
+        profile[section].update(jobs=1, cores=1, processes=1, memory="4GiB", queue="debug", walltime="00:20:00",
+                                local_directory=str(tmp_path))  # fmt: skip
+    profile["gpu"]["job_extra_directives"] = []  # no GRES on the test node; the worker is tagged GPU=1
+    path = tmp_path / "slurm.yaml"
+    path.write_text(yaml.safe_dump(profile))
+    run = tmp_path / "slurm_run"
+    with connect(str(path), quiet=True) as client:
+        workers = client.scheduler_info(n_workers=-1)["workers"]
+        assert len(workers) == 2
+        gpu = [a for a, w in workers.items() if w.get("resources", {}).get("GPU")]
+        assert len(gpu) == 1
+        jobs = subprocess.run(["squeue", "-h", "-o", "%j"], capture_output=True, text=True).stdout.split()
+        assert len(jobs) == 2  # two real SLURM jobs
+        run_region(_config(setup, run), client=client, progress=False)
+        loads = client.run(load_count)
+    assert loads[gpu[0]] == 1 and all(n == 0 for a, n in loads.items() if a != gpu[0])
+    _assert_same_outputs(run, reference.run)
+
+
+def test_pan_arctic_runs_regions_on_one_client_and_reports_failures(setup, reference, tmp_path):
+    from pipelines.pan_arctic import run_regions
+
+    shutil.copytree(reference.run, tmp_path / "a")
+    good = _config(setup, tmp_path / "a")
+    bad = parse_config({**setup["doc"], "name": "no-2013", "pairs": [[2013, 2016]], "output": str(tmp_path / "b")})
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1",
+                      dashboard_address=None) as lc, Client(lc) as client:  # fmt: skip
+        table = run_regions([good, bad], client=client, out=tmp_path / "summary", progress=False)
+    assert list(table.region) == ["test", "no-2013", "all"]
+    assert table.status.iloc[0] == "done" and table.status.iloc[1].startswith("failed")
+    assert table.n_rts.iloc[2] == reference.pairs["2010_2016"]["n_rts"]
+    assert (tmp_path / "summary" / "summary.csv").exists()
