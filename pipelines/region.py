@@ -45,8 +45,10 @@ def _pair_key(pair) -> str:
     return f"{pair[0]}_{pair[1]}"
 
 
-def _second(_, x):
-    return x
+def _count_valid(path: str, variable: str, rows: slice, cols: slice, _written=None) -> int:
+    """Valid (finite) pixels of a written block, read back from the store (runs after the write)."""
+    ds = xr.open_zarr(path, consolidated=False, chunks=None)
+    return int(np.isfinite(ds[variable].isel(y=rows, x=cols).values).sum())
 
 
 def _blocks(feats: xr.Dataset, grid, config: RunConfig) -> list[tuple[str, slice, slice]]:
@@ -68,16 +70,23 @@ def _blocks(feats: xr.Dataset, grid, config: RunConfig) -> list[tuple[str, slice
     return out
 
 
-def _run_blocks(client, rd: RunDirectory, *, stage: str, pair: str, jobs: dict, resources=None) -> tuple[int, list]:
-    """Submit ``{block: delayed → n_valid}``, record each as it finishes. Returns (computed, failed blocks)."""
+def _run_blocks(client, rd: RunDirectory, *, stage: str, pair: str, jobs: dict, store: Path, variable: str,
+                resources=None) -> tuple[int, list]:  # fmt: skip
+    """Submit ``{block: (delayed region write, rows, cols)}``; record each block as it finishes.
+
+    The valid-pixel count is read back from the store by a small task that waits
+    for the write (merging it into the write's graph would compute the block twice).
+    Returns (blocks computed, failures).
+    """
     from distributed import as_completed
 
     if not jobs:
         return 0, []
     futures = {}
     starts = {}
-    for block, job in jobs.items():
-        fut = client.compute(job, resources=resources) if resources else client.compute(job)
+    for block, (job, rows, cols) in jobs.items():
+        write = client.compute(job, resources=resources) if resources else client.compute(job)
+        fut = client.submit(_count_valid, str(store), variable, rows, cols, write, pure=False)
         futures[fut] = block
         starts[block] = time.perf_counter()
     failed = []
@@ -114,8 +123,9 @@ def _template(ds: xr.Dataset, path: Path, *, grid, encoding: dict | None = None)
     out.to_zarr(str(path), mode="w", compute=False, encoding=enc, zarr_format=3, consolidated=False)
 
 
-def _region_write(ds: xr.Dataset, path: Path, rows: slice, cols: slice):
-    part = ds.isel(y=rows, x=cols).drop_vars([c for c in ds.coords if c not in ("x", "y")])
+def _region_write(part: xr.Dataset, path: Path, rows: slice, cols: slice):
+    """A lazy write of ``part`` (already cut to the block) into the block's region of the store."""
+    part = part.drop_vars([c for c in part.coords if c not in ("x", "y")])
     return part.to_zarr(str(path), region={"y": rows, "x": cols}, compute=False, zarr_format=3, consolidated=False)
 
 
@@ -194,20 +204,22 @@ def _run_pair(client, rd, config: RunConfig, pair, result: RegionResult, gpu, sa
     for block, rows, cols in blocks:
         if block in done:
             continue
-        n_valid = np.isfinite(feats["ddem"].data[rows, cols]).sum()
-        jobs[block] = dask.delayed(_second)(_region_write(feats, fpath, rows, cols), n_valid)
-    n, failed = _run_blocks(client, rd, stage="features", pair=key, jobs=jobs)
+        jobs[block] = (_region_write(feats.isel(y=rows, x=cols), fpath, rows, cols), rows, cols)
+    n, failed = _run_blocks(client, rd, stage="features", pair=key, jobs=jobs, store=fpath, variable="ddem")
     result.computed[f"features {key}"] = n
     result.failed += failed
     rd.timing(f"features {key}", time.perf_counter() - t0)
     say(f"features {key}: {n} block(s) computed, {len(done)} already done, {len(failed)} failed", flush=True)
 
-    # Stage 2: inference, per block (GPU-tagged workers when there are any).
+    # Stage 2: inference, per block (GPU-tagged workers when there are any). Windows read
+    # context from neighbouring blocks, so it waits until every block has its features.
+    if failed or set(rd.done("features", key)) < {b for b, _, _ in blocks}:
+        return
     record = read_record(config.model)
     spec = ModelSpec(path=config.model, sha256=record["weights_sha256"])
     ppath = out / f"probability_{key}.zarr"
     status = rd.status()
-    fdone = status[(status.stage == "features") & (status.pair == key) & (status.status == "done")]
+    fdone = status[(status.stage == "features") & (status.pair == key)]
     n_valid = dict(zip(fdone.block, fdone.n_valid, strict=True))
     store = open_features(fpath)
     empty = xr.DataArray(
@@ -230,8 +242,8 @@ def _run_pair(client, rd, config: RunConfig, pair, result: RegionResult, gpu, sa
     jobs = {}
     inf = config.inference
     for block, rows, cols in blocks:
-        if block in done or block not in n_valid:
-            continue  # done, or its features are missing (failed)
+        if block in done:
+            continue
         if int(n_valid[block]) == 0:
             rd.record(
                 stage="predict",
@@ -256,9 +268,9 @@ def _run_pair(client, rd, config: RunConfig, pair, result: RegionResult, gpu, sa
             precision=inf.precision,
             grid=grid,
         )
-        write = _region_write(prob.to_dataset(), ppath, rows, cols)
-        jobs[block] = dask.delayed(_second)(write, np.isfinite(prob.data).sum())
-    n, failed = _run_blocks(client, rd, stage="predict", pair=key, jobs=jobs, resources=gpu)
+        jobs[block] = (_region_write(prob.to_dataset(), ppath, rows, cols), rows, cols)
+    n, failed = _run_blocks(client, rd, stage="predict", pair=key, jobs=jobs, store=ppath, variable="probability",
+                            resources=gpu)  # fmt: skip
     result.computed[f"predict {key}"] = n
     result.failed += failed
     rd.timing(f"predict {key}", time.perf_counter() - t0)

@@ -104,3 +104,24 @@ def test_bf16_on_gpu_matches_fp32(spec):
     p16 = predict(feats, spec=spec, bands=BANDS, halo=32, tile=128, device="cuda",
                   precision="bf16").compute(scheduler="sync").values  # fmt: skip
     assert np.nanmax(np.abs(p32 - p16)) < 0.05
+
+
+def test_block_window_prediction_equals_whole_map(spec):
+    """predict_window (one run block) gives exactly the same pixels as the whole-array map."""
+    from rtsflow.model.inference import predict_window
+
+    feats = _features(chunk=384)
+    whole = predict(feats, spec=spec, bands=BANDS, halo=32, tile=128).compute(scheduler="sync").values
+    for rows, cols in [(slice(0, 128), slice(128, 256)), (slice(128, 384), slice(256, 384))]:
+        part = predict_window(feats, rows=rows, cols=cols, spec=spec, bands=BANDS, halo=32, tile=128)
+        np.testing.assert_array_equal(part.compute(scheduler="sync").values, whole[rows, cols])
+
+
+def test_halo_and_tile_are_checked():
+    from rtsflow.model.inference import lattice
+
+    assert lattice(tile=512, halo=64) == (512, 32)
+    with pytest.raises(ValueError, match="even"):
+        lattice(tile=512, halo=63)
+    with pytest.raises(ValueError, match="multiple of 32"):
+        lattice(tile=512, halo=16)

@@ -91,10 +91,18 @@ def coregister(
                 max_iterations=config.max_iterations, offset_threshold=config.offset_threshold,
             ))  # fmt: skip
         fits.append(row)
-    table = da.from_delayed(
-        dask.delayed(lambda f: resolve_fallbacks(np.array(f)))(fits),
-        shape=(nby, nbx, len(FIT_FIELDS)), dtype=np.float64,
-    )  # fmt: skip
+    # A block without a usable fit borrows from its 8 neighbours only, so each block's parameters
+    # depend on its 3 x 3 neighbourhood of fits, never on the whole region (blocks stay independent).
+    nf = len(FIT_FIELDS)
+    table = da.stack([
+        da.stack([
+            da.from_delayed(dask.delayed(_resolve_centre)(
+                [r[max(j - 1, 0): j + 2] for r in fits[max(i - 1, 0): i + 2]], min(i, 1), min(j, 1)),
+                shape=(nf,), dtype=np.float64)
+            for j in range(nbx)
+        ])
+        for i in range(nby)
+    ])  # fmt: skip
 
     # One parameter vector (+ chunk origin within its block) per dask chunk.
     halo = math.ceil(config.max_shift_px) + 2
@@ -133,6 +141,11 @@ def coregister(
     fits_ds["coreg_status"].attrs["flag_values"] = list(STATUS.values())
     fits_ds["coreg_status"].attrs["flag_meanings"] = " ".join(STATUS)
     return aligned, fits_ds
+
+
+def _resolve_centre(neighbourhood: list[list[np.ndarray]], i: int, j: int) -> np.ndarray:
+    """The fit of block ``(i, j)`` of its neighbourhood after :func:`resolve_fallbacks` (same result as globally)."""
+    return resolve_fallbacks(np.array(neighbourhood))[i, j]
 
 
 _FIT_DOC = {
