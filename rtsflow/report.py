@@ -21,7 +21,14 @@ def _valid_crop(ddem: np.ndarray) -> tuple[slice, slice]:
 
 def _map(ax, feats, rts, *, max_px: int = 1500):
     """dDEM (coarsened to ≤ max_px) with kept RTS outlines (black) and filtered polygons (grey)."""
+    import dask
+
     ddem = feats["ddem"]
+    finite = np.isfinite(ddem.data)
+    rows, cols = dask.compute(finite.any(axis=1), finite.any(axis=0))
+    if rows.any():  # crop to the data first: stores cover whole grid blocks
+        r, c = np.flatnonzero(rows), np.flatnonzero(cols)
+        ddem = ddem.isel(y=slice(r[0], r[-1] + 1), x=slice(c[0], c[-1] + 1))
     factor = max(1, int(np.ceil(max(ddem.shape) / max_px)))
     if factor > 1:
         ddem = ddem.coarsen(y=factor, x=factor, boundary="trim").mean()
