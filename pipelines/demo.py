@@ -94,7 +94,8 @@ def _training_data(out: Path, seed: int, *, force: bool, say) -> tuple[Path, Pat
     from rtsflow.model.train import DEMO_CONFIG
 
     config = SynthConfig(seed=seed + TRAIN_SEED_OFFSET, size_km=(TRAIN_SIZE_KM, TRAIN_SIZE_KM))
-    key = {"synth": json.loads(json.dumps(asdict(config))), "train": DEMO_CONFIG.to_dict()}
+    # As stored in (and read back from) the JSON record: tuples become lists.
+    key = json.loads(json.dumps({"synth": asdict(config), "train": DEMO_CONFIG.to_dict()}))
     if not force and _cached_model(out / "model", key):
         say(f"model: cached {out / 'model'}")
         return None

@@ -71,7 +71,7 @@ def _blocks(feats: xr.Dataset, grid, config: RunConfig) -> list[tuple[str, slice
 
 
 def _run_blocks(client, rd: RunDirectory, *, stage: str, pair: str, jobs: dict, store: Path, variable: str,
-                resources=None) -> tuple[int, list]:  # fmt: skip
+                resources=None, progress: bool = False) -> tuple[int, list]:  # fmt: skip
     """Submit ``{block: (delayed region write, rows, cols)}``; record each block as it finishes.
 
     The valid-pixel count is read back from the store by a small task that waits
@@ -89,8 +89,12 @@ def _run_blocks(client, rd: RunDirectory, *, stage: str, pair: str, jobs: dict, 
         fut = client.submit(_count_valid, str(store), variable, rows, cols, write, pure=False)
         futures[fut] = block
         starts[block] = time.perf_counter()
+    from tqdm.auto import tqdm
+
     failed = []
+    bar = tqdm(total=len(futures), desc=f"{stage} {pair}", unit="block", disable=not progress)
     for fut in as_completed(list(futures)):
+        bar.update()
         block = futures[fut]
         seconds = time.perf_counter() - starts[block]
         if fut.status == "error":
@@ -106,6 +110,7 @@ def _run_blocks(client, rd: RunDirectory, *, stage: str, pair: str, jobs: dict, 
             failed.append(f"{stage} {pair} block {block}: {type(err).__name__}: {err}")
         else:
             rd.record(stage=stage, pair=pair, block=block, status="done", seconds=seconds, n_valid=int(fut.result()))
+    bar.close()
     return len(jobs), failed
 
 
@@ -151,7 +156,7 @@ def run_region(
             rd.timing("ingest", time.perf_counter() - t0)
             say(f"ingest: {len(rep.added)} added, {len(rep.skipped)} already present", flush=True)
         for pair in config.pairs:
-            _run_pair(cl, rd, config, pair, result, gpu_resources(cl), say)
+            _run_pair(cl, rd, config, pair, result, gpu_resources(cl), say, progress)
     if result.failed:
         raise RunIncomplete(
             f"{len(result.failed)} block(s) failed (see {rd.status_path}); re-run the same command to redo them:\n  "
@@ -160,7 +165,7 @@ def run_region(
     return result
 
 
-def _run_pair(client, rd, config: RunConfig, pair, result: RegionResult, gpu, say) -> None:
+def _run_pair(client, rd, config: RunConfig, pair, result: RegionResult, gpu, say, progress: bool) -> None:
     from rtsflow.graph.coreg import CoregConfig
     from rtsflow.graph.dem import CompositeConfig
     from rtsflow.graph.features import pair_features
@@ -186,7 +191,7 @@ def _run_pair(client, rd, config: RunConfig, pair, result: RegionResult, gpu, sa
         water=water,
         reference=reference,
         composite=CompositeConfig(rules=rules),
-        coreg=CoregConfig(),
+        coreg=CoregConfig() if config.coregister else None,
     )
     pixel_vars = [n for n, v in feats.data_vars.items() if v.dims == ("y", "x")]
     feats = feats[pixel_vars]
@@ -205,7 +210,8 @@ def _run_pair(client, rd, config: RunConfig, pair, result: RegionResult, gpu, sa
         if block in done:
             continue
         jobs[block] = (_region_write(feats.isel(y=rows, x=cols), fpath, rows, cols), rows, cols)
-    n, failed = _run_blocks(client, rd, stage="features", pair=key, jobs=jobs, store=fpath, variable="ddem")
+    n, failed = _run_blocks(client, rd, stage="features", pair=key, jobs=jobs, store=fpath, variable="ddem",
+                            progress=progress)  # fmt: skip
     result.computed[f"features {key}"] = n
     result.failed += failed
     rd.timing(f"features {key}", time.perf_counter() - t0)
@@ -270,7 +276,7 @@ def _run_pair(client, rd, config: RunConfig, pair, result: RegionResult, gpu, sa
         )
         jobs[block] = (_region_write(prob.to_dataset(), ppath, rows, cols), rows, cols)
     n, failed = _run_blocks(client, rd, stage="predict", pair=key, jobs=jobs, store=ppath, variable="probability",
-                            resources=gpu)  # fmt: skip
+                            resources=gpu, progress=progress)  # fmt: skip
     result.computed[f"predict {key}"] = n
     result.failed += failed
     rd.timing(f"predict {key}", time.perf_counter() - t0)

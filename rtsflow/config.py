@@ -10,6 +10,7 @@ Example (every key but ``cube``, ``pairs`` and ``model`` is optional)::
     reference: reference_dem         # cube variable, or null
     pairs: [[2010, 2016]]
     epoch: winter                    # or date (YYYYMMDD pairs)
+    coregister: true                 # co-register the later composite per block (xDEM Nuth & Kääb + ramp)
     region: {bbox: [-120.2, 72.7, -119.0, 73.1], crs: EPSG:4326}
     model: models/rts-unetpp         # checkpoint directory
     inference: {halo: 64, batch_size: 4, precision: fp32, device: auto, dtype: uint8}
@@ -81,6 +82,7 @@ class RunConfig:
     water: str | None = "water"
     reference: str | None = "reference_dem"
     epoch: str = "winter"
+    coregister: bool = True
     region: Region | None = None
     inference: Inference = field(default_factory=Inference)
     threshold: float = 0.5
@@ -238,10 +240,11 @@ def parse_config(doc: Any, *, base: str | Path = ".", source: str = "run config"
             t = {"path": t}
         _check_keys(t, Truth, f"{source}: truth")
         kw["truth"] = Truth(path=_path(t.get("path"), base, f"{source}: truth.path"), where=t.get("where"))
-    if "report" in doc:
-        if not isinstance(doc["report"], bool):
-            raise ConfigError(f"{source}: report: expected true or false, got {doc['report']!r}")
-        kw["report"] = doc["report"]
+    for key in ("report", "coregister"):
+        if key in doc:
+            if not isinstance(doc[key], bool):
+                raise ConfigError(f"{source}: {key}: expected true or false, got {doc[key]!r}")
+            kw[key] = doc[key]
     return RunConfig(**kw)
 
 

@@ -87,7 +87,7 @@ def write_report(run: str | Path, *, pair: str) -> Path:
     fig.savefig(map_png)
     plt.close(fig)
 
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8), dpi=110)
+    fig, axes = plt.subplots(1, 4, figsize=(17, 3.8), dpi=110)
     if len(kept):
         axes[0].hist(kept.area_m2 / 1e4, bins=min(30, max(5, len(kept) // 3)), color="0.3")
         axes[1].hist(kept.volume_per_year_m3, bins=min(30, max(5, len(kept) // 3)), color="tab:red")
@@ -108,7 +108,19 @@ def write_report(run: str | Path, *, pair: str) -> Path:
     axes[1].set_xlabel("volume change (m³/yr)")
     axes[2].set_xlabel("RTS area (ha)")
     axes[2].set_ylabel("volume loss ± 1σ (m³)")
-    for a, t in zip(axes, ("areas", "volume-change rates", "volume vs area"), strict=True):
+    cells = sorted(run.glob(f"densities_{pair}_cells_*.parquet"))
+    if cells:
+        dens = gpd.read_parquet(cells[0])
+        dens = dens[dens.valid_area_km2 > 0]
+        if len(dens):
+            dens.plot(ax=axes[3], column="volume_change_rate_m3_per_yr_km2", cmap="Reds_r", legend=True,
+                      legend_kwds={"label": "m³/yr/km²", "shrink": 0.8})  # fmt: skip
+        axes[3].set_title(f"volume-change density ({cells[0].stem.rsplit('_', 1)[-1]} cells)")
+        axes[3].set_xticks([])
+        axes[3].set_yticks([])
+    else:
+        axes[3].axis("off")
+    for a, t in zip(axes[:3], ("areas", "volume-change rates", "volume vs area"), strict=True):
         a.set_title(t)
     fig.tight_layout()
     dist_png = out / f"distributions_{pair}.png"

@@ -59,7 +59,8 @@ def setup(tmp_path_factory):
     run_training(features=[root / "train_features.zarr"], labels=[root / "truth.parquet"], out=root / "model",
                  config=tiny, progress=False)  # fmt: skip
     doc = {"name": "test", "cube": str(cube), "pairs": [[2010, 2016]], "model": str(root / "model"),
-           "reference": None, "truth": {"path": str(root / "truth.parquet")}, "inference": {"halo": 32},
+           "reference": None, "coregister": False,  # co-registration is covered by tests/test_features.py
+           "truth": {"path": str(root / "truth.parquet")}, "inference": {"halo": 32},
            "densities": {"cell_size": [1000]}}  # fmt: skip
     return {"root": root, "doc": doc, "cube": cube}
 
