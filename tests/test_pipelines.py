@@ -264,7 +264,7 @@ def test_slurm_jobqueue_run_equals_local_and_routes_inference(setup, reference, 
     profile["scheduler"].update(interface="lo", dashboard_address=None, wait_timeout=180)
     for section in ("cpu", "gpu"):  # the template, sized for a 2-core test node without GPUs
         profile[section].update(jobs=1, cores=1, processes=1, memory="4GiB", queue="debug", walltime="00:20:00",
-                                local_directory=str(tmp_path))  # fmt: skip
+                                local_directory=str(tmp_path), log_directory=str(tmp_path))  # fmt: skip
     profile["gpu"]["job_extra_directives"] = []  # no GRES on the test node; the worker is tagged GPU=1
     path = tmp_path / "slurm.yaml"
     path.write_text(yaml.safe_dump(profile))
