@@ -116,15 +116,13 @@ def _run_blocks(client, rd: RunDirectory, *, stage: str, pair: str, jobs: dict, 
 
 def _template(ds: xr.Dataset, path: Path, *, grid, encoding: dict | None = None) -> None:
     """Create a store's metadata and coordinates (no pixels) unless it exists."""
-    from rtsflow.io.features import _encoding
+    from rtsflow.io.features import grid_encoding
 
     if (path / "zarr.json").exists():
         return
     out = ds.copy()
     out.attrs.update(grid.to_attrs())
-    enc = _encoding(out, grid)
-    for k, v in (encoding or {}).items():
-        enc.setdefault(k, {}).update(v)
+    enc = grid_encoding(out, grid, encoding)
     out.to_zarr(str(path), mode="w", compute=False, encoding=enc, zarr_format=3, consolidated=False)
 
 

@@ -12,9 +12,17 @@ from zarr.codecs import BloscCodec
 
 from rtsflow.grid import Grid
 
-__all__ = ["open_features", "write_features", "write_grid_dataset"]
+__all__ = ["grid_encoding", "open_features", "write_features", "write_grid_dataset"]
 
 _COMPRESSOR = BloscCodec(cname="zstd", clevel=3, shuffle="shuffle")
+
+
+def grid_encoding(ds: xr.Dataset, grid: Grid, extra: dict | None = None) -> dict:
+    """Zarr encoding of a grid dataset (tile chunks, block shards, zstd) plus per-variable ``extra`` keys."""
+    enc = _encoding(ds, grid)
+    for name, keys in (extra or {}).items():
+        enc.setdefault(name, {}).update(keys)
+    return enc
 
 
 def _encoding(ds: xr.Dataset, grid: Grid) -> dict:
@@ -68,9 +76,7 @@ def write_grid_dataset(
     tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
     out = ds.copy()
     out.attrs.update(grid.to_attrs())
-    enc = _encoding(out, grid)
-    for name, extra in (encoding or {}).items():
-        enc.setdefault(name, {}).update(extra)
+    enc = grid_encoding(out, grid, encoding)
     try:
         job = out.to_zarr(str(tmp), mode="w-", encoding=enc, zarr_format=3, consolidated=False, compute=False)
         _compute(job, compute_kwargs or {})

@@ -218,7 +218,11 @@ def predict(
         origin=origin, chunk_starts=starts, batch_size=batch_size, device=device, precision=precision,
     )  # fmt: skip
     prob = prob.rechunk(in_chunks)
-    out = xr.DataArray(prob, dims=("y", "x"), coords={"x": features["x"], "y": features["y"]}, name="probability")
+    return _as_probability(prob, features, spec=spec, tile=tile, halo=halo)
+
+
+def _as_probability(prob: da.Array, like: xr.Dataset, *, spec: ModelSpec, tile: int, halo: int) -> xr.DataArray:
+    out = xr.DataArray(prob, dims=("y", "x"), coords={"x": like["x"], "y": like["y"]}, name="probability")
     out.attrs = {"long_name": "RTS probability", "units": "1", "model_sha256": spec.sha256,
                  "description": f"Sigmoid of the model output; {tile} px cells, {tile + halo} px windows."}  # fmt: skip
     return out
@@ -266,7 +270,4 @@ def predict_window(
         halo=halo, tile=tile, pad=p, origin=g, chunk_starts=((0,), (0,)), batch_size=batch_size, device=device,
         precision=precision,
     )[p:-p, p:-p]  # fmt: skip
-    sel = features.isel(y=rows, x=cols)
-    out = xr.DataArray(prob, dims=("y", "x"), coords={"x": sel["x"], "y": sel["y"]}, name="probability")
-    out.attrs = {"long_name": "RTS probability", "units": "1", "model_sha256": spec.sha256}
-    return out
+    return _as_probability(prob, features.isel(y=rows, x=cols), spec=spec, tile=tile, halo=halo)
