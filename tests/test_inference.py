@@ -125,3 +125,22 @@ def test_halo_and_tile_are_checked():
         lattice(tile=512, halo=63)
     with pytest.raises(ValueError, match="multiple of 32"):
         lattice(tile=512, halo=16)
+
+
+@pytest.mark.slow
+def test_blocks_of_1024_and_4096_give_the_same_map(spec):
+    """The issue's sizes: one 4096² block vs sixteen 1024² blocks agree everywhere (here: exactly)."""
+
+    def feats(chunk):
+        f = _features(n=4096, chunk=chunk)
+        # Data only in two bands that cross the 1024-px block edges (all-NaN windows are skipped: a fast test).
+        yy, xx = np.mgrid[:4096, :4096]
+        keep = ((yy > 900) & (yy < 1150)) | ((xx > 1900) & (xx < 2150))
+        return f.where(xr.DataArray(keep, dims=("y", "x")))
+
+    maps = [
+        predict(feats(c), spec=spec, bands=BANDS, halo=32, tile=128, batch_size=16).compute(scheduler="threads").values
+        for c in (1024, 4096)
+    ]
+    assert np.isfinite(maps[0][1000:1100, :]).all() and np.isfinite(maps[0][:, 2000:2100]).all()
+    np.testing.assert_array_equal(maps[0], maps[1])
