@@ -1,31 +1,39 @@
-"""A config-driven run over one region: products → cube → per-block features → per-block inference → RTS → report.
+"""A config-driven run over one region, as a list of block-wise stages.
 
-Every grid block is a unit of work for the two expensive stages (features on
-CPU workers, inference on GPU-tagged workers when the cluster has any). Blocks
-are submitted together and recorded in the run's status table as they finish,
-so a killed run keeps what was done, a failing block does not stop the others,
-and re-running the same command does only what is missing or failed. The
-reduction (polygons, volumes, densities), the evaluation and the report run
-per pair once all of its blocks are done.
+products → cube (+ footprint index)
+  per epoch:  coreg_obs (with a reference DEM) → composite
+  per pair:   coreg_pair (with ``coregister``) → features → probability (GPU workers when there are any)
+              → polygons → zonal → RTS table, densities, evaluation, report
+
+Every stage is one submission of one task per grid block (:mod:`rtsflow.stages`);
+a task reads its block plus a halo from the previous stage's store — for the
+composites only the observations whose footprint meets the block — and writes
+its block. Composites are written once per epoch and shared by every pair
+that uses it. Each block is recorded in the run's status table as it
+finishes, so a killed run keeps what was done, a failing block stops only the
+blocks that read it, and re-running the same command does only what is
+missing, failed or blocked.
+
+The run works on its *domain*: the cube's window, or the config's region
+snapped to blocks. Pixels outside the domain are treated as missing, so a
+region run is the same computation as a run on a cube cut to that region.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import dask
-import dask.array as da
 import numpy as np
-import xarray as xr
 
 from rtsflow.config import RunConfig
 from rtsflow.runs import RunDirectory
 
-__all__ = ["RegionResult", "RunIncomplete", "run_region"]
+__all__ = ["RegionPlan", "RegionResult", "RunIncomplete", "plan_region", "run_region"]
 
 
 class RunIncomplete(RuntimeError):
@@ -41,95 +49,86 @@ class RegionResult:
     failed: list[str] = field(default_factory=list)
 
 
+@dataclass
+class RegionPlan:
+    """What a run works on, read from metadata only (cube attributes, obs coordinates, footprint index)."""
+
+    cube: str
+    grid: object
+    domain: object
+    blocks: list[tuple[int, int]]
+    footprints: object
+    selection: object  # pandas table, one row per observation (obs = position in the store)
+    epochs: list[int]
+    selected: dict[int, dict[int, tuple]]  # epoch -> {store position: (position, id, kind, HoA)} in time order
+    water: str | None
+    reference: str | None
+
+
 def _pair_key(pair) -> str:
     return f"{pair[0]}_{pair[1]}"
 
 
-def _count_valid(path: str, variable: str, rows: slice, cols: slice, _written=None) -> int:
-    """Valid (finite) pixels of a written block, read back from the store (runs after the write)."""
-    ds = xr.open_zarr(path, consolidated=False, chunks=None)
-    return int(np.isfinite(ds[variable].isel(y=rows, x=cols).values).sum())
+def plan_region(config: RunConfig, *, build_index: bool = True, say=print) -> RegionPlan:
+    """Blocks, observations per epoch and footprints of a run (no pixel is read unless the index must be built)."""
+    import zarr
 
+    from rtsflow.io.cube import COMMITTED_ATTR, cube_info, open_cube
+    from rtsflow.io.footprints import FootprintIndexError, build_footprints, read_footprints
+    from rtsflow.selection import WINTER_MONTHS, SelectionRules, select_observations
 
-def _blocks(feats: xr.Dataset, grid, config: RunConfig) -> list[tuple[str, slice, slice]]:
-    """``(block id, rows, cols)`` of every grid block of the dataset (within the config's region)."""
-    from rtsflow.graph.chunks import chunk_windows
-
-    window = grid.window_from_coords(feats["x"].values, feats["y"].values)
-    keep = None
+    info = cube_info(config.cube)
+    grid, window = info.grid, info.window
+    root = zarr.open_group(config.cube, mode="r", zarr_format=3)
+    n_obs = int(root.attrs.get(COMMITTED_ATTR, info.n_obs))
+    try:
+        footprints = read_footprints(config.cube, grid=grid, n_obs=n_obs)
+    except FootprintIndexError as e:
+        if not build_index:
+            raise
+        say(f"{e}; building it now (reads each stored DEM shard once)", flush=True)
+        build_footprints(config.cube, grid=grid, window=window, n_obs=n_obs)
+        footprints = read_footprints(config.cube, grid=grid, n_obs=n_obs)
+    domain = window
     if config.region is not None:
         keep = grid.region_from_bounds(config.region.bbox, crs=config.region.crs)
-    out = []
-    b = grid.block_size
-    for _, _, w in chunk_windows(feats["ddem"].data.chunks, window):
-        if keep is not None and w.intersection(keep) is None:
-            continue
-        rows = slice(w.row - window.row, w.row_stop - window.row)
-        cols = slice(w.col - window.col, w.col_stop - window.col)
-        out.append((f"{w.row // b}_{w.col // b}", rows, cols))
-    return out
+        domain = keep.intersection(window)
+        if domain is None:
+            raise ValueError(f"region {config.region.bbox} ({config.region.crs}) does not overlap the cube "
+                             f"{config.cube} ({grid.bounds(window)} in EPSG:3413)")  # fmt: skip
+    blocks = [blk for blk, _ in grid.blocks(domain)]
+    ds = open_cube(config.cube, sort_by_time=False)
+    selection = select_observations(ds, rules=SelectionRules(months=WINTER_MONTHS, epoch=config.epoch))
+    epochs = sorted({int(e) for p in config.pairs for e in p})
+    used = selection[selection.selected]
+    missing = [e for e in epochs if not (used.epoch == e).any()]
+    if missing:
+        raise ValueError(f"no selected observation in epoch(s) {missing} ({config.epoch}s) of {config.cube}; "
+                         "`rtsflow info CUBE` lists the observations")  # fmt: skip
+    selected = {}
+    for e in epochs:
+        rows = used[used.epoch == e].sort_values("time", kind="stable")
+        selected[e] = {int(r.obs): (int(r.obs), str(r.product_id), str(r.kind), float(r.hoa))
+                       for r in rows.itertuples()}  # fmt: skip
+    variables = set(ds.data_vars)
+    water = config.water if config.water and config.water in variables else None
+    reference = config.reference if config.reference and config.reference in variables else None
+    return RegionPlan(cube=str(config.cube), grid=grid, domain=domain, blocks=blocks, footprints=footprints,
+                      selection=selection, epochs=epochs, selected=selected, water=water, reference=reference)
 
 
-def _run_blocks(client, rd: RunDirectory, *, stage: str, pair: str, jobs: dict, store: Path, variable: str,
-                resources=None, progress: bool = False) -> tuple[int, list]:  # fmt: skip
-    """Submit ``{block: (delayed region write, rows, cols)}``; record each block as it finishes.
-
-    The valid-pixel count is read back from the store by a small task that waits
-    for the write (merging it into the write's graph would compute the block twice).
-    Returns (blocks computed, failures).
-    """
-    from distributed import as_completed
-
-    if not jobs:
-        return 0, []
-    futures = {}
-    starts = {}
-    for block, (job, rows, cols) in jobs.items():
-        write = client.compute(job, resources=resources) if resources else client.compute(job)
-        fut = client.submit(_count_valid, str(store), variable, rows, cols, write, pure=False)
-        futures[fut] = block
-        starts[block] = time.perf_counter()
-    from tqdm.auto import tqdm
-
-    failed = []
-    bar = tqdm(total=len(futures), desc=f"{stage} {pair}", unit="block", disable=not progress)
-    for fut in as_completed(list(futures)):
-        bar.update()
-        block = futures[fut]
-        seconds = time.perf_counter() - starts[block]
-        if fut.status == "error":
-            err = fut.exception()
-            rd.record(
-                stage=stage,
-                pair=pair,
-                block=block,
-                status="failed",
-                seconds=seconds,
-                error=f"{type(err).__name__}: {err}",
-            )
-            failed.append(f"{stage} {pair} block {block}: {type(err).__name__}: {err}")
-        else:
-            rd.record(stage=stage, pair=pair, block=block, status="done", seconds=seconds, n_valid=int(fut.result()))
-    bar.close()
-    return len(jobs), failed
+def _years(plan: RegionPlan, pair, epoch_kind: str) -> float:
+    if epoch_kind == "winter":
+        return float(pair[1] - pair[0])
+    t = plan.selection[plan.selection.selected].groupby("epoch").time.mean()
+    return float((t[pair[1]] - t[pair[0]]) / np.timedelta64(1, "D") / 365.25)
 
 
-def _template(ds: xr.Dataset, path: Path, *, grid, encoding: dict | None = None) -> None:
-    """Create a store's metadata and coordinates (no pixels) unless it exists."""
-    from rtsflow.io.features import grid_encoding
-
-    if (path / "zarr.json").exists():
-        return
-    out = ds.copy()
-    out.attrs.update(grid.to_attrs())
-    enc = grid_encoding(out, grid, encoding)
-    out.to_zarr(str(path), mode="w", compute=False, encoding=enc, zarr_format=3, consolidated=False)
-
-
-def _region_write(part: xr.Dataset, path: Path, rows: slice, cols: slice):
-    """A lazy write of ``part`` (already cut to the block) into the block's region of the store."""
-    part = part.drop_vars([c for c in part.coords if c not in ("x", "y")])
-    return part.to_zarr(str(path), region={"y": rows, "x": cols}, compute=False, zarr_format=3, consolidated=False)
+def _stage_stores(config: RunConfig) -> list[Path]:
+    out = Path(config.output)
+    names = [f"{kind}_{e}.zarr" for e in {e for p in config.pairs for e in p} for kind in ("composite", "coreg_obs")]
+    names += [f"{kind}_{_pair_key(p)}.zarr" for p in config.pairs for kind in ("coreg_pair", "features", "probability")]
+    return [out / n for n in names]
 
 
 def run_region(
@@ -142,10 +141,16 @@ def run_region(
     rd = RunDirectory(Path(config.output))
     # The weights' hash is part of the run's identity: a retrained model never reuses old blocks.
     session = rd.start({**config.to_dict(), "model_sha256": read_record(config.model)["weights_sha256"]}, force=force)
+    if force:
+        for store in _stage_stores(config):
+            shutil.rmtree(store, ignore_errors=True)
     result = RegionResult(run=rd.path, session=session)
     say = print if progress else (lambda *a, **k: None)
     say(f"run {config.name}: {rd.path} (session {session})", flush=True)
-    with nullcontext(client) if client is not None else connect(cluster) as cl:
+    spill = Path(config.workers.spill_directory) if config.workers.spill_directory else rd.path / "dask-spill"
+    own = nullcontext(client) if client is not None else connect(
+        cluster, local_directory=spill, max_spill=config.workers.max_spill, memory_limit=config.workers.memory_limit)
+    with own as cl:
         if config.products:
             from rtsflow.ingest import ingest
 
@@ -153,186 +158,148 @@ def run_region(
             rep = ingest(list(config.products), cube=config.cube)
             rd.timing("ingest", time.perf_counter() - t0)
             say(f"ingest: {len(rep.added)} added, {len(rep.skipped)} already present", flush=True)
+        plan = plan_region(config, say=say)
+        say(f"domain: {len(plan.blocks)} block(s) of {plan.grid.block_size}² px; epochs "
+            f"{', '.join(f'{e} ({len(plan.selected[e])} obs)' for e in plan.epochs)}", flush=True)  # fmt: skip
+        composites = _run_epochs(cl, rd, config, plan, result, say, progress)
         for pair in config.pairs:
-            _run_pair(cl, rd, config, pair, result, gpu_resources(cl), say, progress)
+            _run_pair(cl, rd, config, plan, pair, composites, result, gpu_resources(cl), say, progress)
     if result.failed:
         raise RunIncomplete(
-            f"{len(result.failed)} block(s) failed (see {rd.status_path}); re-run the same command to redo them:\n  "
-            + "\n  ".join(result.failed)
+            f"{len(result.failed)} block(s) failed or wait for failed blocks (see {rd.status_path}); "
+            "re-run the same command to redo them:\n  " + "\n  ".join(result.failed[:50])
         )
     return result
 
 
-def _run_pair(client, rd, config: RunConfig, pair, result: RegionResult, gpu, say, progress: bool) -> None:
-    from rtsflow.graph.coreg import CoregConfig
+def _record(result: RegionResult, outcome, say) -> None:
+    result.computed[f"{outcome.stage} {outcome.key}"] = outcome.computed
+    result.failed += outcome.failed + outcome.blocked
+    extra = f", {len(outcome.failed)} failed" if outcome.failed else ""
+    extra += f", {len(outcome.blocked)} blocked by failed inputs" if outcome.blocked else ""
+    say(f"{outcome.stage} {outcome.key}: {outcome.computed} block(s) computed, {outcome.already_done} already done, "
+        f"{outcome.skipped} skipped{extra} ({outcome.seconds:.1f} s)", flush=True)  # fmt: skip
+
+
+def _composite_config(config: RunConfig):
     from rtsflow.graph.dem import CompositeConfig
-    from rtsflow.graph.features import pair_features
-    from rtsflow.io.cube import cube_info, open_cube
-    from rtsflow.io.features import open_features
-    from rtsflow.io.probability import PROBABILITY_DTYPES
-    from rtsflow.model.checkpoint import ModelSpec, read_record
-    from rtsflow.model.inference import predict_window
     from rtsflow.selection import WINTER_MONTHS, SelectionRules
 
+    return CompositeConfig(rules=SelectionRules(months=WINTER_MONTHS, epoch=config.epoch))
+
+
+def _run_epochs(client, rd, config: RunConfig, plan: RegionPlan, result, say, progress) -> dict[int, Path]:
+    from rtsflow.graph.coreg import CoregConfig
+    from rtsflow.stages.base import run_stage
+    from rtsflow.stages.composite import composite_stage, coreg_obs_stage
+
+    composite, coreg = _composite_config(config), CoregConfig()
+    common = dict(cube=plan.cube, grid=plan.grid, domain=plan.domain, blocks=plan.blocks, footprints=plan.footprints,
+                  composite=composite)  # fmt: skip
+    stores = {}
+    for epoch in plan.epochs:
+        fits = None
+        if plan.reference is not None:
+            fits = rd.path / f"coreg_obs_{epoch}.zarr"
+            stage = coreg_obs_stage(epoch=epoch, selected=plan.selected[epoch], reference=plan.reference,
+                                    water=plan.water, coreg=coreg, out=fits, **common)  # fmt: skip
+            _record(result, run_stage(client, rd, stage, progress=progress), say)
+        out = rd.path / f"composite_{epoch}.zarr"
+        stage = composite_stage(epoch=epoch, selected=plan.selected[epoch], coreg=coreg, fits=fits, out=out,
+                                attrs={"reference": plan.reference or ""}, **common)  # fmt: skip
+        _record(result, run_stage(client, rd, stage, progress=progress), say)
+        stores[epoch] = out
+    return stores
+
+
+def _run_pair(client, rd, config: RunConfig, plan: RegionPlan, pair, composites, result, gpu, say,
+              progress: bool) -> None:  # fmt: skip
+    from rtsflow.graph.coreg import CoregConfig
+    from rtsflow.model.checkpoint import ModelSpec, read_record
+    from rtsflow.stages.base import block_name, run_stage
+    from rtsflow.stages.features import coreg_pair_stage, features_stage
+    from rtsflow.stages.probability import probability_stage
+
     key = _pair_key(pair)
-    out = rd.path
-    ds = open_cube(config.cube)
-    grid = cube_info(config.cube).grid
-    water = ds[config.water] if config.water and config.water in ds else None
-    reference = ds[config.reference] if config.reference and config.reference in ds else None
-    rules = SelectionRules(months=WINTER_MONTHS, epoch=config.epoch)
-    feats, selection = pair_features(
-        ds,
-        grid=grid,
-        earlier=pair[0],
-        later=pair[1],
-        water=water,
-        reference=reference,
-        composite=CompositeConfig(rules=rules),
-        coreg=CoregConfig() if config.coregister else None,
-    )
-    pixel_vars = [n for n, v in feats.data_vars.items() if v.dims == ("y", "x")]
-    feats = feats[pixel_vars]
-    feats.attrs["observation_selection"] = json.dumps(
-        selection.assign(time=selection.time.astype(str)).to_dict(orient="records")
-    )
-    blocks = _blocks(feats, grid, config)
-    fpath = out / f"features_{key}.zarr"
-    _template(feats, fpath, grid=grid)
+    common = dict(pair=tuple(pair), grid=plan.grid, domain=plan.domain, blocks=plan.blocks)
+    coreg = CoregConfig() if config.coregister else None
+    fits = None
+    if coreg is not None:
+        fits = rd.path / f"coreg_pair_{key}.zarr"
+        stage = coreg_pair_stage(cube=plan.cube, composites=composites, water=plan.water, coreg=coreg, out=fits,
+                                 **common)  # fmt: skip
+        _record(result, run_stage(client, rd, stage, progress=progress), say)
+    fpath = rd.path / f"features_{key}.zarr"
+    stage = features_stage(cube=plan.cube, composites=composites, water=plan.water, coreg=coreg, fits=fits,
+                           years=_years(plan, pair, config.epoch), selection=plan.selection, out=fpath,
+                           **common)  # fmt: skip
+    _record(result, run_stage(client, rd, stage, progress=progress), say)
 
-    # Stage 1: features, per block (CPU workers).
-    t0 = time.perf_counter()
-    done = rd.done("features", key)
-    jobs = {}
-    for block, rows, cols in blocks:
-        if block in done:
-            continue
-        jobs[block] = (_region_write(feats.isel(y=rows, x=cols), fpath, rows, cols), rows, cols)
-    n, failed = _run_blocks(client, rd, stage="features", pair=key, jobs=jobs, store=fpath, variable="ddem",
-                            progress=progress)  # fmt: skip
-    result.computed[f"features {key}"] = n
-    result.failed += failed
-    rd.timing(f"features {key}", time.perf_counter() - t0)
-    say(f"features {key}: {n} block(s) computed, {len(done)} already done, {len(failed)} failed", flush=True)
-
-    # Stage 2: inference, per block (GPU-tagged workers when there are any). Windows read
-    # context from neighbouring blocks, so it waits until every block has its features.
-    if failed or set(rd.done("features", key)) < {b for b, _, _ in blocks}:
-        return
     record = read_record(config.model)
     spec = ModelSpec(path=config.model, sha256=record["weights_sha256"])
-    ppath = out / f"probability_{key}.zarr"
     status = rd.status()
-    fdone = status[(status.stage == "features") & (status.pair == key)]
-    n_valid = dict(zip(fdone.block, fdone.n_valid, strict=True))
-    store = open_features(fpath)
-    empty = xr.DataArray(
-        da.full(store["ddem"].shape, np.nan, dtype=np.float32, chunks=store["ddem"].data.chunks),
-        dims=("y", "x"),
-        coords={"x": store["x"], "y": store["y"]},
-        name="probability",
-    )
-    tmpl = empty.to_dataset()
-    tmpl.attrs.update(
-        model_sha256=spec.sha256,
-        model=spec.path,
-        features=str(fpath),
-        threshold=record["threshold"],
-        title="rtsflow RTS probability",
-    )
-    _template(tmpl, ppath, grid=grid, encoding={"probability": dict(PROBABILITY_DTYPES[config.inference.dtype])})
-    t0 = time.perf_counter()
-    done = rd.done("predict", key)
-    jobs = {}
+    rows = status[(status.stage == "features") & (status.key == key) & (status.status == "done")]
+    empty = {b for b in plan.blocks if block_name(b) in set(rows.block[rows.n_valid.astype(str) == "0"])}
     inf = config.inference
-    for block, rows, cols in blocks:
-        if block in done:
-            continue
-        if int(n_valid[block]) == 0:
-            rd.record(
-                stage="predict",
-                pair=key,
-                block=block,
-                status="skipped",
-                seconds=0.0,
-                n_valid=0,
-                error="no valid pixels",
-            )
-            continue
-        prob = predict_window(
-            store,
-            rows=rows,
-            cols=cols,
-            spec=spec,
-            bands=record["bands"],
-            halo=inf.halo,
-            tile=record["tile_size"],
-            batch_size=inf.batch_size,
-            device=inf.device,
-            precision=inf.precision,
-            grid=grid,
-        )
-        jobs[block] = (_region_write(prob.to_dataset(), ppath, rows, cols), rows, cols)
-    n, failed = _run_blocks(client, rd, stage="predict", pair=key, jobs=jobs, store=ppath, variable="probability",
-                            resources=gpu, progress=progress)  # fmt: skip
-    result.computed[f"predict {key}"] = n
-    result.failed += failed
-    rd.timing(f"predict {key}", time.perf_counter() - t0)
-    where = "GPU-tagged workers" if gpu else "all workers"
-    say(f"predict {key}: {n} block(s) computed on {where}, {len(done)} already done, {len(failed)} failed", flush=True)
-
-    expected = {b for b, _, _ in blocks}
-    if failed or set(rd.done("predict", key)) < expected:
+    ppath = rd.path / f"probability_{key}.zarr"
+    stage = probability_stage(features=fpath, spec=spec, record=record, halo=inf.halo, batch_size=inf.batch_size,
+                              device=inf.device, precision=inf.precision, dtype=inf.dtype, resources=gpu,
+                              out=ppath, skip=sorted(empty), **common)  # fmt: skip
+    outcome = run_stage(client, rd, stage, progress=progress)
+    _record(result, outcome, say)
+    if not outcome.complete or len(rd.done("probability", key)) < len(plan.blocks):
         return
-    result.pairs[key] = _reduce_pair(rd, config, key, fpath, ppath, grid, say)
+    result.pairs[key] = _reduce_pair(client, rd, config, plan, pair, fpath, ppath, say, progress, result)
 
 
-def _reduce_pair(rd: RunDirectory, config: RunConfig, key: str, fpath: Path, ppath: Path, grid, say) -> dict:
+def _density_specs(config: RunConfig, plan: RegionPlan):
     import geopandas as gpd
+    import shapely
 
+    from rtsflow.stages.polygons import DensitySpec
+
+    specs = [DensitySpec(label=f"cells_{int(c)}m", cell_size=c) for c in config.densities.cell_size]
+    if config.densities.sites:
+        sites = gpd.read_file(config.densities.sites).to_crs(plan.grid.crs).reset_index(drop=True)
+        specs.append(DensitySpec(label="sites", regions=sites, name=config.densities.site_name))
+    # The whole domain as one site: the run's headline density.
+    box = gpd.GeoDataFrame({"name": ["region"]}, geometry=[shapely.box(*plan.grid.bounds(plan.domain))],
+                           crs=plan.grid.crs)  # fmt: skip
+    specs.append(DensitySpec(label="region", regions=box))
+    return specs
+
+
+def _reduce_pair(client, rd: RunDirectory, config: RunConfig, plan: RegionPlan, pair, fpath: Path, ppath: Path,
+                 say, progress: bool, result: RegionResult) -> dict | None:  # fmt: skip
     from rtsflow.evaluate import evaluate_polygons
-    from rtsflow.graph.densities import regional_densities
-    from rtsflow.io.features import open_features
     from rtsflow.io.probability import open_probability
     from rtsflow.io.vectors import run_metadata, write_vectors
     from rtsflow.model.train import read_labels
-    from rtsflow.reduce import detect_rts
+    from rtsflow.stages.polygons import reduce_pair
 
-    t0 = time.perf_counter()
+    key = _pair_key(pair)
     out = rd.path
-    feats = open_features(fpath)
-    prob = open_probability(ppath)
-    meta = run_metadata(
-        command="run",
-        run=str(out),
-        pair=key,
-        model_sha256=prob.attrs["model_sha256"],
-        threshold=config.threshold,
-        filters=config.filters.__dict__,
-    )
-    rts = detect_rts(
-        prob,
-        feats,
-        grid=grid,
-        threshold=config.threshold,
-        filters=config.filters,
-        correlation_length=config.correlation_length,
-    ).compute()
+    summary_path = out / f"summary_{key}.json"
+    if "all" in rd.done("reduce", key) and summary_path.exists():  # nothing upstream changed since
+        return json.loads(summary_path.read_text())
+    t0 = time.perf_counter()
+    model_sha = open_probability(ppath).attrs["model_sha256"]
+    meta = run_metadata(command="run", run=str(out), pair=key, model_sha256=model_sha, threshold=config.threshold,
+                        filters=config.filters.__dict__)  # fmt: skip
+    years = _years(plan, pair, config.epoch)
+    rts, tables, failed = reduce_pair(
+        client, rd, key=key, probability=ppath, features=fpath, grid=plan.grid, domain=plan.domain,
+        blocks=plan.blocks, threshold=config.threshold, filters=config.filters,
+        correlation_length=config.correlation_length, densities=_density_specs(config, plan), years=years,
+        period=(int(pair[0]), int(pair[1])), progress=progress,
+    )  # fmt: skip
+    if rts is None:
+        result.failed += failed
+        return None
     rts_path = write_vectors(rts, out / f"rts_{key}.parquet", metadata=meta)
     kept = rts[rts.kept]
-    jobs = {
-        f"cells_{int(c)}m": regional_densities(kept, feats, grid=grid, cell_size=c) for c in config.densities.cell_size
-    }
-    if config.densities.sites:
-        sites = gpd.read_file(config.densities.sites)
-        jobs["sites"] = regional_densities(kept, feats, grid=grid, regions=sites, name=config.densities.site_name)
-    # The whole region as one site: the run's headline density.
-    valid_box = gpd.GeoDataFrame({"name": ["region"]}, geometry=[_bbox(feats, grid)], crs=grid.crs)
-    jobs["region"] = regional_densities(kept, feats, grid=grid, regions=valid_box)
-    tables = dict(zip(jobs, dask.compute(*jobs.values()), strict=True))
-    paths = {}
-    for name, table in tables.items():
-        paths[name] = str(write_vectors(table, out / f"densities_{key}_{name}.parquet", metadata=meta))
+    paths = {name: str(write_vectors(table, out / f"densities_{key}_{name}.parquet", metadata=meta))
+             for name, table in tables.items()}  # fmt: skip
     region = tables["region"].iloc[0]
     summary = {
         "pair": key,
@@ -342,7 +309,7 @@ def _reduce_pair(rd: RunDirectory, config: RunConfig, key: str, fpath: Path, ppa
         "densities": paths,
         "n_polygons": len(rts),
         "n_rts": int(rts.kept.sum()),
-        "years": float(feats.attrs.get("years", np.nan)),
+        "years": years,
         "area_m2": float(kept.area_m2.sum()) if len(kept) else 0.0,
         "volume_m3": float(kept.volume_m3.sum()) if len(kept) else 0.0,
         "volume_sigma_m3": float(np.sqrt((kept.volume_sigma_m3**2).sum())) if len(kept) else 0.0,
@@ -355,21 +322,14 @@ def _reduce_pair(rd: RunDirectory, config: RunConfig, key: str, fpath: Path, ppa
         metrics = evaluate_polygons(kept.to_crs(truth.crs), truth)
         summary["metrics"] = metrics.to_dict()
         (out / f"metrics_{key}.json").write_text(metrics.to_json() + "\n")
-    (out / f"summary_{key}.json").write_text(json.dumps(summary, indent=2, default=float) + "\n")
-    rd.record(stage="reduce", pair=key, block="all", status="done", seconds=time.perf_counter() - t0, n_valid=len(rts))
-    say(f"reduce {key}: {summary['n_rts']} RTS kept of {summary['n_polygons']} polygons", flush=True)
     if config.report:
         from rtsflow.report import write_report
 
-        t0 = time.perf_counter()
-        report = write_report(rd.path, pair=key)
-        summary["report"] = str(report)
-        rd.timing(f"report {key}", time.perf_counter() - t0)
+        summary_path.write_text(json.dumps(summary, indent=2, default=float) + "\n")
+        t1 = time.perf_counter()
+        summary["report"] = str(write_report(rd.path, pair=key))
+        rd.timing(f"report {key}", time.perf_counter() - t1)
+    summary_path.write_text(json.dumps(summary, indent=2, default=float) + "\n")
+    rd.record(stage="reduce", key=key, block="all", status="done", seconds=time.perf_counter() - t0, n_valid=len(rts))
+    say(f"reduce {key}: {summary['n_rts']} RTS kept of {summary['n_polygons']} polygons", flush=True)
     return summary
-
-
-def _bbox(feats: xr.Dataset, grid):
-    import shapely
-
-    w = grid.window_from_coords(feats["x"].values, feats["y"].values)
-    return shapely.box(*grid.bounds(w))

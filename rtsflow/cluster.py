@@ -27,48 +27,91 @@ JOBQUEUE_KINDS = ("slurm", "pbs")
 log = logging.getLogger(__name__)
 
 
+def worker_config(*, local_directory: str | Path | None = None, max_spill: str | None = None) -> dict:
+    """Dask settings for workers: spill (and scratch) directory, and how much they may spill to disk.
+
+    ``max_spill`` bounds the spill files of one worker (dask's
+    ``distributed.worker.memory.max-spill``): beyond it the worker keeps data in
+    memory and pauses rather than filling the disk.
+    """
+    cfg: dict = {}
+    if local_directory is not None:
+        Path(local_directory).mkdir(parents=True, exist_ok=True)
+        cfg["temporary-directory"] = str(local_directory)
+    if max_spill is not None:
+        from dask.utils import parse_bytes
+
+        cfg["distributed.worker.memory.max-spill"] = int(parse_bytes(max_spill))
+    return cfg
+
+
 def local_cluster(
     *,
     n_workers: int | None = None,
     threads_per_worker: int = 1,
     memory_fraction: float = 0.8,
+    memory_limit: str | int | None = None,
     dashboard_address: str | None = ":0",
+    local_directory: str | Path | None = None,
+    max_spill: str | None = "4GiB",
 ) -> LocalCluster:
     """The embedded default: one worker process per core, memory split evenly.
 
     GDAL, NumPy and PyTorch hold the GIL only briefly, but processes keep
-    rasterio handles, model caches and memory accounting per worker.
+    rasterio handles, model caches and memory accounting per worker. Spill
+    files go to ``local_directory`` (default: dask's ``temporary-directory``
+    setting, else ``./dask-scratch``), at most ``max_spill`` per worker.
     """
+    import dask
+
     n = n_workers or max(1, os.cpu_count() or 1)
-    total = psutil.virtual_memory().total
-    return LocalCluster(
-        n_workers=n,
-        threads_per_worker=threads_per_worker,
-        processes=True,
-        memory_limit=int(total * memory_fraction / n),
-        dashboard_address=dashboard_address,
-        host="127.0.0.1",
-        silence_logs=logging.WARNING,
-    )
+    if memory_limit is None:
+        memory_limit = int(psutil.virtual_memory().total * memory_fraction / n)
+    if local_directory is None:
+        local_directory = dask.config.get("temporary-directory", None) or Path.cwd() / "dask-scratch"
+    with dask.config.set(worker_config(local_directory=local_directory, max_spill=max_spill)):
+        return LocalCluster(
+            n_workers=n,
+            threads_per_worker=threads_per_worker,
+            processes=True,
+            memory_limit=memory_limit,
+            dashboard_address=dashboard_address,
+            host="127.0.0.1",
+            silence_logs=logging.WARNING,
+            local_directory=str(local_directory),
+        )
 
 
 @contextmanager
-def connect(cluster: str = "local", *, n_workers: int | None = None, quiet: bool = False) -> Iterator[Client]:
+def connect(
+    cluster: str = "local",
+    *,
+    n_workers: int | None = None,
+    quiet: bool = False,
+    local_directory: str | Path | None = None,
+    max_spill: str | None = "4GiB",
+    memory_limit: str | None = None,
+) -> Iterator[Client]:
     """A client for ``"local"`` (start the embedded cluster), a jobqueue profile, or a scheduler address.
 
     ``cluster`` may be ``"local"``, a profile name (``"slurm"``, ``"pbs"``: looked up in
     ``cluster/profiles/``), a path to a profile YAML, or ``tcp://host:port``. Prints
-    the dashboard link so a run can be watched.
+    the dashboard link so a run can be watched. ``local_directory`` and
+    ``max_spill`` set where and how much the workers of an embedded or jobqueue
+    cluster may spill (a profile's own ``local_directory`` wins); an existing
+    scheduler keeps its workers' settings.
     """
     if cluster.endswith((".yaml", ".yml")) or cluster in JOBQUEUE_KINDS:
         profile = load_profile(cluster)
-        with jobqueue_cluster(profile) as jq, Client(jq) as client:
+        jq_cluster = jobqueue_cluster(profile, local_directory=local_directory, max_spill=max_spill)
+        with jq_cluster as jq, Client(jq) as client:
             _wait_for_profile(client, profile)
             if not quiet:
                 print(f"dask dashboard: {client.dashboard_link}", flush=True)
             yield client
     elif cluster == "local":
-        with local_cluster(n_workers=n_workers) as lc, Client(lc) as client:
+        with local_cluster(n_workers=n_workers, local_directory=local_directory, max_spill=max_spill,
+                           memory_limit=memory_limit) as lc, Client(lc) as client:  # fmt: skip
             if not quiet:
                 print(f"dask dashboard: {client.dashboard_link}", flush=True)
             yield client
@@ -111,8 +154,12 @@ def load_profile(name_or_path: str | Path) -> dict:
     return doc
 
 
-def jobqueue_cluster(profile: dict):
-    """Start a dask-jobqueue cluster from a profile: CPU jobs, plus GPU jobs on the same scheduler."""
+def jobqueue_cluster(profile: dict, *, local_directory: str | Path | None = None, max_spill: str | None = None):
+    """Start a dask-jobqueue cluster from a profile: CPU jobs, plus GPU jobs on the same scheduler.
+
+    Sections without their own ``local_directory`` spill to ``local_directory``;
+    ``max_spill`` is exported to every job's workers.
+    """
     import dask_jobqueue
 
     cls = {"slurm": dask_jobqueue.SLURMCluster, "pbs": dask_jobqueue.PBSCluster}[profile["kind"]]
@@ -120,11 +167,11 @@ def jobqueue_cluster(profile: dict):
     sched.pop("wait_timeout", None)
     dashboard = sched.pop("dashboard_address", ":8787")
     interface = sched.pop("interface", None)
-    cpu = {k: v for k, v in profile["cpu"].items() if v is not None}
+    cpu = _with_spill(profile["cpu"], local_directory, max_spill)
     cpu_jobs = cpu.pop("jobs", 1)
     cluster = cls(**cpu, interface=interface, scheduler_options={"dashboard_address": dashboard, **sched})
     cluster.scale(jobs=cpu_jobs)
-    gpu = {k: v for k, v in (profile.get("gpu") or {}).items() if v is not None}
+    gpu = _with_spill(profile.get("gpu") or {}, local_directory, max_spill) if profile.get("gpu") else {}
     gpu_jobs = gpu.pop("jobs", 0) if gpu else 0
     if gpu_jobs:
         # Heterogeneous jobs on one scheduler: extra worker specs with the GPU job's options.
@@ -137,6 +184,19 @@ def jobqueue_cluster(profile: dict):
         cluster.sync(cluster._correct_state)
     log.info("jobqueue cluster from %s:\n%s", profile.get("source"), cluster.job_script())
     return cluster
+
+
+def _with_spill(section: dict, local_directory, max_spill) -> dict:
+    out = {k: v for k, v in section.items() if v is not None}
+    if "local_directory" not in out and local_directory is not None:
+        Path(local_directory).mkdir(parents=True, exist_ok=True)
+        out["local_directory"] = str(local_directory)
+    if max_spill is not None:
+        from dask.utils import parse_bytes
+
+        env = f"export DASK_DISTRIBUTED__WORKER__MEMORY__MAX_SPILL={int(parse_bytes(max_spill))}"
+        out["job_script_prologue"] = [*out.get("job_script_prologue", []), env]
+    return out
 
 
 def _wait_for_profile(client: Client, profile: dict) -> None:

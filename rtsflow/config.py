@@ -19,6 +19,7 @@ Example (every key but ``cube``, ``pairs`` and ``model`` is optional)::
     correlation_length: 200
     densities: {cell_size: [10000], sites: sites.gpkg, site_name: name}
     truth: {path: truth.parquet, where: "winter_start == 2010"}
+    workers: {spill_directory: null, max_spill: 4GiB, memory_limit: null}   # embedded clusters only
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ import yaml
 
 from rtsflow.postprocess import FilterConfig
 
-__all__ = ["ConfigError", "Densities", "Inference", "RunConfig", "Truth", "load_config", "parse_config"]
+__all__ = ["ConfigError", "Densities", "Inference", "RunConfig", "Truth", "Workers", "load_config", "parse_config"]
 
 
 class ConfigError(ValueError):
@@ -55,6 +56,15 @@ class Densities:
     cell_size: tuple[float, ...] = ()
     sites: str | None = None
     site_name: str = "name"
+
+
+@dataclass(frozen=True)
+class Workers:
+    """Where and how much Dask workers of an embedded cluster may spill (and their memory limit)."""
+
+    spill_directory: str | None = None  # default: <run>/dask-spill (never the system temp dir)
+    max_spill: str | None = "4GiB"  # per worker; beyond it a worker pauses instead of filling the disk
+    memory_limit: str | None = None  # per worker; default: 80 % of the machine split between workers
 
 
 @dataclass(frozen=True)
@@ -91,6 +101,7 @@ class RunConfig:
     densities: Densities = field(default_factory=Densities)
     truth: Truth | None = None
     report: bool = True
+    workers: Workers = field(default_factory=Workers)
 
     def to_dict(self) -> dict:
         return _plain(dataclasses.asdict(self))
@@ -240,12 +251,32 @@ def parse_config(doc: Any, *, base: str | Path = ".", source: str = "run config"
             t = {"path": t}
         _check_keys(t, Truth, f"{source}: truth")
         kw["truth"] = Truth(path=_path(t.get("path"), base, f"{source}: truth.path"), where=t.get("where"))
+    if "workers" in doc:
+        w = _typed(Workers, doc["workers"], f"{source}: workers")
+        for key in ("max_spill", "memory_limit"):
+            value = getattr(w, key)
+            if value is not None:
+                try:
+                    _bytes(value)
+                except ValueError:
+                    msg = f"{source}: workers.{key}: expected a size such as '4GiB', got {value!r}"
+                    raise ConfigError(msg) from None
+        if w.spill_directory:
+            where = f"{source}: workers.spill_directory"
+            w = dataclasses.replace(w, spill_directory=_path(w.spill_directory, base, where, must_exist=False))
+        kw["workers"] = w
     for key in ("report", "coregister"):
         if key in doc:
             if not isinstance(doc[key], bool):
                 raise ConfigError(f"{source}: {key}: expected true or false, got {doc[key]!r}")
             kw[key] = doc[key]
     return RunConfig(**kw)
+
+
+def _bytes(value: str) -> int:
+    from dask.utils import parse_bytes
+
+    return int(parse_bytes(value))
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ import zarr
 
 from rtsflow.grid import DEFAULT_GRID, Grid, Window
 from rtsflow.io import cube as cubeio
-from rtsflow.io import transaction
+from rtsflow.io import footprints, transaction
 from rtsflow.io.rasters import (
     LAYER_RULES,
     RasterInfo,
@@ -30,6 +30,7 @@ from rtsflow.io.rasters import (
     inspect_raster,
     warp_to_window,
 )
+from rtsflow.kernels.footprint import tile_valid_counts
 from rtsflow.products import Product, ProductError, read_product
 
 __all__ = ["IngestReport", "PreparedProduct", "ingest", "ingest_mask", "ingest_reference_dem", "prepare_product"]
@@ -139,11 +140,15 @@ def _catch(fn, *args, **kwargs):
 
 def _write_product_block(
     prepared: PreparedProduct, *, cube: str, grid: Grid, cube_window: Window, obs_index: int, block: Window
-) -> bool:
-    """Warp every layer of one product onto its tiles in one block and write them; False if nothing to write."""
+) -> np.ndarray | None:
+    """Warp every layer of one product onto its tiles in one block and write them.
+
+    Returns the footprint-index entries ``(obs, tile_row, tile_col, n_valid)`` of the
+    tiles with DEM data, or ``None`` if there was nothing to write.
+    """
     part = prepared.footprint.intersection(block)
     if part is None:
-        return False
+        return None
     # Warp only the tiles the footprint touches; untouched tiles stay unstored.
     tiles = grid.snap(part, to="tile").intersection(block)
     layers = {}
@@ -154,9 +159,10 @@ def _write_product_block(
         if np.isfinite(sub).any():
             layers[key] = sub
     if "dem" not in layers:
-        return False
+        return None
     cubeio.write_block(cube, obs_index=obs_index, block=tiles, cube_window=cube_window, layers=layers)
-    return True
+    counts = tile_valid_counts(layers["dem"], row=tiles.row, col=tiles.col, tile=grid.tile_size)
+    return np.column_stack([np.full(len(counts), obs_index), counts])
 
 
 def _obs_coords(prepared: Sequence[PreparedProduct]) -> dict[str, np.ndarray]:
@@ -170,6 +176,10 @@ def _obs_coords(prepared: Sequence[PreparedProduct]) -> dict[str, np.ndarray]:
         "source": np.array([str(p.product.sidecar) for p in prepared], dtype=object),
         "content_hash": np.array([p.content_hash for p in prepared], dtype=object),
     }
+
+
+def _index_complete(cube: Path, n_obs: int) -> bool:
+    return (footprints.indexed_count(cube) or 0) >= n_obs
 
 
 def _committed(cube: Path) -> int | None:
@@ -315,6 +325,11 @@ def ingest(
     # 4. Metadata first (uncommitted), then block writes, then commit.
     n_before = info.n_obs if exists else 0
     coords = _obs_coords(new)
+    # A cube from an older rtsflow has no index: it is not extended half-way (rtsflow cube footprints builds it).
+    indexed = not exists or _index_complete(cube, n_before)
+    if not indexed:
+        report.notes.append(f"the cube has no complete footprint index; build it with "
+                            f"`{footprints.REBUILD_HINT.format(cube=cube)}`")  # fmt: skip
     tx = transaction.CubeTransaction(cube) if exists else None
     try:
         if tx is not None:
@@ -343,7 +358,11 @@ def ingest(
         errors = [e for _, e in results if e is not None]
         if errors:
             raise errors[0]
-        report.blocks_written = sum(bool(r) for r, _ in results)
+        written = [r for r, _ in results if r is not None]
+        report.blocks_written = len(written)
+        if indexed:
+            entries = np.concatenate(written) if written else np.zeros((0, 4), dtype=np.int64)
+            footprints.append_footprints(cube, entries, n_obs=n_before + len(new))
         _set_committed(cube, n_before + len(new))
     except BaseException:
         if tx is not None:

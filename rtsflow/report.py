@@ -151,9 +151,13 @@ def write_report(run: str | Path, *, pair: str) -> Path:
         cols = [c for c in cols if c in kept]
         top = kept.sort_values("volume_m3").head(10)[cols]
         lines += ["## Largest volume losses", "", _md_table(top), ""]
-    status = pd.read_csv(run / "status.csv", keep_default_na=False)
-    status = status[status.pair.astype(str) == pair]
-    counts = status.groupby(["stage", "status"]).size().rename("blocks").reset_index()
+    from rtsflow.runs import RunDirectory
+
+    status = RunDirectory(run).status()
+    # The pair's own stages and those of its two epochs (shared with other pairs).
+    keys = {pair, *pair.split("_")}
+    status = status[status.key.astype(str).isin(keys)]
+    counts = status.groupby(["stage", "key", "status"], sort=False).size().rename("blocks").reset_index()
     lines += ["## Blocks", "", _md_table(counts), ""]
     if (run / "timings.csv").exists():
         timings = pd.read_csv(run / "timings.csv")

@@ -1,11 +1,15 @@
 """Run directories that survive: resolved config, software versions, and a per-block status table.
 
-The status table (``status.csv``) has one row per (stage, pair, block) with
-``status`` (done / failed / skipped), the error of a failed block, seconds,
-the session (1 for the first invocation, 2 for the next, …) that wrote the row
-and when. It is rewritten atomically after every block, so a killed run
-loses at most the blocks in flight; re-running skips rows that are done (or
-skipped) and redoes failed and missing ones.
+The status table (``status.csv``) has one row per (stage, key, block) — the
+key is the epoch or pair the stage works on — with ``status`` (done / failed /
+skipped / blocked), the error of a failed block (or the input a blocked one
+waits for), valid pixels written, seconds, the worker, the session (1 for the
+first invocation, 2 for the next, …) that wrote the row and when. Rows are
+appended as blocks finish (one line each, so a pan-Arctic run does not rewrite
+a large table per block) and the table is compacted to the latest row per
+block at the end of each stage; a killed run loses at most the blocks in
+flight. Re-running skips blocks that are done (or skipped) and redoes failed,
+blocked and missing ones.
 """
 
 from __future__ import annotations
@@ -25,7 +29,8 @@ from rtsflow import __version__
 
 __all__ = ["STATUS_COLUMNS", "RunDirectory", "software_versions"]
 
-STATUS_COLUMNS = ["stage", "pair", "block", "status", "error", "n_valid", "seconds", "session", "finished_at"]
+STATUS_COLUMNS = ["stage", "key", "block", "status", "error", "n_valid", "seconds", "worker", "session", "finished_at"]
+_ROW_ID = ["stage", "key", "block"]
 
 
 def software_versions() -> dict[str, str]:
@@ -96,44 +101,59 @@ class RunDirectory:
         return self.session
 
     def status(self) -> pd.DataFrame:
+        """The status table: the latest row of every (stage, key, block)."""
         if not self.status_path.exists():
             return pd.DataFrame({c: pd.Series(dtype=object) for c in STATUS_COLUMNS})
-        return pd.read_csv(self.status_path, dtype={"pair": str, "block": str, "error": str}, keep_default_na=False)
+        s = pd.read_csv(self.status_path, dtype={"key": str, "block": str, "error": str, "worker": str},
+                        keep_default_na=False)  # fmt: skip
+        if "key" not in s and "pair" in s:  # a run directory of rtsflow <= 0.1 (per-pair stages only)
+            s = s.rename(columns={"pair": "key"}).assign(worker="")[STATUS_COLUMNS]
+        return s.drop_duplicates(_ROW_ID, keep="last").reset_index(drop=True)
 
-    def done(self, stage: str, pair: str) -> dict[str, str]:
+    def done(self, stage: str, key: str) -> dict[str, str]:
         """Blocks of a stage that need no work: ``{block: status}`` for done and skipped rows."""
         s = self.status()
-        s = s[(s.stage == stage) & (s.pair == pair) & s.status.isin(["done", "skipped"])]
+        s = s[(s.stage == stage) & (s.key == key) & s.status.isin(["done", "skipped"])]
         return dict(zip(s.block, s.status, strict=True))
 
     def record(
         self,
         *,
         stage: str,
-        pair: str,
+        key: str,
         block: str,
         status: str,
         seconds: float,
         error: str = "",
         n_valid: int | None = None,
+        worker: str = "",
     ) -> None:
-        """Add or replace the row of (stage, pair, block); written atomically."""
+        """Append the row of (stage, key, block); it replaces earlier rows of the same block."""
+        row = {
+            "stage": stage,
+            "key": key,
+            "block": block,
+            "status": status,
+            "error": " ".join(error.split())[:500],
+            "n_valid": "" if n_valid is None else int(n_valid),
+            "seconds": round(seconds, 3),
+            "worker": worker,
+            "session": self.session,
+            "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        }
+        line = pd.DataFrame([row])[STATUS_COLUMNS].to_csv(index=False, header=False)
         with self._lock:
-            s = self.status()
-            s = s[~((s.stage == stage) & (s.pair == pair) & (s.block == block))]
-            row = {
-                "stage": stage,
-                "pair": pair,
-                "block": block,
-                "status": status,
-                "error": error[:500],
-                "n_valid": "" if n_valid is None else int(n_valid),
-                "seconds": round(seconds, 3),
-                "session": self.session,
-                "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
-            }
-            s = pd.concat([s, pd.DataFrame([row])], ignore_index=True) if len(s) else pd.DataFrame([row])
-            _atomic_write(self.status_path, s[STATUS_COLUMNS].to_csv(index=False))
+            new = not self.status_path.exists()
+            with open(self.status_path, "a") as f:
+                if new:
+                    f.write(",".join(STATUS_COLUMNS) + "\n")
+                f.write(line)
+
+    def compact(self) -> None:
+        """Rewrite the status table with the latest row per block only (atomically)."""
+        with self._lock:
+            if self.status_path.exists():
+                _atomic_write(self.status_path, self.status()[STATUS_COLUMNS].to_csv(index=False))
 
     def timing(self, stage: str, seconds: float) -> None:
         """Append a stage's wall time to ``timings.csv``."""

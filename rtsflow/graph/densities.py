@@ -18,7 +18,7 @@ from dask.delayed import Delayed
 from rtsflow.graph.chunks import chunk_windows
 from rtsflow.grid import GRID_CRS, GRID_ORIGIN, Grid, Window
 
-__all__ = ["regional_densities"]
+__all__ = ["assemble_densities", "regional_densities", "valid_area"]
 
 
 def _zone_labels(window: Window, *, grid: Grid, regions: gpd.GeoDataFrame | None, cell_size: float | None):
@@ -34,7 +34,7 @@ def _zone_labels(window: Window, *, grid: Grid, regions: gpd.GeoDataFrame | None
     return cy[:, None], cx[None, :]
 
 
-def _valid_area(ddem, quality, water, *, window: Window, grid: Grid, regions, cell_size):
+def valid_area(ddem, quality, water, *, window: Window, grid: Grid, regions, cell_size):
     valid = np.isfinite(ddem)
     if quality is not None:
         valid &= quality != 1
@@ -54,7 +54,9 @@ def _valid_area(ddem, quality, water, *, window: Window, grid: Grid, regions, ce
     return out
 
 
-def _assemble(rts: gpd.GeoDataFrame, parts, *, regions, cell_size, years: float, name: str) -> gpd.GeoDataFrame:
+def assemble_densities(
+    rts: gpd.GeoDataFrame, parts, *, regions, cell_size, years: float, name: str
+) -> gpd.GeoDataFrame:
     if regions is not None:
         valid = np.sum(parts, axis=0) if parts else np.zeros(len(regions))
         zones = regions.reset_index(drop=True)
@@ -156,6 +158,6 @@ def regional_densities(
     parts = []
     for i, j, w in chunk_windows(chunks, window):
         blocks = [a[i, j] if a is not None else None for a in arrays]
-        parts.append(dask.delayed(_valid_area)(*blocks, window=w, grid=grid, regions=regions, cell_size=cell_size))
+        parts.append(dask.delayed(valid_area)(*blocks, window=w, grid=grid, regions=regions, cell_size=cell_size))
     years = float(features.attrs.get("years", 1.0))
-    return dask.delayed(_assemble)(rts, parts, regions=regions, cell_size=cell_size, years=years, name=name)
+    return dask.delayed(assemble_densities)(rts, parts, regions=regions, cell_size=cell_size, years=years, name=name)

@@ -14,10 +14,10 @@ from rtsflow.grid import Grid, Window
 from rtsflow.kernels.masswasting import mass_wasting_table
 from rtsflow.kernels.zonal import MAX_FIELDS, ZONAL_FIELDS, combine_zonal, zonal_sums
 
-__all__ = ["measure"]
+__all__ = ["assemble_measures", "block_sums", "measure"]
 
 
-def _block_sums(polygons: gpd.GeoDataFrame, ddem, sigma, water, quality, *, grid: Grid, window: Window):
+def block_sums(polygons: gpd.GeoDataFrame, ddem, sigma, water, quality, *, grid: Grid, window: Window):
     """Zonal sums of the polygons that overlap one block (rasterised once, all polygons together)."""
     n = len(polygons)
     if n == 0:
@@ -35,7 +35,9 @@ def _block_sums(polygons: gpd.GeoDataFrame, ddem, sigma, water, quality, *, grid
     return zonal_sums(labels, n_labels=n, ddem=ddem, sigma=sigma, pixel_area=area, water=water, quality=quality)
 
 
-def _assemble(polygons: gpd.GeoDataFrame, parts, *, years: float, nominal_area: float, correlation_length: float):
+def assemble_measures(
+    polygons: gpd.GeoDataFrame, parts, *, years: float, nominal_area: float, correlation_length: float
+):
     if parts:
         sums, maxima = combine_zonal(parts)
     else:
@@ -87,9 +89,9 @@ def measure(
     parts = []
     for i, j, w in chunk_windows(chunks, window):
         blocks = [d[i, j] if d is not None else None for d in delayed]
-        parts.append(dask.delayed(_block_sums)(polygons, *blocks, grid=grid, window=w))
+        parts.append(dask.delayed(block_sums)(polygons, *blocks, grid=grid, window=w))
     years = float(features.attrs.get("years", 1.0))
-    result = dask.delayed(_assemble)(polygons, parts, years=years, nominal_area=grid.pixel_area_nominal,
+    result = dask.delayed(assemble_measures)(polygons, parts, years=years, nominal_area=grid.pixel_area_nominal,
                                      correlation_length=correlation_length)  # fmt: skip
     start, end = features.attrs.get("earlier"), features.attrs.get("later")
     return dask.delayed(lambda g: g.assign(period_start=start, period_end=end))(result)

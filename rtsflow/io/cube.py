@@ -26,6 +26,7 @@ from zarr.codecs import BloscCodec
 
 from rtsflow import __version__
 from rtsflow.grid import GRID_CRS, Grid, Window
+from rtsflow.io.footprints import create_footprints, truncate_footprints
 
 __all__ = [
     "CUBE_VARIABLES",
@@ -204,6 +205,7 @@ def create_cube(path: str | Path, *, grid: Grid, window: Window, obs: Mapping[st
         }
     )
     ds.to_zarr(str(path), mode="w-", encoding=_encoding(grid), compute=False, zarr_format=3, consolidated=False)
+    create_footprints(path)
 
 
 def append_obs_template(path: str | Path, *, grid: Grid, window: Window, obs: Mapping[str, np.ndarray]) -> slice:
@@ -290,6 +292,7 @@ def truncate_obs(path: str | Path, n_obs: int) -> None:
         names = arr.metadata.dimension_names or ()
         if names and names[0] == "obs" and arr.shape[0] != n_obs:
             arr.resize((n_obs, *arr.shape[1:]))
+    truncate_footprints(path, n_obs)
 
 
 def cube_info(path: str | Path) -> CubeInfo:

@@ -16,6 +16,7 @@ import shutil
 from pathlib import Path
 
 from rtsflow.io.cube import truncate_obs
+from rtsflow.io.footprints import GROUP as FOOTPRINT_GROUP
 
 __all__ = ["PENDING_DIR", "CubeTransaction", "recover"]
 
@@ -28,8 +29,9 @@ _MANIFEST = "manifest.json"
 def _protected_files(cube: Path) -> list[Path]:
     """Metadata documents and chunks of 1-D (obs coordinate) arrays: small, rewritten on append."""
     files = [cube / "zarr.json"]
-    for meta in sorted(cube.glob("*/zarr.json")):
-        if meta.parent.name == PENDING_DIR:
+    # Arrays of the root group and of the footprint group (nothing deeper exists).
+    for meta in sorted([*cube.glob("*/zarr.json"), *cube.glob(f"{FOOTPRINT_GROUP}/*/zarr.json")]):
+        if meta.relative_to(cube).parts[0] == PENDING_DIR:
             continue
         files.append(meta)
         doc = json.loads(meta.read_text())

@@ -1,0 +1,131 @@
+"""Reduction stages: probability → RTS polygons with volume change ± σ and regional densities, block by block.
+
+``polygons``: each block's probability is thresholded and traced; pieces that
+touch block edges are stitched across blocks on the client (small vectors).
+``zonal``: each block rasterises the stitched polygons that overlap it once and
+sums dDEM, σ, water and quality under all of them; it also sums the valid
+ground of every density zone. Sums are added across blocks, then the
+mass-wasting table, the filters and the density tables are assembled. The
+result equals :func:`rtsflow.reduce.detect_rts` and
+:func:`rtsflow.graph.densities.regional_densities` on the same domain.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import shapely
+
+from rtsflow.graph.densities import assemble_densities, valid_area
+from rtsflow.graph.masswasting import assemble_measures, block_sums
+from rtsflow.graph.polygons import _block_pieces, polygons_from_mask
+from rtsflow.grid import Grid, Window
+from rtsflow.io.blocks import GridStore
+from rtsflow.kernels.zonal import MAX_FIELDS, ZONAL_FIELDS
+from rtsflow.postprocess import DEFAULT_FILTERS, FilterConfig, apply_filters
+from rtsflow.stages.base import BlockJob, Stage, Upstream, block_name, run_stage
+
+__all__ = ["DensitySpec", "polygons_block", "reduce_pair", "zonal_block"]
+
+
+@dataclass(frozen=True)
+class DensitySpec:
+    """One density table: regular cells of ``cell_size`` m, or ``regions`` named by column ``name``."""
+
+    label: str
+    cell_size: float | None = None
+    regions: gpd.GeoDataFrame | None = None
+    name: str = "name"
+
+
+def polygons_block(block: tuple[int, int], *, probability: str, grid: Grid, domain: Window,
+                   threshold: float | None) -> dict:  # fmt: skip
+    """Trace the RTS regions of one block (interior polygons and pieces that continue next door)."""
+    win = grid.block_window(*block)
+    values = GridStore(probability, grid=grid, domain=domain).read("probability", win)
+    pieces = _block_pieces(values, threshold=threshold, transform=grid.transform(win), block=block)
+    return {"pieces": pieces, "n_valid": len(pieces.interior) + len(pieces.edge)}
+
+
+def zonal_block(block: tuple[int, int], *, features: str, grid: Grid, domain: Window, densities: list[DensitySpec],
+                polygons: gpd.GeoDataFrame) -> dict:  # fmt: skip
+    """Zonal sums under the polygons overlapping one block, and the valid ground of every density zone."""
+    win = grid.block_window(*block)
+    store = GridStore(features, grid=grid, domain=domain)
+    ddem, sigma = store.read("ddem", win), store.read("ddem_sigma", win)
+    water = store.read("water", win) if "water" in store.ds else None
+    quality = store.read("quality", win) if "quality" in store.ds else None
+    sums, maxima = block_sums(polygons, ddem, sigma, water, quality, grid=grid, window=win)
+    valid = {d.label: valid_area(ddem, quality, water, window=win, grid=grid, regions=d.regions,
+                                 cell_size=d.cell_size) for d in densities}  # fmt: skip
+    return {"rows": polygons["_row"].to_numpy(), "sums": sums, "maxima": maxima, "valid": valid,
+            "n_valid": len(polygons)}  # fmt: skip
+
+
+def reduce_pair(
+    client,
+    run,
+    *,
+    key: str,
+    probability: Path,
+    features: Path,
+    grid: Grid,
+    domain: Window,
+    blocks: Sequence[tuple[int, int]],
+    threshold: float | None = 0.5,
+    filters: FilterConfig = DEFAULT_FILTERS,
+    correlation_length: float = 200.0,
+    densities: Sequence[DensitySpec] = (),
+    years: float,
+    period: tuple[int, int],
+    progress: bool = False,
+) -> tuple[gpd.GeoDataFrame | None, dict[str, gpd.GeoDataFrame], list[str]]:
+    """Polygons, mass wasting, filters and densities of one pair (two stages of one task per block each).
+
+    Returns ``(rts, densities by label, failures)``; ``rts`` is ``None`` when blocks failed.
+    """
+    blocks = sorted(blocks)
+    poly_stage = Stage(name="polygons", key=key, function=polygons_block, jobs=[BlockJob(b) for b in blocks],
+                       params=dict(probability=str(probability), grid=grid, domain=domain, threshold=threshold),
+                       upstream=[Upstream("probability", key)], resume=False)  # fmt: skip
+    out = run_stage(client, run, poly_stage, progress=progress)
+    if not out.complete:
+        return None, {}, out.failed + out.blocked
+    pieces = [out.results[block_name(b)]["pieces"] for b in blocks]
+    polygons = polygons_from_mask(pieces, grid=grid)
+    polygons = polygons.assign(_row=np.arange(len(polygons)))
+    tree = polygons.sindex
+    jobs = []
+    for b in blocks:
+        box = shapely.box(*grid.bounds(grid.block_window(*b)))
+        hit = np.sort(tree.query(box)) if len(polygons) else np.zeros(0, dtype=int)
+        jobs.append(BlockJob(b, args={"polygons": polygons.iloc[hit]}))
+    zonal = Stage(name="zonal", key=key, function=zonal_block, jobs=jobs, resume=False,
+                  params=dict(features=str(features), grid=grid, domain=domain, densities=list(densities)),
+                  upstream=[Upstream("features", key)])  # fmt: skip
+    out = run_stage(client, run, zonal, progress=progress)
+    if not out.complete:
+        return None, {}, out.failed + out.blocked
+    n = len(polygons)
+    sums, maxima = np.zeros((n, len(ZONAL_FIELDS))), np.zeros((n, len(MAX_FIELDS)))
+    parts = {d.label: [] for d in densities}
+    for b in blocks:  # row-major, as the lazy graph adds its chunks
+        res = out.results[block_name(b)]
+        rows = res["rows"]
+        sums[rows] += res["sums"]
+        maxima[rows] = np.maximum(maxima[rows], res["maxima"])
+        for label, part in res["valid"].items():
+            parts[label].append(part)
+    polygons = polygons.drop(columns="_row")
+    measured = assemble_measures(polygons, [(sums, maxima)], years=years, nominal_area=grid.pixel_area_nominal,
+                                 correlation_length=correlation_length)  # fmt: skip
+    measured = measured.assign(period_start=period[0], period_end=period[1])
+    rts = apply_filters(measured, config=filters)
+    kept = rts[rts.kept]
+    tables = {d.label: assemble_densities(kept, parts[d.label], regions=d.regions, cell_size=d.cell_size,
+                                          years=years, name=d.name) for d in densities}  # fmt: skip
+    return rts, tables, []

@@ -1,0 +1,100 @@
+"""Probability stage: the model over one block of the features store (GPU workers when the cluster has them).
+
+A block's task reads the model bands over the block plus ``tile + halo`` px of
+context (NaN beyond the domain), runs every lattice window that meets the
+block (:func:`rtsflow.model.inference.predict_block`) and writes the block's
+probability. It equals :func:`rtsflow.model.inference.predict` over the whole
+features store.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from rtsflow.grid import Grid, Window
+from rtsflow.io.blocks import GridStore, write_block
+from rtsflow.model.checkpoint import ModelSpec
+from rtsflow.stages.base import BlockJob, Stage, Upstream
+from rtsflow.stages.composite import _grow
+from rtsflow.stages.stores import GridVariable, create_grid_store
+
+__all__ = ["probability_block", "probability_stage"]
+
+
+def probability_block(
+    block: tuple[int, int],
+    *,
+    features: str,
+    grid: Grid,
+    domain: Window,
+    spec: ModelSpec,
+    bands: Sequence[str],
+    halo: int,
+    tile: int,
+    batch_size: int,
+    device: str,
+    precision: str,
+    out: str,
+) -> dict:
+    """RTS probability of one block."""
+    from rtsflow.model.inference import lattice, predict_block
+
+    lattice(tile=tile, halo=halo)
+    store = GridStore(features, grid=grid, domain=domain)
+    win = grid.block_window(*block)
+    pad = tile + halo
+    read = _grow(win, pad)
+    stack = np.stack([store.read(b, read) for b in bands])
+    if not np.isfinite(stack[:, pad:-pad, pad:-pad]).any():
+        return {"status": "skipped", "reason": "no valid pixels"}
+    prob = predict_block(stack, spec=spec, halo=halo, tile=tile, pad=pad, origin=(win.row, win.col),
+                         chunk_starts=((0,), (0,)), batch_size=batch_size, device=device,
+                         precision=precision)[pad:-pad, pad:-pad]  # fmt: skip
+    write_block(out, {"probability": (("y", "x"), prob)}, region=GridStore(out, grid=grid).block_slices(win))
+    return {"n_valid": int(np.isfinite(prob).sum())}
+
+
+def probability_stage(
+    *,
+    pair: tuple[int, int],
+    features: Path,
+    grid: Grid,
+    domain: Window,
+    blocks: list[tuple[int, int]],
+    spec: ModelSpec,
+    record: dict,
+    halo: int,
+    batch_size: int,
+    device: str,
+    precision: str,
+    dtype: str,
+    resources: dict | None,
+    out: Path,
+    skip: Sequence[tuple[int, int]] = (),
+) -> Stage:
+    """The probability stage of one pair (``skip``: blocks known to hold no valid feature pixel)."""
+    from rtsflow.io.probability import PROBABILITY_DTYPES
+
+    key = f"{pair[0]}_{pair[1]}"
+    tile = int(record["tile_size"])
+
+    def create():
+        create_grid_store(out, grid=grid, window=domain, variables={
+            "probability": GridVariable("float32", {
+                "long_name": "RTS probability", "units": "1", "model_sha256": spec.sha256,
+                "description": f"Sigmoid of the model output; {tile} px cells, {tile + halo} px windows."},
+                encoding=dict(PROBABILITY_DTYPES[dtype])),
+        }, attrs={"model_sha256": spec.sha256, "model": spec.path, "features": str(features),
+                  "threshold": record["threshold"], "title": "rtsflow RTS probability"})  # fmt: skip
+
+    params = dict(features=str(features), grid=grid, domain=domain, spec=spec, bands=list(record["bands"]),
+                  halo=halo, tile=tile, batch_size=batch_size, device=device, precision=precision, out=str(out))
+    radius = -(-(tile + halo) // grid.block_size)  # blocks of context a window may read
+    skipped = set(skip)
+    return Stage(name="probability", key=key, function=probability_block, params=params,
+                 jobs=[BlockJob(b) for b in blocks if b not in skipped], output=out, create=create,
+                 resources=resources, upstream=[Upstream("features", key, radius=radius)],
+                 skip={b: "no valid pixels" for b in blocks if b in skipped})  # fmt: skip
