@@ -131,16 +131,33 @@ def _stage_stores(config: RunConfig) -> list[Path]:
     return [out / n for n in names]
 
 
+UPTO = ("features", "probability", None)
+
+
 def run_region(
-    config: RunConfig, *, client=None, cluster: str = "local", force: bool = False, progress: bool = True
+    config: RunConfig,
+    *,
+    client=None,
+    cluster: str = "local",
+    force: bool = False,
+    progress: bool = True,
+    upto: str | None = None,
 ) -> RegionResult:
-    """Run (or resume) a region; see the module docstring. Raises :class:`RunIncomplete` if blocks failed."""
+    """Run (or resume) a region; see the module docstring. Raises :class:`RunIncomplete` if blocks failed.
+
+    ``upto="features"`` (or ``"probability"``) stops after that stage (no model needed for features).
+    """
     from rtsflow.cluster import connect, gpu_resources
     from rtsflow.model.checkpoint import read_record
 
+    if upto not in UPTO:
+        raise ValueError(f"upto must be one of {UPTO}, got {upto!r}")
     rd = RunDirectory(Path(config.output))
     # The weights' hash is part of the run's identity: a retrained model never reuses old blocks.
-    session = rd.start({**config.to_dict(), "model_sha256": read_record(config.model)["weights_sha256"]}, force=force)
+    identity = config.to_dict()
+    if upto != "features":
+        identity["model_sha256"] = read_record(config.model)["weights_sha256"]
+    session = rd.start(identity, force=force)
     if force:
         for store in _stage_stores(config):
             shutil.rmtree(store, ignore_errors=True)
@@ -148,6 +165,9 @@ def run_region(
     say = print if progress else (lambda *a, **k: None)
     say(f"run {config.name}: {rd.path} (session {session})", flush=True)
     spill = Path(config.workers.spill_directory) if config.workers.spill_directory else rd.path / "dask-spill"
+    if client is None:
+        spill.mkdir(parents=True, exist_ok=True)
+        say(f"workers spill to {spill} (at most {config.workers.max_spill or 'unlimited'} each)", flush=True)
     own = nullcontext(client) if client is not None else connect(
         cluster, local_directory=spill, max_spill=config.workers.max_spill, memory_limit=config.workers.memory_limit)
     with own as cl:
@@ -163,7 +183,7 @@ def run_region(
             f"{', '.join(f'{e} ({len(plan.selected[e])} obs)' for e in plan.epochs)}", flush=True)  # fmt: skip
         composites = _run_epochs(cl, rd, config, plan, result, say, progress)
         for pair in config.pairs:
-            _run_pair(cl, rd, config, plan, pair, composites, result, gpu_resources(cl), say, progress)
+            _run_pair(cl, rd, config, plan, pair, composites, result, gpu_resources(cl), say, progress, upto)
     if result.failed:
         raise RunIncomplete(
             f"{len(result.failed)} block(s) failed or wait for failed blocks (see {rd.status_path}); "
@@ -213,7 +233,7 @@ def _run_epochs(client, rd, config: RunConfig, plan: RegionPlan, result, say, pr
 
 
 def _run_pair(client, rd, config: RunConfig, plan: RegionPlan, pair, composites, result, gpu, say,
-              progress: bool) -> None:  # fmt: skip
+              progress: bool, upto: str | None) -> None:  # fmt: skip
     from rtsflow.graph.coreg import CoregConfig
     from rtsflow.model.checkpoint import ModelSpec, read_record
     from rtsflow.stages.base import block_name, run_stage
@@ -234,6 +254,8 @@ def _run_pair(client, rd, config: RunConfig, plan: RegionPlan, pair, composites,
                            years=_years(plan, pair, config.epoch), selection=plan.selection, out=fpath,
                            **common)  # fmt: skip
     _record(result, run_stage(client, rd, stage, progress=progress), say)
+    if upto == "features":
+        return
 
     record = read_record(config.model)
     spec = ModelSpec(path=config.model, sha256=record["weights_sha256"])
@@ -247,7 +269,7 @@ def _run_pair(client, rd, config: RunConfig, plan: RegionPlan, pair, composites,
                               out=ppath, skip=sorted(empty), **common)  # fmt: skip
     outcome = run_stage(client, rd, stage, progress=progress)
     _record(result, outcome, say)
-    if not outcome.complete or len(rd.done("probability", key)) < len(plan.blocks):
+    if upto == "probability" or not outcome.complete or len(rd.done("probability", key)) < len(plan.blocks):
         return
     result.pairs[key] = _reduce_pair(client, rd, config, plan, pair, fpath, ppath, say, progress, result)
 

@@ -544,6 +544,37 @@ def sidecar(sidecar, pid, acquired, dem, coherence, layover_shadow, incidence, s
     click.echo(f"wrote {sidecar}")
 
 
+@main.group(name="cube")
+def cube_group() -> None:
+    """Inspect and maintain observation cubes."""
+
+
+@cube_group.command(name="footprints")
+@click.argument("cube", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--cluster", default="local", show_default=True, help=CLUSTER_HELP)
+def cube_footprints(cube, cluster) -> None:
+    """(Re)build the footprint index of CUBE: which grid tiles each observation has data in.
+
+    Cubes ingested by rtsflow ≥ 0.2 keep it up to date; older cubes need this once
+    (reads every stored DEM shard once). Runs build it themselves when it is missing.
+    """
+    import zarr
+
+    from rtsflow.cluster import connect
+    from rtsflow.io.cube import COMMITTED_ATTR, cube_info
+    from rtsflow.io.footprints import build_footprints
+
+    try:
+        info_ = cube_info(cube)
+    except ValueError as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(2)
+    n_obs = int(zarr.open_group(str(cube), mode="r", zarr_format=3).attrs.get(COMMITTED_ATTR, info_.n_obs))
+    with connect(cluster, quiet=True, local_directory=cube.parent / f".{cube.name}.dask-scratch"):
+        n = build_footprints(cube, grid=info_.grid, window=info_.window, n_obs=n_obs)
+    click.echo(f"{cube}: footprint index of {n_obs} observation(s), {n} (observation, tile) entries")
+
+
 @main.command()
 @click.argument("cube", type=click.Path(exists=True, file_okay=False, path_type=Path))
 def info(cube) -> None:

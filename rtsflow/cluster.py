@@ -110,11 +110,16 @@ def connect(
                 print(f"dask dashboard: {client.dashboard_link}", flush=True)
             yield client
     elif cluster == "local":
-        with local_cluster(n_workers=n_workers, local_directory=local_directory, max_spill=max_spill,
-                           memory_limit=memory_limit) as lc, Client(lc) as client:  # fmt: skip
-            if not quiet:
-                print(f"dask dashboard: {client.dashboard_link}", flush=True)
-            yield client
+        fresh = local_directory is not None and not Path(local_directory).exists()
+        try:
+            with local_cluster(n_workers=n_workers, local_directory=local_directory, max_spill=max_spill,
+                               memory_limit=memory_limit) as lc, Client(lc) as client:  # fmt: skip
+                if not quiet:
+                    print(f"dask dashboard: {client.dashboard_link}", flush=True)
+                yield client
+        finally:
+            if fresh:
+                _remove_empty(Path(local_directory))
     elif "://" in cluster or ":" in cluster:
         with Client(cluster) as client:
             if not quiet:
@@ -184,6 +189,19 @@ def jobqueue_cluster(profile: dict, *, local_directory: str | Path | None = None
         cluster.sync(cluster._correct_state)
     log.info("jobqueue cluster from %s:\n%s", profile.get("source"), cluster.job_script())
     return cluster
+
+
+def _remove_empty(directory: Path) -> None:
+    """Remove a scratch directory the workers left empty (they delete their own files on close)."""
+    for d in sorted((p for p in directory.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
+        try:
+            d.rmdir()
+        except OSError:
+            pass
+    try:
+        directory.rmdir()
+    except OSError:
+        pass
 
 
 def _with_spill(section: dict, local_directory, max_spill) -> dict:

@@ -340,9 +340,9 @@ def open_cube(path: str | Path, *, sort_by_time: bool = True, chunk: int | None 
     if committed is not None and int(committed) < ds.sizes["obs"]:
         ds = ds.isel(obs=slice(0, int(committed)))
     text = ("orbit", "sensor", "product_id", "kind", "source", "content_hash")
-    ds = ds.assign_coords(
-        {name: ds[name].load().astype(object) if name in text else ds[name].load() for name in OBS_COORDS}
-    )
+    # Loaded here, in this process (never as tasks on a cluster): they are tiny.
+    loaded = {name: ds[name].compute(scheduler="synchronous") for name in OBS_COORDS}
+    ds = ds.assign_coords({name: v.astype(object) if name in text else v for name, v in loaded.items()})
     if sort_by_time and ds.sizes["obs"] > 1:
         order = np.argsort(ds["time"].values, kind="stable")
         if not np.array_equal(order, np.arange(len(order))):

@@ -1,0 +1,221 @@
+"""Block-wise stages: equal to the lazy API, one task per block, footprint index, no Dask warnings.
+
+A 3 × 3 km synthetic region (misregistered observations, a reference DEM and a
+water mask) on a grid with 128-px blocks spans 3-4 blocks a side, so fits,
+neighbour fallbacks, halos and stitching all cross block edges.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import xarray as xr
+import yaml
+import zarr
+from distributed import Client, LocalCluster, get_task_stream
+
+from pipelines.region import plan_region, run_region
+from rtsflow.config import parse_config
+from rtsflow.graph.dem import seasonal_composites
+from rtsflow.graph.densities import regional_densities
+from rtsflow.graph.features import MODEL_BANDS, pair_features
+from rtsflow.grid import Grid
+from rtsflow.ingest import ingest, ingest_mask, ingest_reference_dem
+from rtsflow.io.cube import cube_info, open_cube
+from rtsflow.io.features import open_features
+from rtsflow.io.footprints import FootprintIndexError, build_footprints, read_footprints
+from rtsflow.io.probability import open_probability, write_probability
+from rtsflow.kernels.coreg import FIT_FIELDS, STATUS
+from rtsflow.kernels.footprint import tile_valid_counts
+from rtsflow.model.checkpoint import save_checkpoint
+from rtsflow.model.factory import build_model
+from rtsflow.model.inference import predict
+from rtsflow.model.normalise import DEFAULT_NORMALISATION
+from rtsflow.reduce import detect_rts
+
+GRID = Grid(resolution=10.0, tile_size=64, block_tiles=2)  # 128-px blocks
+PAIR = (2010, 2016)
+KEY = "2010_2016"
+
+
+def _cluster():
+    return LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None)
+
+
+@pytest.fixture(scope="module")
+def region(tmp_path_factory):
+    from rtsflow.synth.generator import SynthConfig, synthesize
+
+    root = tmp_path_factory.mktemp("stages")
+    config = SynthConfig(seed=21, size_km=(3.0, 3.0), winters=PAIR, obs_per_winter=3, slump_density=3.0)
+    synth = synthesize(root / "region", config=config)
+    cube = root / "cube.zarr"
+    ingest(synth.products, cube=cube, grid=GRID, scheduler="threads")
+    ingest_mask(synth.truth_rasters["water"], cube=cube, scheduler="threads")
+    ingest_reference_dem(synth.truth_rasters["reference_dem"], cube=cube, scheduler="threads")
+    doc = {"name": "stages", "cube": str(cube), "pairs": [list(PAIR)], "model": str(root / "model"),
+           "reference": "reference_dem", "coregister": True, "inference": {"halo": 32},
+           "densities": {"cell_size": [1000]}, "report": False}  # fmt: skip
+    return {"root": root, "cube": cube, "doc": doc, "synth": synth}
+
+
+@pytest.fixture(scope="module")
+def model(region, lazy):
+    """An untrained model whose output bias puts ~15 % of the region above 0.5: many polygons to stitch."""
+    torch.manual_seed(0)
+    net = build_model(architecture="unet", encoder="resnet18", in_channels=4, encoder_depth=3).eval()
+    kw = dict(architecture="unet", encoder="resnet18", encoder_depth=3, bands=list(MODEL_BANDS),
+              normalisation=list(DEFAULT_NORMALISATION), tile_size=64)  # fmt: skip
+    spec = save_checkpoint(net, region["root"] / "model0", **kw)
+    p = predict(lazy[0], spec=spec, bands=list(MODEL_BANDS), halo=32, tile=64, grid=GRID).values
+    p = np.clip(p[np.isfinite(p)], 1e-6, 1 - 1e-6)
+    with torch.no_grad():
+        net.segmentation_head[0].bias -= float(np.quantile(np.log(p / (1 - p)), 0.85))
+    return save_checkpoint(net, region["root"] / "model", **kw)
+
+
+@pytest.fixture(scope="module")
+def run(region, model):
+    out = region["root"] / "run"
+    config = parse_config({**region["doc"], "output": str(out)}, base=region["root"])
+    with _cluster() as lc, Client(lc) as client:
+        with get_task_stream(client) as ts:
+            result = run_region(config, client=client, progress=False)
+        tasks = pd.Series([t["key"] for t in ts.data]).str.split("-").str[0].value_counts().to_dict()
+    return {"out": out, "result": result, "tasks": tasks, "config": config}
+
+
+@pytest.fixture(scope="module")
+def lazy(region):
+    ds = open_cube(region["cube"])
+    feats, _ = pair_features(ds, grid=GRID, earlier=PAIR[0], later=PAIR[1], water=ds["water"],
+                             reference=ds["reference_dem"])  # fmt: skip
+    comps, _ = seasonal_composites(ds, winters=list(PAIR), reference=ds["reference_dem"], water=ds["water"])
+    return feats.compute(scheduler="threads"), comps.compute(scheduler="threads")
+
+
+def test_the_region_spans_several_blocks_and_exercises_fallbacks(region, lazy):
+    info = cube_info(region["cube"])
+    assert info.window.height // GRID.block_size >= 3 and info.window.width // GRID.block_size >= 3
+    _, comps = lazy
+    status = comps["obs_coreg_status"].values
+    assert (status == STATUS["fit"]).any() and (status == STATUS["neighbours"]).any()
+
+
+def test_composites_equal_the_lazy_graph(run, lazy):
+    _, comps = lazy
+    for epoch in PAIR:
+        store = xr.open_zarr(run["out"] / f"composite_{epoch}.zarr", consolidated=False)
+        for name in ("dem", "sigma", "n_obs"):
+            np.testing.assert_array_equal(store[name].values, comps[name].sel(winter=epoch).values, err_msg=name)
+        assert np.isfinite(store["dem"].values).sum() > 50_000
+
+
+def test_features_equal_the_lazy_graph(run, lazy):
+    feats, _ = lazy
+    store = open_features(run["out"] / f"features_{KEY}.zarr").compute()
+    for name in (*MODEL_BANDS, "quality", "water", "n_obs", *(f"coreg_{f}" for f in FIT_FIELDS)):
+        np.testing.assert_array_equal(store[name].values, feats[name].values, err_msg=name)
+    assert store.attrs["years"] == feats.attrs["years"] == 6.0
+
+
+def test_probability_polygons_and_densities_equal_the_lazy_api(model, run, tmp_path):
+    feats = open_features(run["out"] / f"features_{KEY}.zarr")
+    prob = predict(feats, spec=model, bands=list(MODEL_BANDS), halo=32, tile=64, grid=GRID)
+    with _cluster() as lc, Client(lc):
+        write_probability(prob, tmp_path / "lazy.zarr", grid=GRID)
+    expected = open_probability(tmp_path / "lazy.zarr")
+    got = open_probability(run["out"] / f"probability_{KEY}.zarr")
+    np.testing.assert_array_equal(got.values, expected.values)
+    rts = detect_rts(expected, feats, grid=GRID).compute(scheduler="threads")
+    stage = gpd.read_parquet(run["out"] / f"rts_{KEY}.parquet")
+    assert len(stage) == len(rts) > 20
+    assert list(stage.geometry.to_wkb()) == list(rts.geometry.to_wkb())
+    assert stage.blocks.str.contains(";").any()  # some polygons were stitched across blocks
+    cols = [c for c in rts.columns if c not in ("geometry", "blocks")]
+    pd.testing.assert_frame_equal(pd.DataFrame(stage[cols]), pd.DataFrame(rts[cols]))
+    dens = regional_densities(rts[rts.kept], feats, grid=GRID, cell_size=1000).compute(scheduler="threads")
+    got_dens = gpd.read_parquet(run["out"] / f"densities_{KEY}_cells_1000m.parquet")
+    pd.testing.assert_frame_equal(pd.DataFrame(got_dens.drop(columns="geometry")),
+                                  pd.DataFrame(dens.drop(columns="geometry")))  # fmt: skip
+
+
+def test_one_task_per_block_and_stage(region, run):
+    n_blocks = len(plan_region(run["config"]).blocks)
+    status = pd.read_csv(run["out"] / "status.csv", keep_default_na=False, dtype=str)
+    for stage in ("coreg_obs", "composite", "coreg_pair", "features", "probability", "polygons", "zonal"):
+        rows = status[status.stage == stage]
+        computed = int((rows.status == "done").sum())
+        # Every block has a row; the scheduler ran exactly one task per computed block (none for skipped ones).
+        assert rows.groupby("key").size().eq(n_blocks).all(), stage
+        assert run["tasks"].get(stage, 0) == computed > 0, stage
+    assert sum(run["tasks"].values()) == (status.status == "done").sum() - 1, str(run["tasks"])  # reduce runs here
+
+
+def test_footprint_index_matches_the_pixels_and_rebuilds(region, tmp_path):
+    cube = region["cube"]
+    info = cube_info(cube)
+    index = read_footprints(cube, grid=GRID, n_obs=info.n_obs)
+    dem = zarr.open_group(str(cube), mode="r")["dem"]
+    expected = []
+    for obs in range(info.n_obs):
+        counts = tile_valid_counts(dem[obs], row=info.window.row, col=info.window.col, tile=GRID.tile_size)
+        expected.append(np.column_stack([np.full(len(counts), obs), counts]))
+    expected = np.concatenate(expected)
+    np.testing.assert_array_equal(_sorted(index.entries), _sorted(expected))
+    assert all(len(index.blocks_of(o)) >= 1 for o in range(info.n_obs))
+    copy = tmp_path / "cube.zarr"
+    shutil.copytree(cube, copy)
+    shutil.rmtree(copy / "footprint")
+    with pytest.raises(FootprintIndexError, match="rtsflow cube footprints"):
+        read_footprints(copy, grid=GRID, n_obs=info.n_obs)
+    r = subprocess.run([sys.executable, "-m", "rtsflow.cli", "cube", "footprints", str(copy)], capture_output=True,
+                       text=True)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    rebuilt = read_footprints(copy, grid=GRID, n_obs=info.n_obs).entries
+    np.testing.assert_array_equal(_sorted(rebuilt), _sorted(index.entries))
+    assert build_footprints(copy, grid=GRID, window=info.window, n_obs=info.n_obs) == len(index.entries)
+
+
+def _sorted(entries: np.ndarray) -> np.ndarray:
+    return entries[np.lexsort(entries[:, :3].T[::-1])]
+
+
+def test_run_on_a_cube_without_index_builds_it_and_gives_the_same_answer(region, run, tmp_path):
+    cube = tmp_path / "cube.zarr"
+    shutil.copytree(region["cube"], cube)
+    shutil.rmtree(cube / "footprint")  # as a cube of rtsflow 0.1 has none
+    config = parse_config({**region["doc"], "cube": str(cube), "output": str(tmp_path / "run")},
+                          base=region["root"])  # fmt: skip
+    with _cluster() as lc, Client(lc) as client:
+        run_region(config, client=client, progress=False, upto="features")
+    assert read_footprints(cube, grid=GRID, n_obs=cube_info(cube).n_obs).entries.size > 0
+    a = open_features(tmp_path / "run" / f"features_{KEY}.zarr").compute()
+    b = open_features(run["out"] / f"features_{KEY}.zarr").compute()
+    for name in (*MODEL_BANDS, "quality", "n_obs"):
+        np.testing.assert_array_equal(a[name].values, b[name].values, err_msg=name)
+
+
+def test_cli_run_with_coregistration_logs_no_dask_warning(region, tmp_path):
+    """A multi-block `rtsflow run` (co-registration on): no "run_spec" warning, no Dask warning at all."""
+    out = tmp_path / "cli_run"
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(yaml.safe_dump({**region["doc"], "output": str(out), "report": True}))
+    r = subprocess.run([sys.executable, "-m", "rtsflow.cli", "run", str(cfg)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    text = r.stdout + r.stderr
+    assert "run_spec" not in text
+    bad = [line for line in text.splitlines()
+           if ("distributed" in line or "dask" in line) and ("WARNING" in line or "Warning" in line)]  # fmt: skip
+    assert not bad, bad
+    assert "reduce 2010_2016" in r.stdout
+    # Workers spill (if at all) inside the run directory, never to the system temp dir.
+    assert f"workers spill to {out / 'dask-spill'} (at most 4GiB each)" in r.stdout
+    assert (out / "dask-spill").is_dir()
