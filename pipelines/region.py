@@ -73,7 +73,7 @@ def plan_region(config: RunConfig, *, build_index: bool = True, say=print) -> Re
     """Blocks, observations per epoch and footprints of a run (no pixel is read unless the index must be built)."""
     import zarr
 
-    from rtsflow.io.cube import COMMITTED_ATTR, cube_info, open_cube
+    from rtsflow.io.cube import COMMITTED_ATTR, cube_info, obs_coords
     from rtsflow.io.footprints import FootprintIndexError, build_footprints, read_footprints
     from rtsflow.selection import WINTER_MONTHS, SelectionRules, select_observations
 
@@ -97,8 +97,8 @@ def plan_region(config: RunConfig, *, build_index: bool = True, say=print) -> Re
             raise ValueError(f"region {config.region.bbox} ({config.region.crs}) does not overlap the cube "
                              f"{config.cube} ({grid.bounds(window)} in EPSG:3413)")  # fmt: skip
     blocks = [blk for blk, _ in grid.blocks(domain)]
-    ds = open_cube(config.cube, sort_by_time=False)
-    selection = select_observations(ds, rules=SelectionRules(months=WINTER_MONTHS, epoch=config.epoch))
+    selection = select_observations(obs_coords(config.cube),
+                                    rules=SelectionRules(months=WINTER_MONTHS, epoch=config.epoch))  # fmt: skip
     epochs = sorted({int(e) for p in config.pairs for e in p})
     used = selection[selection.selected]
     missing = [e for e in epochs if not (used.epoch == e).any()]
@@ -110,7 +110,7 @@ def plan_region(config: RunConfig, *, build_index: bool = True, say=print) -> Re
         rows = used[used.epoch == e].sort_values("time", kind="stable")
         selected[e] = {int(r.obs): (int(r.obs), str(r.product_id), str(r.kind), float(r.hoa))
                        for r in rows.itertuples()}  # fmt: skip
-    variables = set(ds.data_vars)
+    variables = {name for name, _ in root.arrays()}
     water = config.water if config.water and config.water in variables else None
     reference = config.reference if config.reference and config.reference in variables else None
     return RegionPlan(cube=str(config.cube), grid=grid, domain=domain, blocks=blocks, footprints=footprints,

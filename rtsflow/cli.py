@@ -129,12 +129,38 @@ def ingest_mask_cmd(raster, cube, name, cluster) -> None:
     from rtsflow.products import ProductError
 
     try:
-        with connect(cluster, quiet=True):
+        with connect(cluster, quiet=True, local_directory=cube.parent / f".{cube.name}.dask-scratch"):
             n = ingest_mask(raster, cube=cube, name=name)
     except (ProductError, ValueError) as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(2)
     click.echo(f"wrote mask {name!r} ({n} block(s)) into {cube}")
+
+
+@main.command(name="ingest-reference")
+@click.argument("raster", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--cube", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--name", default="reference_dem", show_default=True, help="Variable name in the cube.")
+@click.option("--sigma", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Optional 1σ error raster of the reference (m), stored as NAME_sigma.")  # fmt: skip
+@click.option("--cluster", default="local", show_default=True, help=CLUSTER_HELP)
+def ingest_reference_cmd(raster, cube, name, sigma, cluster) -> None:
+    """Add a reference DEM GeoTIFF (any CRS, metres; bilinear) to an observation cube.
+
+    Runs then co-register every observation to it before compositing
+    (``reference: reference_dem`` in the run config, the default).
+    """
+    from rtsflow.cluster import connect
+    from rtsflow.ingest import ingest_reference_dem
+    from rtsflow.products import ProductError
+
+    try:
+        with connect(cluster, quiet=True, local_directory=cube.parent / f".{cube.name}.dask-scratch"):
+            n = ingest_reference_dem(raster, cube=cube, name=name, sigma=sigma)
+    except (ProductError, ValueError) as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(2)
+    click.echo(f"wrote reference DEM {name!r} ({n} block(s)) into {cube}" + (f" with {name}_sigma" if sigma else ""))
 
 
 @main.command()

@@ -403,17 +403,37 @@ def ingest_mask(
 
 
 def ingest_reference_dem(
-    raster: str | Path, *, cube: str | Path, name: str = "reference_dem", scheduler: str | None = None
+    raster: str | Path,
+    *,
+    cube: str | Path,
+    name: str = "reference_dem",
+    sigma: str | Path | None = None,
+    scheduler: str | None = None,
 ) -> int:
     """Add a reference DEM (e.g. an ArcticDEM or Copernicus mosaic; any CRS) to a cube as ``y × x`` float32.
 
-    Observations can be co-registered to it before compositing
-    (``CompositeConfig(coregister_observations=True)``), which fixes both their
-    relative misregistration and their absolute geolocation.
+    Resampled bilinearly onto the cube's grid, block by block. With a
+    reference in the cube, runs co-register every observation to it before
+    compositing (``reference:`` in the run config), which fixes both their
+    relative misregistration and their absolute geolocation. ``sigma``: an
+    optional 1σ error raster of the reference (m), stored as ``<name>_sigma``.
+    All-or-nothing: a failure leaves the cube as it was.
     """
     attrs = {"long_name": "reference surface elevation", "units": "m",
              "description": "External reference DEM (bilinear) used to co-register observations."}  # fmt: skip
-    return _ingest_static(raster, cube=cube, name=name, rule="dem", dtype="float32", attrs=attrs, scheduler=scheduler)
+    if sigma is not None:  # check both before writing either
+        check_layer_values(inspect_raster(Path(sigma).resolve(), sidecar=Path(sigma), key="sigma"), key="sigma")
+    n = _ingest_static(raster, cube=cube, name=name, rule="dem", dtype="float32", attrs=attrs, scheduler=scheduler)
+    if sigma is not None:
+        sattrs = {"long_name": "reference elevation error (1 sigma)", "units": "m",
+                  "description": f"1σ error of {name} (bilinear)."}  # fmt: skip
+        try:
+            _ingest_static(sigma, cube=cube, name=f"{name}_sigma", rule="sigma", dtype="float32", attrs=sattrs,
+                           scheduler=scheduler)  # fmt: skip
+        except BaseException:
+            shutil.rmtree(Path(cube) / name, ignore_errors=True)
+            raise
+    return n
 
 
 def _ingest_static(raster, *, cube, name: str, rule: str, dtype: str, attrs: dict, scheduler) -> int:

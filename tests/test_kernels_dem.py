@@ -185,3 +185,64 @@ def test_fit_without_enough_stable_ground_and_fallbacks():
     lone = resolve_fallbacks(fit[None, None, :])[0, 0]
     assert lone[FIT_FIELDS.index("status")] == STATUS["none"]
     np.testing.assert_array_equal(apply_fit(b["dem"], lone, resolution=10.0, origin=(0, 0), halo=0), b["dem"])
+
+
+def _stack_composite(dem, sigma, w):
+    """The composite as one vectorised reduction over the stack (the pre-streaming implementation)."""
+    valid = np.isfinite(dem) & np.isfinite(w) & (w > 0)
+    ww = np.where(valid, w, 0.0)
+    h = np.where(valid, dem, 0.0)
+    s = np.where(valid, sigma, 0.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        comp = (ww * h).sum(axis=0) / ww.sum(axis=0)
+        sig = np.sqrt((ww * ww * s * s).sum(axis=0)) / ww.sum(axis=0)
+    cnt = valid.sum(axis=0)
+    comp[cnt == 0] = np.nan
+    sig[cnt == 0] = np.nan
+    return comp, sig, cnt
+
+
+def test_streaming_accumulator_equals_the_stack_reduction_bit_for_bit():
+    """Adding observations one at a time gives exactly the stack's float64 sums (same order of additions)."""
+    from rtsflow.kernels.composite import CompositeAccumulator
+
+    rng = np.random.default_rng(4)
+    for n in (1, 3, 40):
+        dem = rng.normal(300, 40, (n, 33, 29)).astype(np.float32)
+        dem[rng.random(dem.shape) < 0.2] = np.nan
+        sigma = rng.uniform(0.2, 4, dem.shape).astype(np.float32)
+        gamma = rng.uniform(-0.1, 1, dem.shape).astype(np.float32)  # some weights ≤ 0: skipped
+        acc = CompositeAccumulator(dem.shape[1:], method="coherence")
+        for k in range(n):
+            acc.add(dem[k], sigma[k], weights=gamma[k])
+        comp, sig, cnt = acc.result()
+        ref = _stack_composite(dem.astype(np.float64), sigma.astype(np.float64), gamma.astype(np.float64))
+        np.testing.assert_array_equal(comp, ref[0].astype(np.float32))
+        np.testing.assert_array_equal(sig, ref[1].astype(np.float32))
+        np.testing.assert_array_equal(cnt, ref[2])
+        assert comp.dtype == np.float32 and cnt.dtype == np.int16
+
+
+def test_tile_valid_counts_and_the_footprint_queries():
+    from rtsflow.grid import Grid
+    from rtsflow.io.footprints import FootprintIndex
+    from rtsflow.kernels.footprint import tile_valid_counts
+
+    grid = Grid(tile_size=4, block_tiles=2)  # 8-px blocks
+    values = np.full((8, 12), np.nan, np.float32)
+    values[0, 0] = 1.0  # tile (10, 20)
+    values[5:8, 9:12] = 2.0  # tile (11, 22): 9 pixels
+    counts = tile_valid_counts(values, row=40, col=80, tile=4)
+    assert counts.tolist() == [[10, 20, 1], [11, 22, 9]]
+    with pytest.raises(ValueError, match="not aligned"):
+        tile_valid_counts(values, row=41, col=80, tile=4)
+    # obs 0 in tile (10, 20) of block (5, 10); obs 1 in tile (11, 22) of block (5, 11); obs 2 far away.
+    index = FootprintIndex(grid=grid, entries=np.array([[0, 10, 20, 1], [1, 11, 22, 9], [2, 30, 30, 16]]), n_obs=4)
+    assert index.obs_by_block([(5, 10)])[(5, 10)].tolist() == [0]
+    # A 1-px halo around block (5, 10) reaches the first column of block (5, 11): tile (11, 22) is there.
+    assert index.obs_by_block([(5, 10)], halo=1)[(5, 10)].tolist() == [0, 1]
+    # ... unless the run's domain stops at the block edge.
+    domain = Window(40, 80, 8, 8)
+    assert index.obs_by_block([(5, 10)], halo=1, domain=domain)[(5, 10)].tolist() == [0]
+    assert index.blocks_of(1) == [(5, 11)] and index.valid_pixels(1) == 9
+    assert index.obs_in_window(Window(0, 0, 8, 8)).size == 0  # obs 3 has no data anywhere

@@ -35,6 +35,7 @@ __all__ = [
     "append_obs_template",
     "create_cube",
     "cube_info",
+    "obs_coords",
     "open_cube",
     "truncate_obs",
     "write_block",
@@ -129,10 +130,12 @@ def _obs_dataset(grid: Grid, window: Window, obs: Mapping[str, np.ndarray]) -> x
     """A lazy (never computed) all-fill dataset for ``len(obs['time'])`` observations."""
     n = len(obs["time"])
     x, y = grid.coords(window)
-    b = grid.block_size
     data_vars = {}
     for name, spec in CUBE_VARIABLES.items():
-        arr = da.full((n, *window.shape), spec.fill, dtype=spec.dtype, chunks=(1, b, b))
+        # One dask chunk: the template is never computed, and a pan-Arctic cube would otherwise
+        # mean obs x blocks graph keys just to write metadata.
+        shape = (n, *window.shape)
+        arr = da.full(shape, spec.fill, dtype=spec.dtype, chunks=shape)
         attrs = {
             "long_name": spec.long_name,
             "units": spec.units,
@@ -204,7 +207,8 @@ def create_cube(path: str | Path, *, grid: Grid, window: Window, obs: Mapping[st
             "grid_window": [window.row, window.col, window.height, window.width],
         }
     )
-    ds.to_zarr(str(path), mode="w-", encoding=_encoding(grid), compute=False, zarr_format=3, consolidated=False)
+    ds.to_zarr(str(path), mode="w-", encoding=_encoding(grid), compute=False, zarr_format=3, consolidated=False,
+               safe_chunks=False)
     create_footprints(path)
 
 
@@ -217,7 +221,7 @@ def append_obs_template(path: str | Path, *, grid: Grid, window: Window, obs: Ma
     ds = _obs_dataset(grid, window, obs).drop_vars(["x", "y", "spatial_ref"])
     # xarray rewrites the group attributes on append: carry the existing ones over.
     ds.attrs = dict(zarr.open_group(str(path), mode="r", zarr_format=3).attrs)
-    ds.to_zarr(str(path), append_dim="obs", compute=False, consolidated=False)
+    ds.to_zarr(str(path), append_dim="obs", compute=False, consolidated=False, safe_chunks=False)
     return slice(n_before, n_before + len(obs["time"]))
 
 
@@ -310,6 +314,25 @@ def cube_info(path: str | Path) -> CubeInfo:
     return CubeInfo(path=path, grid=grid, window=window, n_obs=len(ids), product_ids=ids, content_hashes=hashes)
 
 
+def obs_coords(path: str | Path) -> xr.Dataset:
+    """The committed observations' coordinates (``time``, ``hoa``, ``product_id``, …), read in this process.
+
+    A dataset without data variables, in store order: what selection needs, without
+    opening the pixel arrays.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "The specified chunks separate", UserWarning)
+        ds = xr.open_zarr(str(path), consolidated=False, chunks=None, decode_coords="all")
+    committed = ds.attrs.get(COMMITTED_ATTR)
+    n = ds.sizes["obs"] if committed is None else min(int(committed), ds.sizes["obs"])
+    text = ("orbit", "sensor", "product_id", "kind", "source", "content_hash")
+    values = {}
+    for name in OBS_COORDS:
+        v = ds[name].isel(obs=slice(0, n)).load()
+        values[name] = v.astype(object) if name in text else v
+    return xr.Dataset(coords=values, attrs=dict(ds.attrs))
+
+
 def open_cube(path: str | Path, *, sort_by_time: bool = True, chunk: int | None = None) -> xr.Dataset:
     """Open an observation cube lazily, with dask chunks equal to blocks.
 
@@ -335,14 +358,11 @@ def open_cube(path: str | Path, *, sort_by_time: bool = True, chunk: int | None 
         # The small obs coordinates are stored in long chunks and loaded right away.
         warnings.filterwarnings("ignore", "The specified chunks separate", UserWarning)
         ds = xr.open_zarr(str(path), consolidated=False, chunks={"obs": 1, "y": b, "x": b}, decode_coords="all")
+    coords = obs_coords(path)
     # Observations of an ingest that has not committed (or was killed) are not shown.
-    committed = ds.attrs.get(COMMITTED_ATTR)
-    if committed is not None and int(committed) < ds.sizes["obs"]:
-        ds = ds.isel(obs=slice(0, int(committed)))
-    text = ("orbit", "sensor", "product_id", "kind", "source", "content_hash")
-    # Loaded here, in this process (never as tasks on a cluster): they are tiny.
-    loaded = {name: ds[name].compute(scheduler="synchronous") for name in OBS_COORDS}
-    ds = ds.assign_coords({name: v.astype(object) if name in text else v for name, v in loaded.items()})
+    if coords.sizes["obs"] < ds.sizes["obs"]:
+        ds = ds.isel(obs=slice(0, coords.sizes["obs"]))
+    ds = ds.assign_coords({name: coords[name] for name in OBS_COORDS})
     if sort_by_time and ds.sizes["obs"] > 1:
         order = np.argsort(ds["time"].values, kind="stable")
         if not np.array_equal(order, np.arange(len(order))):

@@ -112,10 +112,10 @@ def fit_observations(
     return {"n_valid": n_fit, "n_obs": len(obs)}
 
 
-def resolved_fit(store: FitStore, block: tuple[int, int], member: str) -> np.ndarray:
-    """A member's fit for a block after the neighbour fallback rule (:func:`resolve_fallbacks`)."""
-    values, i, j = store.neighbourhood(block, [member])
-    return resolve_fallbacks(values[0])[i, j]
+def resolved_fits(store: FitStore, block: tuple[int, int], members: list[str]) -> dict[str, np.ndarray]:
+    """Each member's fit for a block after the neighbour fallback rule (:func:`resolve_fallbacks`)."""
+    values, i, j = store.neighbourhood(block, members)
+    return {m: resolve_fallbacks(values[k])[i, j] for k, m in enumerate(members)}
 
 
 def composite_block(
@@ -138,13 +138,13 @@ def composite_block(
     halo = coreg_halo(coreg) if fits else 0
     read = _grow(win, halo)
     acc = CompositeAccumulator(win.shape, method=composite.method)
-    fit_store = FitStore(fits) if fits else None
+    # The 3 x 3 neighbourhood of fits is read once for all the block's observations.
+    resolved = resolved_fits(FitStore(fits), block, [m[1] for m in obs]) if fits else None
     inner = (slice(halo, halo + win.height), slice(halo, halo + win.width))
     for meta in obs:
         dem, sigma, weight, _ = _observation(store, meta, read, config=composite)
-        if fit_store is not None:
-            fit = resolved_fit(fit_store, block, meta[1])
-            dem = apply_fit(dem, fit, resolution=grid.resolution, origin=(0, 0), halo=halo)
+        if resolved is not None:
+            dem = apply_fit(dem, resolved[meta[1]], resolution=grid.resolution, origin=(0, 0), halo=halo)
         else:
             dem = dem[inner]
         acc.add(dem, sigma[inner], weights=weight[inner])

@@ -29,7 +29,7 @@ from rtsflow.kernels.zonal import MAX_FIELDS, ZONAL_FIELDS
 from rtsflow.postprocess import DEFAULT_FILTERS, FilterConfig, apply_filters
 from rtsflow.stages.base import BlockJob, Stage, Upstream, block_name, run_stage
 
-__all__ = ["DensitySpec", "polygons_block", "reduce_pair", "zonal_block"]
+__all__ = ["DensitySpec", "polygons_block", "polygons_stage", "reduce_pair", "zonal_block", "zonal_stage"]
 
 
 @dataclass(frozen=True)
@@ -66,6 +66,28 @@ def zonal_block(block: tuple[int, int], *, features: str, grid: Grid, domain: Wi
             "n_valid": len(polygons)}  # fmt: skip
 
 
+def polygons_stage(*, key: str, probability: Path, grid: Grid, domain: Window, blocks: Sequence[tuple[int, int]],
+                   threshold: float | None) -> Stage:  # fmt: skip
+    """Tracing every block's RTS regions (results are returned, not stored: the stage reruns with its pair)."""
+    return Stage(name="polygons", key=key, function=polygons_block, jobs=[BlockJob(b) for b in blocks],
+                 params=dict(probability=str(probability), grid=grid, domain=domain, threshold=threshold),
+                 upstream=[Upstream("probability", key)], resume=False)  # fmt: skip
+
+
+def zonal_stage(*, key: str, polygons: gpd.GeoDataFrame, features: Path, grid: Grid, domain: Window,
+                blocks: Sequence[tuple[int, int]], densities: Sequence[DensitySpec]) -> Stage:  # fmt: skip
+    """Zonal sums per block; each job carries only the polygons that overlap its block (``_row``: their index)."""
+    tree = polygons.sindex
+    jobs = []
+    for b in blocks:
+        box = shapely.box(*grid.bounds(grid.block_window(*b)))
+        hit = np.sort(tree.query(box)) if len(polygons) else np.zeros(0, dtype=int)
+        jobs.append(BlockJob(b, args={"polygons": polygons.iloc[hit]}))
+    return Stage(name="zonal", key=key, function=zonal_block, jobs=jobs, resume=False,
+                 params=dict(features=str(features), grid=grid, domain=domain, densities=list(densities)),
+                 upstream=[Upstream("features", key)])  # fmt: skip
+
+
 def reduce_pair(
     client,
     run,
@@ -89,24 +111,15 @@ def reduce_pair(
     Returns ``(rts, densities by label, failures)``; ``rts`` is ``None`` when blocks failed.
     """
     blocks = sorted(blocks)
-    poly_stage = Stage(name="polygons", key=key, function=polygons_block, jobs=[BlockJob(b) for b in blocks],
-                       params=dict(probability=str(probability), grid=grid, domain=domain, threshold=threshold),
-                       upstream=[Upstream("probability", key)], resume=False)  # fmt: skip
+    poly_stage = polygons_stage(key=key, probability=probability, grid=grid, domain=domain, blocks=blocks,
+                                threshold=threshold)  # fmt: skip
     out = run_stage(client, run, poly_stage, progress=progress)
     if not out.complete:
         return None, {}, out.failed + out.blocked
-    pieces = [out.results[block_name(b)]["pieces"] for b in blocks]
-    polygons = polygons_from_mask(pieces, grid=grid)
+    polygons = polygons_from_mask([out.results[block_name(b)]["pieces"] for b in blocks], grid=grid)
     polygons = polygons.assign(_row=np.arange(len(polygons)))
-    tree = polygons.sindex
-    jobs = []
-    for b in blocks:
-        box = shapely.box(*grid.bounds(grid.block_window(*b)))
-        hit = np.sort(tree.query(box)) if len(polygons) else np.zeros(0, dtype=int)
-        jobs.append(BlockJob(b, args={"polygons": polygons.iloc[hit]}))
-    zonal = Stage(name="zonal", key=key, function=zonal_block, jobs=jobs, resume=False,
-                  params=dict(features=str(features), grid=grid, domain=domain, densities=list(densities)),
-                  upstream=[Upstream("features", key)])  # fmt: skip
+    zonal = zonal_stage(key=key, polygons=polygons, features=features, grid=grid, domain=domain, blocks=blocks,
+                        densities=densities)  # fmt: skip
     out = run_stage(client, run, zonal, progress=progress)
     if not out.complete:
         return None, {}, out.failed + out.blocked
