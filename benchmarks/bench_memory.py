@@ -1,11 +1,11 @@
 """Worker memory of the DEM stages: peak RSS per worker and spill on disk vs observations per epoch.
 
-Builds a cube directly with the cube API (real Zarr shards, no GeoTIFFs): a
-region of ``--blocks``² grid blocks of ``--block`` px, two winters with
-``--obs`` observations each. Every observation covers a random patch of
-``--cover``² blocks of analytic terrain (hills and valleys), shifted by up to
-1.5 px and tilted, with coherence-scaled noise; a reference DEM is the
-unshifted terrain. It then runs the block-wise stages with co-registration on
+Builds a cube directly with the cube API (:func:`rtsflow.synth.patches.patch_cube`:
+real Zarr shards and footprint index, no GeoTIFFs): a region of ``--blocks``²
+grid blocks of ``--block`` px, two winters with ``--obs`` observations each.
+Every observation covers a random patch of ``--cover``² blocks of analytic
+terrain, shifted by up to 1.5 px and tilted, with coherence-scaled noise; the
+reference DEM is the unshifted terrain. It then runs the block-wise stages with co-registration on
 (per-observation fits to the reference, streaming composites, pair fit,
 features) on a 2-worker LocalCluster and samples every worker's RSS (psutil,
 every 0.1 s) and the size of the spill directory.
@@ -30,73 +30,11 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
 import psutil
 from common import print_header
 
-from rtsflow.grid import Grid, Window
-
-CENTRE = (-1_820_000.0, -480_000.0)  # EPSG:3413, Banks Island
-
-
-def terrain(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Analytic terrain (m): rolling hills, incised valleys and a regional slope, defined everywhere."""
-    u, v = x / 1000.0, y / 1000.0
-    z = 120 + 6 * u + 3 * v
-    z += 25 * np.sin(0.9 * u + 0.3 * v) * np.cos(0.7 * v - 0.2 * u)
-    z += 12 * np.sin(2.3 * u - 1.1 * v + 1.0)
-    z -= 18 * np.exp(-((np.sin(0.5 * u + 1.3 * v)) ** 2) / 0.02)  # valleys
-    return z.astype(np.float32)
-
-
-def build_cube(path: Path, *, grid: Grid, blocks: int, n_obs: int, cover: int, seed: int) -> Window:
-    import zarr
-
-    from rtsflow.io import cube as cubeio
-    from rtsflow.io.footprints import append_footprints
-    from rtsflow.kernels.footprint import tile_valid_counts
-
-    b = grid.block_size
-    r0, c0 = grid.pixel_of(*CENTRE)
-    window = Window(int(r0) // b * b, int(c0) // b * b, blocks * b, blocks * b)
-    rng = np.random.default_rng(seed)
-    n = 2 * n_obs
-    winters = np.repeat([2010, 2016], n_obs)
-    t = (np.array([f"{w}-11-15" for w in winters], dtype="datetime64[D]") + rng.integers(0, 120, n))
-    obs = {"time": t.astype("datetime64[ns]"), "hoa": rng.uniform(25, 60, n),
-           "orbit": np.array(["ascending"] * n, dtype=object), "sensor": np.array(["TanDEM-X"] * n, dtype=object),
-           "product_id": np.array([f"obs{i:04d}" for i in range(n)], dtype=object),
-           "kind": np.array(["insar"] * n, dtype=object),
-           "source": np.array(["bench"] * n, dtype=object), "content_hash": np.array(["0" * 64] * n, dtype=object)}
-    cubeio.create_cube(path, grid=grid, window=window, obs=obs)  # fmt: skip
-    entries = []
-    for i in range(n):
-        br, bc = rng.integers(0, blocks - cover + 1, 2)
-        dx, dy = rng.uniform(-1.5, 1.5, 2) * grid.resolution
-        tilt = rng.normal(0, 2e-5, 2)
-        for j in range(br, br + cover):
-            for k in range(bc, bc + cover):
-                w = Window(window.row + j * b, window.col + k * b, b, b)
-                x, y = grid.coords(w)
-                xx, yy = np.meshgrid(x, y)
-                coh = (0.55 + 0.35 * np.cos(xx / 2300.0) * np.sin(yy / 1700.0 + i)).astype(np.float32)
-                sig = np.sqrt(1 - coh**2) / (coh * np.sqrt(8)) * obs["hoa"][i] / (2 * np.pi)
-                dem = terrain(xx - dx, yy - dy) + (tilt[0] * (xx - CENTRE[0]) + tilt[1] * (yy - CENTRE[1]))
-                dem = (dem + rng.normal(0, 1, dem.shape) * sig).astype(np.float32)
-                layers = {"dem": dem, "coherence": coh, "layover_shadow": np.zeros(w.shape, np.float32),
-                          "incidence": np.full(w.shape, 0.6, np.float32)}  # fmt: skip
-                cubeio.write_block(path, obs_index=i, block=w, cube_window=window, layers=layers)
-                counts = tile_valid_counts(dem, row=w.row, col=w.col, tile=grid.tile_size)
-                entries.append(np.column_stack([np.full(len(counts), i), counts]))
-    append_footprints(path, np.concatenate(entries), n_obs=n)
-    zarr.open_group(str(path), mode="r+").attrs[cubeio.COMMITTED_ATTR] = n
-    cubeio.create_static(path, name="reference_dem", dtype="float32", attributes={"long_name": "reference DEM"})
-    for _, part in grid.blocks(window):
-        x, y = grid.coords(part)
-        xx, yy = np.meshgrid(x, y)
-        cubeio.write_static_window(path, name="reference_dem", window=part, cube_window=window,
-                                   values=terrain(xx, yy))  # fmt: skip
-    return window
+from rtsflow.grid import Grid
+from rtsflow.synth.patches import patch_cube
 
 
 class Sampler:
@@ -208,7 +146,7 @@ def main() -> None:
             cube = root / f"cube_{n_obs}.zarr"
             shutil.rmtree(cube, ignore_errors=True)
             t0 = time.perf_counter()
-            build_cube(cube, grid=grid, blocks=args.blocks, n_obs=n_obs, cover=args.cover, seed=n_obs)
+            patch_cube(cube, grid=grid, blocks=args.blocks, obs_per_winter=n_obs, cover=args.cover, seed=n_obs)
             size = _du(cube)
             built = time.perf_counter() - t0
             kinds = ["stages", "baseline"] if args.baseline else ["stages"]

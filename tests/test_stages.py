@@ -219,3 +219,25 @@ def test_cli_run_with_coregistration_logs_no_dask_warning(region, tmp_path):
     # Workers spill (if at all) inside the run directory, never to the system temp dir.
     assert f"workers spill to {out / 'dask-spill'} (at most 4GiB each)" in r.stdout
     assert (out / "dask-spill").is_dir()
+
+
+def test_observations_covering_parts_of_the_region_equal_the_lazy_graph(tmp_path):
+    """Each observation covers a random 2 × 2 of 4 × 4 blocks: composites work on each one's extent only."""
+    from rtsflow.synth.patches import patch_cube
+
+    grid = Grid(resolution=10.0, tile_size=32, block_tiles=4)  # 128-px blocks, 32-px tiles
+    cube = tmp_path / "patches.zarr"
+    patch_cube(cube, grid=grid, blocks=4, obs_per_winter=3, cover=2, seed=3)
+    index = read_footprints(cube, grid=grid, n_obs=6)
+    assert all(len(index.blocks_of(o)) == 4 for o in range(6))  # 4 of the 16 blocks each
+    doc = {"cube": str(cube), "pairs": [list(PAIR)], "model": str(cube), "output": str(tmp_path / "run"),
+           "water": None, "reference": "reference_dem", "coregister": True}  # fmt: skip
+    with _cluster() as lc, Client(lc) as client:
+        run_region(parse_config(doc), client=client, progress=False, upto="features")
+    ds = open_cube(cube)
+    lazy, _ = pair_features(ds, grid=grid, earlier=PAIR[0], later=PAIR[1], reference=ds["reference_dem"])
+    lazy = lazy.compute(scheduler="threads")
+    store = open_features(tmp_path / "run" / f"features_{KEY}.zarr").compute()
+    for name in (*MODEL_BANDS, "quality", "n_obs", "coreg_shift_x", "coreg_status"):
+        np.testing.assert_array_equal(store[name].values, lazy[name].values, err_msg=name)
+    assert np.isfinite(store["ddem"].values).mean() > 0.2

@@ -17,7 +17,7 @@ import xarray as xr
 
 from rtsflow.grid import Grid, Window
 
-__all__ = ["GridStore", "write_block"]
+__all__ = ["GridStore", "block_region", "write_block"]
 
 
 class GridStore:
@@ -63,6 +63,12 @@ class GridStore:
         """``{"y": rows, "x": cols}`` of a window inside the store (for region writes)."""
         ys, xs = window.relative_to(self.window)
         return {"y": ys, "x": xs}
+
+
+def block_region(window: Window, domain: Window) -> dict[str, slice]:
+    """``{"y": rows, "x": cols}`` of a window inside a store that covers ``domain`` (for region writes)."""
+    ys, xs = window.relative_to(domain)
+    return {"y": ys, "x": xs}
 
 
 def write_block(path: str | Path, data: dict[str, tuple[tuple[str, ...], np.ndarray]], *, region: dict) -> None:

@@ -169,6 +169,34 @@ class FootprintIndex:
             out[(br, bc)] = self.obs_in_window(w) if w is not None else np.zeros(0, dtype=np.int64)
         return out
 
+    def extents_in_window(self, window: Window) -> dict[int, Window]:
+        """``{obs: the part of the window its data tiles cover (their bounding box ∩ window)}``."""
+        t = self.grid.tile_size
+        boxes: dict[int, list[int]] = {}
+        for r in range(window.row // t, -(-window.row_stop // t)):
+            for c in range(window.col // t, -(-window.col_stop // t)):
+                for o in self._by_tile.get((r, c), ()):
+                    b = boxes.setdefault(int(o), [r, c, r, c])
+                    b[0], b[1], b[2], b[3] = min(b[0], r), min(b[1], c), max(b[2], r), max(b[3], c)
+        out = {}
+        for o, (r0, c0, r1, c1) in sorted(boxes.items()):
+            box = Window(r0 * t, c0 * t, (r1 - r0 + 1) * t, (c1 - c0 + 1) * t).intersection(window)
+            if box is not None:
+                out[o] = box
+        return out
+
+    def extents_by_block(self, blocks: Iterable[tuple[int, int]], *, halo: int = 0,
+                         domain: Window | None = None) -> dict[tuple[int, int], dict[int, Window]]:  # fmt: skip
+        """``{block: {obs: its data extent within the block ± halo px}}`` (clipped to ``domain``)."""
+        out = {}
+        for br, bc in blocks:
+            w = self.grid.block_window(br, bc)
+            w = Window(w.row - halo, w.col - halo, w.height + 2 * halo, w.width + 2 * halo)
+            if domain is not None:
+                w = w.intersection(domain)
+            out[(br, bc)] = self.extents_in_window(w) if w is not None else {}
+        return out
+
     def blocks_of(self, obs: int) -> list[tuple[int, int]]:
         """Grid blocks in which one observation has data."""
         b = self.grid.block_tiles

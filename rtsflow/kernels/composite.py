@@ -48,8 +48,13 @@ class CompositeAccumulator:
         self.count = np.zeros(shape, dtype=np.int16)
         self.dtype = np.dtype(np.float32)
 
-    def add(self, dem: np.ndarray, sigma: np.ndarray, *, weights: np.ndarray | None = None) -> None:
-        """Add one observation (NaN elevations and non-positive or NaN weights are skipped)."""
+    def add(self, dem: np.ndarray, sigma: np.ndarray, *, weights: np.ndarray | None = None,
+            where: tuple[slice, slice] | None = None) -> None:  # fmt: skip
+        """Add one observation (NaN elevations and non-positive or NaN weights are skipped).
+
+        ``where`` places a smaller array (an observation that covers part of the
+        window) at those slices; elsewhere it counts as missing.
+        """
         dem = np.asarray(dem)
         self.dtype = np.result_type(self.dtype, dem.dtype, np.float32)
         w = composite_weights(sigma, weights, method=self.method)
@@ -59,10 +64,11 @@ class CompositeAccumulator:
         w = np.where(valid, w, 0.0)
         h = np.where(valid, dem, 0.0).astype(np.float64)
         s = np.where(valid, sigma, 0.0).astype(np.float64)
-        self.sum_w += w
-        self.sum_wh += w * h
-        self.sum_w2s2 += w * w * s * s
-        self.count += valid
+        at = where if where is not None else (Ellipsis,)
+        self.sum_w[at] += w
+        self.sum_wh[at] += w * h
+        self.sum_w2s2[at] += w * w * s * s
+        self.count[at] += valid
 
     def result(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(composite, sigma, count)``: NaN (count 0) where no observation was valid."""

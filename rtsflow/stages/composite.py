@@ -22,7 +22,7 @@ import numpy as np
 from rtsflow.graph.coreg import CoregConfig
 from rtsflow.graph.dem import CompositeConfig
 from rtsflow.grid import Grid, Window
-from rtsflow.io.blocks import GridStore, write_block
+from rtsflow.io.blocks import GridStore, block_region, write_block
 from rtsflow.io.footprints import FootprintIndex
 from rtsflow.kernels.composite import CompositeAccumulator
 from rtsflow.kernels.coreg import apply_fit, fit_block, resolve_fallbacks
@@ -34,7 +34,8 @@ from rtsflow.stages.stores import FitStore, GridVariable, create_fit_store, crea
 
 __all__ = ["composite_block", "composite_stage", "coreg_halo", "coreg_obs_stage", "fit_observations"]
 
-#: (store position, product id, kind, HoA) of one observation, as a job carries it.
+#: (store position, product id, kind, HoA) of one observation, as a plan lists it; a job adds
+#: the extent ``(row, col, height, width)`` of the observation's data tiles in the block ± halo.
 ObsMeta = tuple[int, str, str, float]
 
 
@@ -49,7 +50,7 @@ def _grow(window: Window, px: int) -> Window:
 
 def _observation(cube: GridStore, meta: ObsMeta, window: Window, *, config: CompositeConfig):
     """Masked DEM, σ and weight of one observation over ``window`` (as the lazy graph computes them)."""
-    index, _, kind, hoa = meta
+    index, _, kind, hoa = meta[:4]
     sel = {"obs": index}
     dem = cube.read("dem", window, index=sel)
     if kind == "insar":
@@ -136,22 +137,29 @@ def composite_block(
     store = GridStore(cube, grid=grid, domain=domain)
     win = grid.block_window(*block)
     halo = coreg_halo(coreg) if fits else 0
-    read = _grow(win, halo)
     acc = CompositeAccumulator(win.shape, method=composite.method)
     # The 3 x 3 neighbourhood of fits is read once for all the block's observations.
     resolved = resolved_fits(FitStore(fits), block, [m[1] for m in obs]) if fits else None
-    inner = (slice(halo, halo + win.height), slice(halo, halo + win.width))
     for meta in obs:
+        # Work only where the observation can reach: its data tiles grown by the halo a shift may pull
+        # from (pixels beyond get no data from it whatever the fit, so the sums are the same as over
+        # the whole block; the ramp stays block-relative through ``origin``).
+        core = _grow(Window(*meta[4]), halo).intersection(win)
+        if core is None:
+            continue
+        read = _grow(core, halo)
         dem, sigma, weight, _ = _observation(store, meta, read, config=composite)
+        inner = (slice(halo, halo + core.height), slice(halo, halo + core.width))
         if resolved is not None:
-            dem = apply_fit(dem, resolved[meta[1]], resolution=grid.resolution, origin=(0, 0), halo=halo)
+            dem = apply_fit(dem, resolved[meta[1]], resolution=grid.resolution,
+                            origin=(core.row - win.row, core.col - win.col), halo=halo)  # fmt: skip
         else:
             dem = dem[inner]
-        acc.add(dem, sigma[inner], weights=weight[inner])
+        acc.add(dem, sigma[inner], weights=weight[inner], where=core.relative_to(win))
     h, sigma, count = acc.result()
     write_block(out, {"dem": (("y", "x"), h.astype(np.float32)), "sigma": (("y", "x"), sigma.astype(np.float32)),
                       "n_obs": (("y", "x"), count.astype(np.int16))},
-                region=GridStore(out, grid=grid).block_slices(win))  # fmt: skip
+                region=block_region(win, domain))  # fmt: skip
     return {"n_valid": int(np.isfinite(h).sum()), "n_obs": len(obs)}
 
 
@@ -160,13 +168,15 @@ def _obs_jobs(blocks, footprints: FootprintIndex, selected: dict[int, ObsMeta], 
 
     Blocks that no observation of the epoch touches are returned as skipped (never submitted).
     """
-    found = footprints.obs_by_block(blocks, halo=halo, domain=domain)
+    found = footprints.extents_by_block(blocks, halo=halo, domain=domain)
     rank = {o: k for k, o in enumerate(selected)}  # acquisition order
     jobs, skip = [], {}
     for blk in blocks:
-        mine = sorted((int(o) for o in found[blk] if int(o) in selected), key=rank.__getitem__)
+        extents = found[blk]
+        mine = sorted((o for o in extents if o in selected), key=rank.__getitem__)
         if mine:
-            jobs.append(BlockJob(block=blk, args={"obs": [selected[o] for o in mine]}))
+            obs = [(*selected[o], (e.row, e.col, e.height, e.width)) for o in mine for e in [extents[o]]]
+            jobs.append(BlockJob(block=blk, args={"obs": obs}))
         else:
             skip[blk] = "no observation of the epoch in the block"
     return jobs, skip

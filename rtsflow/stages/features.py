@@ -19,7 +19,7 @@ import xarray as xr
 
 from rtsflow.graph.coreg import _FIT_DOC, CoregConfig
 from rtsflow.grid import Grid, Window
-from rtsflow.io.blocks import GridStore, write_block
+from rtsflow.io.blocks import GridStore, block_region, write_block
 from rtsflow.kernels.coreg import FIT_FIELDS, STATUS, apply_fit, fit_block, resolve_fallbacks
 from rtsflow.kernels.ddem import ddem as ddem_kernel
 from rtsflow.kernels.ddem import ddem_norm as ddem_norm_kernel
@@ -122,7 +122,7 @@ def features_block(
         "water": (yx, water_mask),
         "n_obs": (("winter", "y", "x"), np.stack([n1, n2]).astype(np.int16)),
     }
-    region = GridStore(out, grid=grid).block_slices(win)
+    region = block_region(win, domain)
     if fit is not None:
         b = grid.block_size
         by, bx = block[0] - domain.row // b, block[1] - domain.col // b

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from rtsflow.grid import Grid, Window
-from rtsflow.io.blocks import GridStore, write_block
+from rtsflow.io.blocks import GridStore, block_region, write_block
 from rtsflow.model.checkpoint import ModelSpec
 from rtsflow.stages.base import BlockJob, Stage, Upstream
 from rtsflow.stages.composite import _grow
@@ -53,7 +53,7 @@ def probability_block(
     prob = predict_block(stack, spec=spec, halo=halo, tile=tile, pad=pad, origin=(win.row, win.col),
                          chunk_starts=((0,), (0,)), batch_size=batch_size, device=device,
                          precision=precision)[pad:-pad, pad:-pad]  # fmt: skip
-    write_block(out, {"probability": (("y", "x"), prob)}, region=GridStore(out, grid=grid).block_slices(win))
+    write_block(out, {"probability": (("y", "x"), prob)}, region=block_region(win, domain))
     return {"n_valid": int(np.isfinite(prob).sum())}
 
 
