@@ -57,7 +57,7 @@ def prepare_region(out: Path, config: SynthConfig, *, force: bool = False, say=p
     cube = out / "cube.zarr"
     if force and cube.exists():
         shutil.rmtree(cube)
-    report = ingest(region.products, cube=cube)
+    report = ingest(region.products, cube=cube, progress=True)
     present = zarr.open_group(str(cube), mode="r")
     if "water" not in present:  # stand-in for a real surface-water product
         ingest_mask(region.truth_rasters["water"], cube=cube, name="water")
@@ -119,7 +119,7 @@ def _train(out: Path, feats_path: Path, labels: Path, key: dict, *, say) -> Path
     model = out / "model"
     say(f"model: training {DEMO_CONFIG.architecture} ({DEMO_CONFIG.encoder}) on the training region")
     result = run_training(
-        features=[feats_path], labels=[labels], out=model, config=DEMO_CONFIG, overwrite=True, progress=False
+        features=[feats_path], labels=[labels], out=model, config=DEMO_CONFIG, overwrite=True, progress=True
     )
     record_path = model / "rtsflow_model.json"
     record = json.loads(record_path.read_text())
@@ -187,7 +187,7 @@ def run_demo(
             base=out,
             source="demo config",
         )
-        result = run_region(run_config, client=client, force=force or retrained, progress=False)
+        result = run_region(run_config, client=client, force=force or retrained, progress=True)
     summary = result.pairs[f"{pair[0]}_{pair[1]}"]
     m = summary.get("metrics", {})
     years = summary["years"]

@@ -147,7 +147,7 @@ def run_region(
 
     ``upto="features"`` (or ``"probability"``) stops after that stage (no model needed for features).
     """
-    from rtsflow.cluster import connect, gpu_resources
+    from rtsflow.cluster import connect, gpu_workers
     from rtsflow.model.checkpoint import read_record
 
     if upto not in UPTO:
@@ -175,15 +175,27 @@ def run_region(
             from rtsflow.ingest import ingest
 
             t0 = time.perf_counter()
-            rep = ingest(list(config.products), cube=config.cube)
+            rep = ingest(list(config.products), cube=config.cube, progress=progress)
             rd.timing("ingest", time.perf_counter() - t0)
             say(f"ingest: {len(rep.added)} added, {len(rep.skipped)} already present", flush=True)
         plan = plan_region(config, say=say)
         say(f"domain: {len(plan.blocks)} block(s) of {plan.grid.block_size}² px; epochs "
             f"{', '.join(f'{e} ({len(plan.selected[e])} obs)' for e in plan.epochs)}", flush=True)  # fmt: skip
         composites = _run_epochs(cl, rd, config, plan, result, say, progress)
-        for pair in config.pairs:
-            _run_pair(cl, rd, config, plan, pair, composites, result, gpu_resources(cl), say, progress, upto)
+        features = {tuple(p): _run_features(cl, rd, config, plan, p, composites, result, say, progress)
+                    for p in config.pairs}  # fmt: skip
+        ready = [p for p, path in features.items() if path is not None]
+        if upto != "features" and ready:
+            # GPU workers (jobqueue GPU jobs are requested here and released after) for every pair at once.
+            pending = [p for p in ready if len(rd.done("probability", _pair_key(p))) < len(plan.blocks)]
+            with gpu_workers(cl, needed=bool(pending), say=say) as (gpu_client, resources):
+                probabilities = {p: _run_probability(gpu_client, rd, config, plan, p, features[p], result, resources,
+                                                     say, progress) for p in ready}  # fmt: skip
+            if upto is None:
+                for p, ppath in probabilities.items():
+                    if ppath is not None:
+                        result.pairs[_pair_key(p)] = _reduce_pair(cl, rd, config, plan, p, features[p], ppath, say,
+                                                                  progress, result)  # fmt: skip
     if result.failed:
         raise RunIncomplete(
             f"{len(result.failed)} block(s) failed or wait for failed blocks (see {rd.status_path}); "
@@ -232,13 +244,12 @@ def _run_epochs(client, rd, config: RunConfig, plan: RegionPlan, result, say, pr
     return stores
 
 
-def _run_pair(client, rd, config: RunConfig, plan: RegionPlan, pair, composites, result, gpu, say,
-              progress: bool, upto: str | None) -> None:  # fmt: skip
+def _run_features(client, rd, config: RunConfig, plan: RegionPlan, pair, composites, result, say,
+                  progress: bool) -> Path | None:  # fmt: skip
+    """The pair's co-registration and features stages; the features store, or ``None`` if blocks are missing."""
     from rtsflow.graph.coreg import CoregConfig
-    from rtsflow.model.checkpoint import ModelSpec, read_record
-    from rtsflow.stages.base import block_name, run_stage
+    from rtsflow.stages.base import run_stage
     from rtsflow.stages.features import coreg_pair_stage, features_stage
-    from rtsflow.stages.probability import probability_stage
 
     key = _pair_key(pair)
     common = dict(pair=tuple(pair), grid=plan.grid, domain=plan.domain, blocks=plan.blocks)
@@ -253,10 +264,19 @@ def _run_pair(client, rd, config: RunConfig, plan: RegionPlan, pair, composites,
     stage = features_stage(cube=plan.cube, composites=composites, water=plan.water, coreg=coreg, fits=fits,
                            years=_years(plan, pair, config.epoch), selection=plan.selection, out=fpath,
                            **common)  # fmt: skip
-    _record(result, run_stage(client, rd, stage, progress=progress), say)
-    if upto == "features":
-        return
+    outcome = run_stage(client, rd, stage, progress=progress)
+    _record(result, outcome, say)
+    return fpath if len(rd.done("features", key)) == len(plan.blocks) else None
 
+
+def _run_probability(client, rd, config: RunConfig, plan: RegionPlan, pair, fpath: Path, result, resources, say,
+                     progress: bool) -> Path | None:  # fmt: skip
+    """The pair's probability stage; the probability store, or ``None`` if blocks are missing."""
+    from rtsflow.model.checkpoint import ModelSpec, read_record
+    from rtsflow.stages.base import block_name, run_stage
+    from rtsflow.stages.probability import probability_stage
+
+    key = _pair_key(pair)
     record = read_record(config.model)
     spec = ModelSpec(path=config.model, sha256=record["weights_sha256"])
     status = rd.status()
@@ -264,14 +284,12 @@ def _run_pair(client, rd, config: RunConfig, plan: RegionPlan, pair, composites,
     empty = {b for b in plan.blocks if block_name(b) in set(rows.block[rows.n_valid.astype(str) == "0"])}
     inf = config.inference
     ppath = rd.path / f"probability_{key}.zarr"
-    stage = probability_stage(features=fpath, spec=spec, record=record, halo=inf.halo, batch_size=inf.batch_size,
-                              device=inf.device, precision=inf.precision, dtype=inf.dtype, resources=gpu,
-                              out=ppath, skip=sorted(empty), **common)  # fmt: skip
-    outcome = run_stage(client, rd, stage, progress=progress)
-    _record(result, outcome, say)
-    if upto == "probability" or not outcome.complete or len(rd.done("probability", key)) < len(plan.blocks):
-        return
-    result.pairs[key] = _reduce_pair(client, rd, config, plan, pair, fpath, ppath, say, progress, result)
+    stage = probability_stage(pair=tuple(pair), grid=plan.grid, domain=plan.domain, blocks=plan.blocks,
+                              features=fpath, spec=spec, record=record, halo=inf.halo, batch_size=inf.batch_size,
+                              device=inf.device, precision=inf.precision, dtype=inf.dtype, resources=resources,
+                              out=ppath, skip=sorted(empty))  # fmt: skip
+    _record(result, run_stage(client, rd, stage, progress=progress), say)
+    return ppath if len(rd.done("probability", key)) == len(plan.blocks) else None
 
 
 def _density_specs(config: RunConfig, plan: RegionPlan):

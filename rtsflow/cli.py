@@ -11,7 +11,10 @@ import numpy as np
 
 from rtsflow import __version__
 
-CLUSTER_HELP = "'local' (embedded LocalCluster, default) or a scheduler address such as tcp://host:8786."
+CLUSTER_HELP = (
+    "Where to run: 'local' (embedded LocalCluster, default), 'slurm' or 'pbs' (a dask-jobqueue profile from "
+    "cluster/profiles/), a profile YAML path, or a scheduler address such as tcp://host:8786."
+)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -110,7 +113,7 @@ def ingest_cmd(products, cube, bbox, bbox_crs, resolution, cluster, workers) -> 
     region = grid.region_from_bounds(tuple(bbox), crs=bbox_crs) if bbox else None
     try:
         with connect(cluster, n_workers=workers):
-            report = ingest(list(products), cube=cube, grid=grid, region=region)
+            report = ingest(list(products), cube=cube, grid=grid, region=region, progress=True)
     except ProductError as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(2)

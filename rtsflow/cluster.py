@@ -2,15 +2,19 @@
 
 A jobqueue profile is a YAML file (templates in the repository's
 ``cluster/profiles/``) with a ``cpu`` and an optional ``gpu`` section of
-``SLURMCluster``/``PBSCluster`` arguments. CPU jobs and GPU jobs share one
-scheduler; GPU workers are started with ``--resources GPU=1`` so the
-inference stage can be routed to them.
+``SLURMCluster``/``PBSCluster`` arguments plus how to scale (``jobs: N`` or
+``adapt: {minimum, maximum}``). CPU jobs serve the DEM and reduction stages
+from the first job that starts; GPU jobs form a cluster of their own (stages
+exchange data through stores, not through the scheduler), requested when the
+inference stage is reached (``when: inference``, the default, or ``when:
+start``) and released after it. Only the public dask-jobqueue API is used.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,7 +23,7 @@ import psutil
 import yaml
 from distributed import Client, LocalCluster
 
-__all__ = ["connect", "gpu_resources", "jobqueue_cluster", "load_profile", "local_cluster"]
+__all__ = ["connect", "gpu_resources", "gpu_workers", "jobqueue_cluster", "load_profile", "local_cluster"]
 
 PROFILE_DIRS = (Path.cwd() / "cluster" / "profiles", Path(__file__).resolve().parents[1] / "cluster" / "profiles")
 JOBQUEUE_KINDS = ("slurm", "pbs")
@@ -103,12 +107,18 @@ def connect(
     """
     if cluster.endswith((".yaml", ".yml")) or cluster in JOBQUEUE_KINDS:
         profile = load_profile(cluster)
-        jq_cluster = jobqueue_cluster(profile, local_directory=local_directory, max_spill=max_spill)
-        with jq_cluster as jq, Client(jq) as client:
-            _wait_for_profile(client, profile)
+        spill = {"local_directory": local_directory, "max_spill": max_spill}
+        cpu = jobqueue_cluster(profile, section="cpu", **spill)
+        with cpu, Client(cpu) as client:
+            _SESSIONS[client] = _Session(profile=profile, spill=spill)
             if not quiet:
                 print(f"dask dashboard: {client.dashboard_link}", flush=True)
-            yield client
+            try:
+                if (profile.get("gpu") or {}).get("when") == "start":
+                    _SESSIONS[client].open_gpu(quiet=quiet)
+                yield client  # CPU jobs arrive as the queue starts them; work begins on the first one
+            finally:
+                _SESSIONS.pop(client).close_gpu()
     elif cluster == "local":
         fresh = local_directory is not None and not Path(local_directory).exists()
         try:
@@ -151,17 +161,39 @@ def load_profile(name_or_path: str | Path) -> dict:
     if not isinstance(doc.get("cpu"), dict):
         raise ValueError(f"{path}: missing the 'cpu' section (SLURMCluster/PBSCluster arguments)")
     for section in ("cpu", "gpu"):
-        if section in doc and doc[section] is not None:
-            jobs = doc[section].get("jobs", 1)
-            if not isinstance(jobs, int) or jobs < 0:
-                raise ValueError(f"{path}: {section}.jobs must be an integer >= 0, got {jobs!r}")
+        part = doc.get(section)
+        if part is None:
+            continue
+        jobs = part.get("jobs", 1)
+        if not isinstance(jobs, int) or jobs < 0:
+            raise ValueError(f"{path}: {section}.jobs must be an integer >= 0, got {jobs!r}")
+        if "adapt" in part:
+            adapt = part["adapt"]
+            if "jobs" in part:
+                raise ValueError(f"{path}: {section}: give either jobs (fixed) or adapt (minimum/maximum), not both")
+            if not isinstance(adapt, dict) or set(adapt) - {"minimum", "maximum"} or not all(
+                isinstance(v, int) and v >= 0 for v in adapt.values()
+            ) or adapt.get("minimum", 0) > adapt.get("maximum", 1):
+                raise ValueError(f"{path}: {section}.adapt: expected {{minimum: M, maximum: N}} with 0 <= M <= N, "
+                                 f"got {adapt!r}")  # fmt: skip
+        if section == "gpu" and part.get("when", "inference") not in ("inference", "start"):
+            raise ValueError(f"{path}: gpu.when: expected 'inference' or 'start', got {part['when']!r}")
     doc["source"] = str(path)
     return doc
 
 
-def jobqueue_cluster(profile: dict, *, local_directory: str | Path | None = None, max_spill: str | None = None):
-    """Start a dask-jobqueue cluster from a profile: CPU jobs, plus GPU jobs on the same scheduler.
+#: Keys of a profile section that rtsflow reads (everything else goes to the jobqueue cluster class).
+SECTION_KEYS = ("jobs", "adapt", "when")
 
+
+def jobqueue_cluster(profile: dict, *, section: str = "cpu", local_directory: str | Path | None = None,
+                     max_spill: str | None = None):  # fmt: skip
+    """A dask-jobqueue cluster for one section (``cpu`` or ``gpu``) of a profile, scaled as it says.
+
+    ``jobs: N`` asks for N batch jobs; ``adapt: {minimum: 0, maximum: N}`` lets the
+    cluster follow the work (idle jobs are released). Nothing waits for jobs to
+    start: tasks queue on the scheduler until workers arrive. GPU workers are
+    tagged ``--resources GPU=1`` (added to ``worker_extra_args`` when missing).
     Sections without their own ``local_directory`` spill to ``local_directory``;
     ``max_spill`` is exported to every job's workers.
     """
@@ -169,26 +201,76 @@ def jobqueue_cluster(profile: dict, *, local_directory: str | Path | None = None
 
     cls = {"slurm": dask_jobqueue.SLURMCluster, "pbs": dask_jobqueue.PBSCluster}[profile["kind"]]
     sched = dict(profile.get("scheduler") or {})
-    sched.pop("wait_timeout", None)
+    sched.pop("wait_timeout", None)  # accepted from older profiles; nothing waits any more
     dashboard = sched.pop("dashboard_address", ":8787")
+    if section == "gpu" and dashboard not in (None, ":0"):
+        dashboard = ":0"  # the GPU cluster has its own scheduler: any free port
     interface = sched.pop("interface", None)
-    cpu = _with_spill(profile["cpu"], local_directory, max_spill)
-    cpu_jobs = cpu.pop("jobs", 1)
-    cluster = cls(**cpu, interface=interface, scheduler_options={"dashboard_address": dashboard, **sched})
-    cluster.scale(jobs=cpu_jobs)
-    gpu = _with_spill(profile.get("gpu") or {}, local_directory, max_spill) if profile.get("gpu") else {}
-    gpu_jobs = gpu.pop("jobs", 0) if gpu else 0
-    if gpu_jobs:
-        # Heterogeneous jobs on one scheduler: extra worker specs with the GPU job's options.
-        options = {**cluster._job_kwargs, **gpu}
-        for k in range(gpu_jobs):
-            spec = {"cls": cluster.job_cls, "options": options}
-            if options.get("processes", 1) > 1:
-                spec["group"] = [f"-{i}" for i in range(options["processes"])]
-            cluster.worker_spec[f"gpu-{k}"] = spec
-        cluster.sync(cluster._correct_state)
-    log.info("jobqueue cluster from %s:\n%s", profile.get("source"), cluster.job_script())
+    options = _with_spill(profile[section], local_directory, max_spill)
+    scaling = {k: options.pop(k) for k in SECTION_KEYS if k in options}
+    if section == "gpu":
+        extra = list(options.get("worker_extra_args") or [])
+        if "--resources" not in extra:
+            options["worker_extra_args"] = [*extra, "--resources", "GPU=1"]
+    cluster = cls(**options, name=f"rtsflow-{section}", interface=interface,
+                  scheduler_options={"dashboard_address": dashboard, **sched})  # fmt: skip
+    if "adapt" in scaling:
+        adapt = scaling["adapt"] or {}
+        cluster.adapt(minimum_jobs=int(adapt.get("minimum", 0)), maximum_jobs=int(adapt.get("maximum", 1)))
+    else:
+        cluster.scale(jobs=int(scaling.get("jobs", 1)))
+    log.info("jobqueue %s cluster from %s:\n%s", section, profile.get("source"), cluster.job_script())
     return cluster
+
+
+class _Session:
+    """The GPU side of a jobqueue session: its own cluster, opened for inference and closed after."""
+
+    def __init__(self, *, profile: dict, spill: dict) -> None:
+        self.profile, self.spill = profile, spill
+        self.cluster = None
+        self.client: Client | None = None
+
+    def open_gpu(self, *, quiet: bool = False) -> Client:
+        if self.client is None:
+            self.cluster = jobqueue_cluster(self.profile, section="gpu", **self.spill)
+            self.client = Client(self.cluster)
+            if not quiet:
+                print(f"dask dashboard (GPU workers): {self.client.dashboard_link}", flush=True)
+        return self.client
+
+    def close_gpu(self) -> None:
+        if self.client is not None:
+            self.client.close()
+            self.cluster.close()  # cancels the GPU jobs
+            self.client = self.cluster = None
+
+
+_SESSIONS: weakref.WeakKeyDictionary[Client, _Session] = weakref.WeakKeyDictionary()
+
+
+@contextmanager
+def gpu_workers(client: Client, *, needed: bool = True, say=print) -> Iterator[tuple[Client, dict | None]]:
+    """``(client, resources)`` for the inference stage.
+
+    On a jobqueue session whose profile has a ``gpu`` section, GPU jobs are
+    requested here (unless ``when: start`` asked for them with the CPU jobs) and
+    released when the block ends; the stage runs on their cluster. Otherwise the
+    same client, with ``{"GPU": 1}`` when some of its workers are tagged GPU.
+    """
+    session = _SESSIONS.get(client)
+    if session is None or not session.profile.get("gpu") or not needed:
+        yield client, gpu_resources(client)
+        return
+    opened_here = session.client is None
+    gpu = session.open_gpu()
+    say("GPU jobs requested for inference (they are released after it)", flush=True)
+    try:
+        yield gpu, {"GPU": 1}
+    finally:
+        if opened_here:
+            session.close_gpu()
+            say("GPU jobs released", flush=True)
 
 
 def _remove_empty(directory: Path) -> None:
@@ -215,15 +297,6 @@ def _with_spill(section: dict, local_directory, max_spill) -> dict:
         env = f"export DASK_DISTRIBUTED__WORKER__MEMORY__MAX_SPILL={int(parse_bytes(max_spill))}"
         out["job_script_prologue"] = [*out.get("job_script_prologue", []), env]
     return out
-
-
-def _wait_for_profile(client: Client, profile: dict) -> None:
-    timeout = (profile.get("scheduler") or {}).get("wait_timeout", 600)
-    cpu = profile["cpu"]
-    n_cpu = cpu.get("jobs", 1) * cpu.get("processes", 1)
-    gpu = profile.get("gpu") or {}
-    n_gpu = gpu.get("jobs", 0) * gpu.get("processes", 1)
-    client.wait_for_workers(n_cpu + n_gpu, timeout=timeout)
 
 
 def gpu_resources(client: Client | None = None) -> dict | None:

@@ -126,6 +126,25 @@ def prepare_product(
     return PreparedProduct(product, content_hash, layers, footprint)
 
 
+def _compute(tasks: list, *, scheduler, desc: str, unit: str, progress: bool) -> list:
+    """``dask.compute`` of delayed tasks, with a progress bar on a distributed client (results in order)."""
+    if not progress or scheduler is not None:
+        return list(dask.compute(*tasks, scheduler=scheduler))
+    try:
+        from distributed import as_completed, default_client
+
+        client = default_client()
+    except (ImportError, ValueError):
+        return list(dask.compute(*tasks))
+    from rtsflow.progress import progress_bar
+
+    futures = client.compute(tasks)
+    with progress_bar(total=len(futures), desc=desc, unit=unit) as bar:
+        for _ in as_completed(futures):
+            bar.update()
+    return client.gather(futures)
+
+
 def _catch(fn, *args, **kwargs):
     """Run ``fn`` and return ``(result, None)`` or ``(None, exception)``.
 
@@ -217,6 +236,7 @@ def ingest(
     grid: Grid = DEFAULT_GRID,
     region: Window | None = None,
     scheduler: str | None = None,
+    progress: bool = False,
 ) -> IngestReport:
     """Ingest product sidecars into an observation cube, in parallel on the current Dask scheduler.
 
@@ -234,6 +254,8 @@ def ingest(
     scheduler
         Passed to :func:`dask.compute`; ``None`` uses the active
         ``distributed.Client`` if there is one, else threads.
+    progress
+        Report progress (products checked, blocks written) as bars or log lines.
 
     Returns
     -------
@@ -261,10 +283,10 @@ def ingest(
     existing: dict[str, str] = {}
     if exists:
         existing = dict(zip(info.product_ids, info.content_hashes, strict=True))
-    results = dask.compute(
-        *[dask.delayed(_catch)(prepare_product, p, grid=grid, present=existing) for p in products],
-        scheduler=scheduler,
-    )
+    results = _compute(
+        [dask.delayed(_catch)(prepare_product, p, grid=grid, present=existing) for p in products],
+        scheduler=scheduler, desc="ingest: checking products", unit="product", progress=progress,
+    )  # fmt: skip
     errors = [e for _, e in results if e is not None]
     if errors:
         for e in errors[1:]:
@@ -354,7 +376,7 @@ def ingest(
                         block=block,
                     )
                 )
-        results = dask.compute(*tasks, scheduler=scheduler)
+        results = _compute(tasks, scheduler=scheduler, desc="ingest: writing", unit="block", progress=progress)
         errors = [e for _, e in results if e is not None]
         if errors:
             raise errors[0]

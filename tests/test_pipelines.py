@@ -268,34 +268,88 @@ def _slurm_available() -> str | None:
     return None
 
 
+class _Squeue:
+    """Samples ``squeue`` (job name and state) every 0.3 s in a thread: what the queue looked like when."""
+
+    def __init__(self):
+        self.samples: list[tuple[float, list[tuple[str, str]]]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        while not self._stop.is_set():
+            out = subprocess.run(["squeue", "-h", "-o", "%j|%T"], capture_output=True, text=True).stdout
+            jobs = [tuple(line.split("|", 1)) for line in out.split()]
+            self.samples.append((time.time(), jobs))
+            self._stop.wait(0.3)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+    def times(self, name: str, state: str | None = None) -> list[float]:
+        return [t for t, jobs in self.samples if any(n == name and (state is None or s == state) for n, s in jobs)]
+
+
 @pytest.mark.slow
-def test_slurm_jobqueue_run_equals_local_and_routes_inference(setup, reference, tmp_path):
-    """A real one-node SLURM: one CPU job and one GPU-tagged job (dask_jobqueue.SLURMCluster) run the pipeline."""
+def test_slurm_run_starts_on_the_first_job_and_requests_gpu_jobs_only_for_inference(setup, reference, tmp_path):
+    """A real one-node SLURM with one core taken by another job (a busy queue).
+
+    The CPU cluster adapts up to 2 jobs but only 1 can run: the run starts on it and finishes without
+    the second. The GPU-tagged job is requested when the inference stage starts, released after it,
+    and only inference runs on it. The output equals the LocalCluster run's.
+    """
     reason = _slurm_available()
     if reason:
         pytest.skip(f"no SLURM: {reason}")
-    from rtsflow.cluster import connect
-    from rtsflow.model.inference import load_count
+    from datetime import datetime
 
     profile = yaml.safe_load((ROOT / "cluster" / "profiles" / "slurm.yaml").read_text())
-    profile["scheduler"].update(interface="lo", dashboard_address=None, wait_timeout=180)
-    for section in ("cpu", "gpu"):  # the template, sized for a 2-core test node without GPUs
-        profile[section].update(jobs=1, cores=1, processes=1, memory="4GiB", queue="debug", walltime="00:20:00",
+    profile["scheduler"].update(interface="lo", dashboard_address=None)
+    for section in ("cpu", "gpu"):  # the template, sized for the test node without GPUs
+        profile[section].update(cores=1, processes=1, memory="3GiB", queue="debug", walltime="00:20:00",
                                 local_directory=str(tmp_path), log_directory=str(tmp_path))  # fmt: skip
+    profile["cpu"]["adapt"] = {"minimum": 0, "maximum": 2}
     profile["gpu"]["job_extra_directives"] = []  # no GRES on the test node; the worker is tagged GPU=1
     path = tmp_path / "slurm.yaml"
     path.write_text(yaml.safe_dump(profile))
+    cores = int(subprocess.run(["sinfo", "-h", "-o", "%c"], capture_output=True, text=True).stdout.split()[0])
+    blocker = subprocess.run(["sbatch", "-J", "blocker", "-c", str(cores - 1), "-o", "/dev/null", "--wrap",
+                              "sleep 1200"], capture_output=True, text=True, check=True).stdout.split()[-1]
     run = tmp_path / "slurm_run"
-    with connect(str(path), quiet=True) as client:
-        workers = client.scheduler_info(n_workers=-1)["workers"]
-        assert len(workers) == 2
-        gpu = [a for a, w in workers.items() if w.get("resources", {}).get("GPU")]
-        assert len(gpu) == 1
-        jobs = subprocess.run(["squeue", "-h", "-o", "%j"], capture_output=True, text=True).stdout.split()
-        assert len(jobs) == 2  # two real SLURM jobs
-        run_region(_config(setup, run), client=client, progress=False)
-        loads = client.run(load_count)
-    assert loads[gpu[0]] == 1 and all(n == 0 for a, n in loads.items() if a != gpu[0])
+    try:
+        with _Squeue() as queue:
+            run_region(_config(setup, run), cluster=str(path), progress=False)
+    finally:
+        subprocess.run(["scancel", blocker], check=False)
+    status = pd.read_csv(run / "status.csv", keep_default_na=False, dtype=str)
+
+    def when(rows):
+        return [datetime.fromisoformat(t).timestamp() for t in rows.finished_at]
+
+    # Two CPU jobs were requested and one ran at a time: the run never waited for the second.
+    both = [t for t, jobs in queue.samples
+            if sorted(s for n, s in jobs if n == "rtsflow-cpu") == ["PENDING", "RUNNING"]]  # fmt: skip
+    assert both, "never saw one CPU job running while a second one was pending"
+    assert max(sum(1 for n, s in jobs if n == "rtsflow-cpu" and s == "RUNNING") for _, jobs in queue.samples) == 1
+    first_done = min(when(status[status.status == "done"]))
+    assert any(t <= first_done for t in both)  # work was done while the second job still waited
+    # The GPU job exists only around the inference stage, and only inference ran on it.
+    gpu_seen = queue.times("rtsflow-gpu")
+    assert gpu_seen, "no GPU job was requested"
+    features_end = max(when(status[status.stage == "features"]))
+    prob = status[status.stage == "probability"]
+    polygons_start = min(when(status[status.stage == "polygons"]))
+    assert min(gpu_seen) >= features_end - 1  # requested only once the features were done (1 s: timestamps)
+    assert max(gpu_seen) <= polygons_start + 1  # and released before the reduction
+    done = prob[prob.status == "done"]
+    assert len(done) and done.worker.str.startswith("rtsflow-gpu").all()
+    others = status[(status.stage != "probability") & (status.block != "all") & (status.status == "done")]
+    assert others.worker.str.startswith("rtsflow-cpu").all()
     _assert_same_outputs(run, reference.run)
 
 

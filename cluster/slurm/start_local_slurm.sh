@@ -4,9 +4,6 @@
 # Idempotent: returns at once when the local cluster already answers. Exit 3: cannot install.
 set -euo pipefail
 
-if sinfo -h -o %T 2>/dev/null | grep -Eq "idle|mix|alloc"; then
-  exit 0
-fi
 if ! command -v slurmctld >/dev/null || ! command -v munged >/dev/null; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     export DEBIAN_FRONTEND=noninteractive
@@ -28,9 +25,10 @@ chown -R munge:munge /etc/munge /run/munge 2>/dev/null || true
 chmod 0400 /etc/munge/munge.key
 pgrep -x munged >/dev/null || munged --force
 
-CPUS=$(nproc)
+CPUS=$(nproc --all)  # not `nproc`: it follows OMP_NUM_THREADS, which Dask sets to 1
 MEM_MB=$(( $(awk '/MemTotal/ {print $2}' /proc/meminfo) / 1024 - 1024 ))
-cat > "$CONF_DIR/slurm.conf" <<CONF
+# Cores are consumable and not shared, as on a real cluster: a job that asks for a core waits for one.
+cat > "$CONF_DIR/slurm.conf.new" <<CONF
 ClusterName=rtsflow-local
 SlurmctldHost=localhost(127.0.0.1)
 SlurmUser=root
@@ -54,12 +52,20 @@ JobCompType=jobcomp/none
 AccountingStorageType=accounting_storage/none
 JobAcctGatherType=jobacct_gather/none
 NodeName=localhost NodeAddr=127.0.0.1 CPUs=$CPUS RealMemory=$MEM_MB State=UNKNOWN
-PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP OverSubscribe=FORCE:4
+PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO
 CONF
 rm -f "$CONF_DIR/cgroup.conf"
-
-pgrep -x slurmctld >/dev/null || slurmctld
-pgrep -x slurmd >/dev/null || slurmd -N localhost
+if cmp -s "$CONF_DIR/slurm.conf.new" "$CONF_DIR/slurm.conf" && sinfo -h -o %T 2>/dev/null | grep -Eq "idle|mix|alloc"; then
+  rm -f "$CONF_DIR/slurm.conf.new"
+  exit 0  # already running with this configuration
+fi
+mv "$CONF_DIR/slurm.conf.new" "$CONF_DIR/slurm.conf"
+# (Re)start the daemons so they read this configuration.
+pkill -x slurmd 2>/dev/null || true
+pkill -x slurmctld 2>/dev/null || true
+for _ in $(seq 1 20); do pgrep -x slurmctld >/dev/null || pgrep -x slurmd >/dev/null || break; sleep 0.5; done
+slurmctld
+slurmd -N localhost
 for _ in $(seq 1 60); do
   if sinfo -h -o %T 2>/dev/null | grep -Eq "idle|mix|alloc"; then
     exit 0

@@ -203,7 +203,7 @@ def _align_observations(cube, dem, bad, obs_idx, *, reference, water, config, co
     stack = [aligned.get(i, dem.isel(obs=i)).data for i in range(cube.sizes["obs"])]
     out = xr.DataArray(da.stack(stack), dims=dem.dims, coords=dem.coords)
     fit_ds = xr.concat(fits, dim="aligned_obs").assign_coords(
-        aligned_obs=("aligned_obs", cube["product_id"].values[obs_idx].astype(str))
+        aligned_obs=("aligned_obs", cube["product_id"].values[obs_idx].astype(str).astype(object))
     )
     return out, fit_ds
 

@@ -292,9 +292,9 @@ def train(
     checkpoint is written to a temporary sibling and renamed into place.
     """
     import torch
-    from tqdm.auto import tqdm
 
     from rtsflow.model.inference import _device
+    from rtsflow.progress import progress_bar
 
     out = Path(out)
     if out.exists() and not overwrite:
@@ -369,63 +369,63 @@ def train(
         "config": config.to_dict(),
         "tiles": {"train_positive": n_pos, "train_negative": n_neg, "validation": n_val_tiles},
     }
-    bar = tqdm(range(config.epochs), desc="training", unit="epoch", disable=not progress)
-    for epoch in bar:
-        model.train()
-        losses = []
-        te = time.perf_counter()
-        for _ in range(config.steps_per_epoch):
-            x, y, v = _draw(rng, areas, train_pools, config)
-            xt = torch.from_numpy(x).to(device)
-            if device == "cuda":
-                xt = xt.to(memory_format=torch.channels_last)
-            with torch.autocast(**autocast):
-                logits = model(xt)
-            loss = _masked_loss(
-                logits.float()[:, 0], torch.from_numpy(y).to(device), torch.from_numpy(v).to(device), config.loss
-            )
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            losses.append(float(loss.detach()))
-        model.eval()
-        metrics = _validate(model, areas, val_sets, config, device)
-        row = {
-            "epoch": epoch + 1,
-            "train_loss": float(np.mean(losses)),
-            **metrics,
-            "lr": opt.param_groups[0]["lr"],
-            "seconds": time.perf_counter() - te,
-        }
-        history.append(row)
-        _write_log(log_path, history)
-        bar.set_postfix(loss=f"{row['train_loss']:.3f}", val_iou=f"{row['val_iou']:.3f}")
-        if np.isfinite(row["val_iou"]) and row["val_iou"] > best["val_iou"]:
-            best, best_epoch, stale = row, epoch + 1, 0
-            save_checkpoint(
-                model,
-                staging,
-                architecture=config.architecture,
-                encoder=config.encoder,
-                encoder_depth=config.encoder_depth,
-                decoder_channels=config.decoder_channels,
-                bands=list(config.bands),
-                normalisation=list(config.normalisation),
-                tile_size=config.tile,
-                threshold=config.threshold,
-                training={**training_info, "best_epoch": best_epoch},
-                metrics={k: v for k, v in row.items() if k.startswith("val_")},
-            )
-        else:
-            stale += 1
-        if stale >= config.patience:
-            stopped = f"early stopping after {config.patience} epochs without a better validation IoU"
-            break
-        if config.max_minutes is not None and time.perf_counter() - t0 > 60 * config.max_minutes:
-            stopped = f"time cap of {config.max_minutes} min"
-            break
-    bar.close()
+    with progress_bar(total=config.epochs, desc="training", unit="epoch", enabled=progress) as bar:
+        for epoch in range(config.epochs):
+            model.train()
+            losses = []
+            te = time.perf_counter()
+            for _ in range(config.steps_per_epoch):
+                x, y, v = _draw(rng, areas, train_pools, config)
+                xt = torch.from_numpy(x).to(device)
+                if device == "cuda":
+                    xt = xt.to(memory_format=torch.channels_last)
+                with torch.autocast(**autocast):
+                    logits = model(xt)
+                loss = _masked_loss(
+                    logits.float()[:, 0], torch.from_numpy(y).to(device), torch.from_numpy(v).to(device), config.loss
+                )
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                losses.append(float(loss.detach()))
+            model.eval()
+            metrics = _validate(model, areas, val_sets, config, device)
+            row = {
+                "epoch": epoch + 1,
+                "train_loss": float(np.mean(losses)),
+                **metrics,
+                "lr": opt.param_groups[0]["lr"],
+                "seconds": time.perf_counter() - te,
+            }
+            history.append(row)
+            _write_log(log_path, history)
+            bar.set_postfix_str(f"loss {row['train_loss']:.3f}, val IoU {row['val_iou']:.3f}")
+            bar.update()
+            if np.isfinite(row["val_iou"]) and row["val_iou"] > best["val_iou"]:
+                best, best_epoch, stale = row, epoch + 1, 0
+                save_checkpoint(
+                    model,
+                    staging,
+                    architecture=config.architecture,
+                    encoder=config.encoder,
+                    encoder_depth=config.encoder_depth,
+                    decoder_channels=config.decoder_channels,
+                    bands=list(config.bands),
+                    normalisation=list(config.normalisation),
+                    tile_size=config.tile,
+                    threshold=config.threshold,
+                    training={**training_info, "best_epoch": best_epoch},
+                    metrics={k: v for k, v in row.items() if k.startswith("val_")},
+                )
+            else:
+                stale += 1
+            if stale >= config.patience:
+                stopped = f"early stopping after {config.patience} epochs without a better validation IoU"
+                break
+            if config.max_minutes is not None and time.perf_counter() - t0 > 60 * config.max_minutes:
+                stopped = f"time cap of {config.max_minutes} min"
+                break
     if best_epoch < 0:
         shutil.rmtree(staging, ignore_errors=True)
         raise RuntimeError("validation IoU was never finite: the validation cells hold no valid pixels")

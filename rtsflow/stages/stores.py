@@ -99,8 +99,8 @@ def create_fit_store(path: str | Path, *, grid: Grid, window: Window, members: l
             "long_name": "co-registration fit per block", "units": "",
             "description": "Raw Nuth & Kääb (+ ramp) fit of each member in each block, before neighbour "
                            "fallbacks; NaN where the member has no data in the block."})},
-        coords={"member": ("member", np.asarray(members, dtype=str)), "block_y": by, "block_x": bx,
-                "field": ("field", np.asarray(FIT_FIELDS, dtype=str))},
+        coords={"member": ("member", np.asarray(members, dtype=object)), "block_y": by, "block_x": bx,
+                "field": ("field", np.asarray(FIT_FIELDS, dtype=object))},
         attrs={**attrs, **grid.to_attrs()},
     )  # fmt: skip
     enc = {"fit": {"chunks": (len(members), 1, 1, len(FIT_FIELDS))}}
