@@ -83,7 +83,7 @@ def run_stages(cube: Path, out: Path, client) -> float:
     from pipelines.region import run_region
     from rtsflow.config import parse_config
 
-    config = parse_config({"cube": str(cube), "pairs": [[2010, 2016]], "model": str(cube), "output": str(out),
+    config = parse_config({"cube": str(cube), "pairs": [[2010, 2016]], "output": str(out),
                            "water": None, "reference": "reference_dem", "coregister": True})  # fmt: skip
     t0 = time.perf_counter()
     run_region(config, client=client, progress=False, upto="features")

@@ -152,6 +152,9 @@ def run_region(
 
     if upto not in UPTO:
         raise ValueError(f"upto must be one of {UPTO}, got {upto!r}")
+    if upto != "features" and config.model is None:
+        raise ValueError("the run config names no model: add `model: <checkpoint directory>`, "
+                         "or stop after the features (--until features)")  # fmt: skip
     rd = RunDirectory(Path(config.output))
     # The weights' hash is part of the run's identity: a retrained model never reuses old blocks.
     identity = config.to_dict()

@@ -631,8 +631,10 @@ def demo(out, seed, size_km, cluster, force) -> None:
 @click.argument("config_path", metavar="CONFIG", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--output", default=None, help="Run directory (overrides the config's 'output').")
 @click.option("--force", is_flag=True, help="Recompute every block, even those already done.")
+@click.option("--until", type=click.Choice(["features", "probability"]), default=None,
+              help="Stop after this stage (e.g. features of a large region for training; no model needed).")
 @click.option("--cluster", default="local", show_default=True, help=CLUSTER_HELP)
-def run_cmd(config_path, output, force, cluster) -> None:
+def run_cmd(config_path, output, force, until, cluster) -> None:
     """Run (or resume) a configured region: per-block features and inference, RTS, densities, report."""
     from pipelines.region import RunIncomplete, run_region
     from rtsflow.config import ConfigError, load_config
@@ -643,7 +645,7 @@ def run_cmd(config_path, output, force, cluster) -> None:
         click.echo(f"error: {e}", err=True)
         sys.exit(2)
     try:
-        result = run_region(config, cluster=cluster, force=force)
+        result = run_region(config, cluster=cluster, force=force, upto=until)
     except RunIncomplete as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(1)

@@ -1,6 +1,7 @@
 """Run configurations (YAML): parsed into dataclasses, with errors that name the bad key.
 
-Example (every key but ``cube``, ``pairs`` and ``model`` is optional)::
+Example (every key but ``cube`` and ``pairs`` is optional; ``model`` is needed unless the run stops
+after the features)::
 
     name: banks-island
     output: runs/banks-island        # the run directory
@@ -85,7 +86,7 @@ class RunConfig:
 
     cube: str
     pairs: tuple[tuple[int, int], ...]
-    model: str
+    model: str | None = None
     name: str = "run"
     output: str = "rtsflow_run"
     products: tuple[str, ...] = ()
@@ -178,7 +179,7 @@ def parse_config(doc: Any, *, base: str | Path = ".", source: str = "run config"
     if not isinstance(doc, dict):
         raise ConfigError(f"{source}: expected a YAML mapping at the top level")
     _check_keys(doc, RunConfig, source)
-    for key in ("cube", "pairs", "model"):
+    for key in ("cube", "pairs"):
         if key not in doc:
             raise ConfigError(f"{source}: missing required key {key!r}")
     kw: dict[str, Any] = {}
@@ -194,7 +195,8 @@ def parse_config(doc: Any, *, base: str | Path = ".", source: str = "run config"
             found += [str(Path(m).resolve()) for m in matches]
         kw["products"] = tuple(found)
     kw["cube"] = _path(doc["cube"], base, f"{source}: cube", must_exist=not kw["products"])
-    kw["model"] = _path(doc["model"], base, f"{source}: model")
+    if doc.get("model") is not None:
+        kw["model"] = _path(doc["model"], base, f"{source}: model")
     pairs = doc["pairs"]
     if (
         not isinstance(pairs, list)

@@ -66,6 +66,13 @@ def test_demo_end_to_end_meets_the_accuracy_targets_and_resumes(tmp_path):
     out = tmp_path / "demo"
     r = subprocess.run([RTSFLOW, "demo", "--out", str(out)], capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
+    # What a user sees: the dashboard link once, progress of every long step, and no warning at all.
+    text = r.stdout + r.stderr
+    assert text.count("dask dashboard: http") == 1, text[-3000:]
+    assert not [line for line in text.splitlines() if "Warning" in line or "WARNING" in line], text[-5000:]
+    for step in ("ingest: writing", "training: ", "composite 2010: ", "features 2010_2016: ",
+                 "probability 2010_2016: "):  # fmt: skip
+        assert step in text, step
     m = re.search(r"detection F1 ([0-9.]+) .*pixel IoU ([0-9.]+)", r.stdout)
     assert m, r.stdout
     assert float(m.group(1)) >= 0.85 and float(m.group(2)) >= 0.7, r.stdout

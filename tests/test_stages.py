@@ -230,7 +230,7 @@ def test_observations_covering_parts_of_the_region_equal_the_lazy_graph(tmp_path
     patch_cube(cube, grid=grid, blocks=4, obs_per_winter=3, cover=2, seed=3)
     index = read_footprints(cube, grid=grid, n_obs=6)
     assert all(len(index.blocks_of(o)) == 4 for o in range(6))  # 4 of the 16 blocks each
-    doc = {"cube": str(cube), "pairs": [list(PAIR)], "model": str(cube), "output": str(tmp_path / "run"),
+    doc = {"cube": str(cube), "pairs": [list(PAIR)], "output": str(tmp_path / "run"),
            "water": None, "reference": "reference_dem", "coregister": True}  # fmt: skip
     with _cluster() as lc, Client(lc) as client:
         run_region(parse_config(doc), client=client, progress=False, upto="features")
