@@ -45,17 +45,21 @@ class Sampler:
         self.directory, self.every = directory, every
         self.peak_rss = {p.pid: 0 for p in self.procs}
         self.peak_disk = 0
+        self.series: list[tuple[float, int]] = []  # (time, largest worker RSS)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
         while not self._stop.is_set():
+            now = 0
             for p in self.procs:
                 try:
                     rss = p.memory_info().rss + sum(c.memory_info().rss for c in p.children(recursive=True))
                 except psutil.Error:
                     continue
                 self.peak_rss[p.pid] = max(self.peak_rss[p.pid], rss)
+                now = max(now, rss)
+            self.series.append((time.time(), now))
             self.peak_disk = max(self.peak_disk, _du(self.directory))
             self._stop.wait(self.every)
 
@@ -120,7 +124,26 @@ def measure(kind: str, cube: Path, root: Path, *, memory_limit: str) -> dict:
             pids = list(client.run(os.getpid).values())
             with Sampler(pids, spill) as s:
                 seconds = (run_stages if kind == "stages" else run_baseline)(cube, out, client)  # fmt: skip
-    return {"seconds": seconds, "peak_rss": max(s.peak_rss.values()), "spill": s.peak_disk}
+    return {"seconds": seconds, "peak_rss": max(s.peak_rss.values()), "spill": s.peak_disk,
+            "stages": _stage_peaks(out / "status.csv", s.series)}  # fmt: skip
+
+
+def _stage_peaks(status: Path, series: list[tuple[float, int]]) -> dict[str, float]:
+    """Largest worker RSS (GiB) while each stage ran (from the status table's block times)."""
+    import pandas as pd
+
+    if not status.exists():
+        return {}
+    s = pd.read_csv(status, keep_default_na=False)
+    s = s[s.block != "all"]
+    end = pd.to_datetime(s.finished_at).map(pd.Timestamp.timestamp)
+    s = s.assign(end=end, start=end - pd.to_numeric(s.seconds, errors="coerce").fillna(0))
+    out = {}
+    for stage, rows in s.groupby("stage", sort=False):
+        lo, hi = rows.start.min() - 1, rows.end.max() + 1
+        inside = [rss for t, rss in series if lo <= t <= hi]
+        out[stage] = max(inside, default=0) / 2**30
+    return out
 
 
 def main() -> None:
@@ -155,6 +178,9 @@ def main() -> None:
                 results[(n_obs, kind)] = r
                 print(f"{n_obs:>10} {kind:>9} {r['seconds']:>8.1f} {r['peak_rss'] / 2**30:>13.2f} GiB "
                       f"{r['spill'] / 2**30:>5.2f} GiB  {size / 2**30:.1f} GiB, built in {built:.0f} s", flush=True)
+                if r["stages"]:
+                    print("           peak RSS per stage: " + ", ".join(f"{k} {v:.2f}" for k, v in r["stages"].items()),
+                          flush=True)  # fmt: skip
             shutil.rmtree(cube, ignore_errors=True)
         stage_runs = [results[(n, "stages")] for n in args.obs]
         if len(stage_runs) > 1:
