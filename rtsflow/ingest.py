@@ -10,6 +10,7 @@ next one (the store records how many observations are committed).
 from __future__ import annotations
 
 import logging
+import math
 import shutil
 import warnings
 from collections.abc import Mapping, Sequence
@@ -20,7 +21,7 @@ import dask
 import numpy as np
 import zarr
 
-from rtsflow.grid import DEFAULT_GRID, Grid, Window
+from rtsflow.grid import DEFAULT_GRID, GRID_CRS, Grid, Window
 from rtsflow.io import cube as cubeio
 from rtsflow.io import footprints, transaction
 from rtsflow.io.rasters import (
@@ -464,10 +465,22 @@ def _ingest_static(raster, *, cube, name: str, rule: str, dtype: str, attrs: dic
     info_cube = cubeio.cube_info(cube)
     grid, window = info_cube.grid, info_cube.window
     layer = inspect_raster(raster, sidecar=raster, key=rule)
-    check_layer_values(layer, key=rule)
-    footprint = grid.window_from_bounds(layer.grid_bounds()).intersection(window)
+    if Path(cube, name).exists():  # before reading pixels: say it at once
+        raise ProductError(raster, rule, f"{cube} already has a variable {name!r}; choose another --name")
+    if check_layer_values(layer, key=rule) == 0:
+        raise ProductError(raster, rule, "has no valid pixels (all nodata or NaN)")
+    try:
+        bounds = layer.grid_bounds()
+        if not all(map(math.isfinite, bounds)):
+            raise ValueError(f"non-finite bounds {bounds}")
+    except Exception as e:  # PROJ/GDAL raise several types
+        raise ProductError(raster, rule, f"its bounds {layer.bounds} cannot be placed in {GRID_CRS} with its CRS "
+                           f"{layer.crs.to_string()} ({e}); is the CRS right?") from e  # fmt: skip
+    footprint = grid.window_from_bounds(bounds).intersection(window)
     if footprint is None:
-        raise ProductError(raster, rule, f"footprint lies outside the cube extent {grid.bounds(window)}")
+        where = f"footprint {tuple(round(b) for b in bounds)} in {GRID_CRS}"
+        raise ProductError(raster, rule, f"{where} lies outside the cube extent {grid.bounds(window)}; "
+                           f"is the CRS ({layer.crs.to_string()}) right?")  # fmt: skip
     cubeio.create_static(cube, name=name, dtype=dtype, attributes={**attrs, "source": str(raster)})
     resampling = LAYER_RULES[rule].resampling
 

@@ -543,3 +543,108 @@ def test_dem_outliers_are_dropped_but_undeclared_nodata_is_refused(tmp_path):
     )
     with pytest.raises(ProductError, match=r"nodata\.tif: field 'dem': values span \[-9999, 120\] \(10\.00% of"):
         ingest([bad], cube=cube, scheduler="sync")
+
+
+# -- reference DEMs (rtsflow ingest-reference) ---------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def msh_cube(tmp_path_factory):
+    """A cube holding one real product (Mount St Helens 2004-10-04, EPSG:26910) and the source files."""
+    root = tmp_path_factory.mktemp("msh_reference")
+    msh = shared("mount_st_helens")
+    sc = write_sidecar(root / "msh2.json", id="msh2", acquired="2004-10-04T00:00:00Z", dem=msh / "2.tif",
+                       sensor="USGS")  # fmt: skip
+    cube = root / "cube.zarr"
+    ingest([sc], cube=cube, scheduler="threads")
+    return cube, msh
+
+
+def _reference_variant(src: Path, dst: Path, *, scale: float = 1.0, crs: str | None = None, units: str = "",
+                       hole: float | None = None) -> Path:  # fmt: skip
+    """Copy of a GeoTIFF with its values scaled, its CRS replaced, a band unit set or a corner filled with ``hole``."""
+    with rasterio.open(src) as s:
+        a = s.read(1) * np.float32(scale)
+        profile = s.profile | ({"crs": crs} if crs else {})
+    if hole is not None:
+        a[: a.shape[0] // 4, : a.shape[1] // 4] = hole
+    with rasterio.open(dst, "w", **profile) as d:
+        d.write(a, 1)
+        if units:
+            d.set_band_unit(1, units)
+    return dst
+
+
+def test_ingest_reference_round_trips_a_dem_in_another_crs(msh_cube, tmp_path):
+    """CLI ingest-reference of a UTM DEM equals a direct rasterio reprojection onto the cube's grid within 1e-3 m."""
+    base, msh = msh_cube
+    cube = tmp_path / "cube.zarr"
+    import shutil
+
+    shutil.copytree(base, cube)
+    sigma = _reference_variant(msh / "26.tif", tmp_path / "sigma.tif", scale=1e-4)  # σ = 1e-4 × height (m)
+    r = CliRunner().invoke(main, ["ingest-reference", str(msh / "26.tif"), "--cube", str(cube), "--sigma", str(sigma),
+                                  "--cluster", "local"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert "wrote reference DEM 'reference_dem'" in r.output and "reference_dem_sigma" in r.output
+
+    ds = open_cube(cube)
+    info = cubeio.cube_info(cube)
+    expected = {}
+    for name, path in (("reference_dem", msh / "26.tif"), ("reference_dem_sigma", sigma)):
+        with rasterio.open(path) as s:
+            direct = np.full(info.window.shape, np.nan, dtype="float32")
+            rasterio.warp.reproject(
+                source=s.read(1), destination=direct, src_transform=s.transform, src_crs=s.crs, src_nodata=np.nan,
+                dst_transform=info.grid.transform(info.window), dst_crs="EPSG:3413", dst_nodata=np.nan,
+                resampling=rasterio.enums.Resampling.bilinear,
+            )  # fmt: skip
+        expected[name] = direct
+        got = ds[name].values
+        assert ds[name].attrs["units"] == "m"
+        both = np.isfinite(got) & np.isfinite(direct)
+        assert both.sum() > 100_000  # the 303 × 442 px file covers ~170 000 grid pixels
+        np.testing.assert_array_equal(np.isfinite(got), np.isfinite(direct))
+        assert np.nanmax(np.abs(got[both] - direct[both])) <= 1e-3
+    assert float(np.nanmin(expected["reference_dem"])) > 1300  # real heights, not zeros or scaled values
+
+
+REFERENCE_BAD_CASES = {
+    # A DEM declared in feet.
+    "feet": (dict(scale=3.28084, units="ft"), "band unit is 'ft'"),
+    # Centimetres with no unit declared: caught by the value range.
+    "centimetres": (dict(scale=100.0), "expected elevations in metres"),
+    # The right coordinates under the wrong UTM zone: the footprint misses the cube.
+    "wrong_crs": (dict(crs="EPSG:26911"), "outside the cube extent"),
+    # Metres read as degrees: cannot be placed on the grid at all.
+    "degrees": (dict(crs="EPSG:4326"), "is the CRS"),
+    # An undeclared −9999 nodata over a quarter of the file.
+    "nodata": (dict(hole=-9999.0), "values span [-9999"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(REFERENCE_BAD_CASES))
+def test_ingest_reference_bad_input_gives_clear_error_and_leaves_cube_untouched(msh_cube, tmp_path, case):
+    cube, msh = msh_cube
+    kwargs, message = REFERENCE_BAD_CASES[case]
+    bad = _reference_variant(msh / "26.tif", tmp_path / f"{case}.tif", **kwargs)
+    before = tree_digest(cube)
+    r = CliRunner().invoke(main, ["ingest-reference", str(bad), "--cube", str(cube), "--cluster", "local"])
+    assert r.exit_code == 2, r.output
+    assert f"{case}.tif" in r.output and message in r.output, r.output
+    assert tree_digest(cube) == before
+
+
+def test_ingest_reference_refuses_to_overwrite(msh_cube, tmp_path):
+    base, msh = msh_cube
+    cube = tmp_path / "cube.zarr"
+    import shutil
+
+    shutil.copytree(base, cube)
+    from rtsflow.ingest import ingest_reference_dem
+
+    ingest_reference_dem(msh / "26.tif", cube=cube, scheduler="threads")
+    before = tree_digest(cube)
+    with pytest.raises(ProductError, match="already has a variable 'reference_dem'"):
+        ingest_reference_dem(msh / "27.tif", cube=cube, scheduler="threads")
+    assert tree_digest(cube) == before

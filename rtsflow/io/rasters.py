@@ -37,25 +37,32 @@ class LayerRule:
     resampling: Resampling
     expected: str
     integer_flags: bool = False
+    #: Band unit names (GDAL unit type, lower case) accepted for this layer; an
+    #: empty band unit is always accepted (most GeoTIFFs declare none).
+    units: tuple[str, ...] = ()
     #: Share of valid pixels that may lie outside [low, high] as outliers (set to
     #: NaN on ingest) before the layer is refused as wrongly scaled or with an
     #: undeclared nodata value.
     outlier_fraction: float = 0.0
 
 
+#: Band unit names that mean metres.
+METRES = ("m", "metre", "metres", "meter", "meters")
+
 #: Allowed value range per layer (NaN / nodata always allowed), and resampling:
 #: bilinear for continuous layers, nearest for masks.
 LAYER_RULES: dict[str, LayerRule] = {
     # InSAR DEMs carry a few wild heights (water, unwrapping errors): up to 0.5 %.
     "dem": LayerRule(
-        -1000.0, 9000.0, Resampling.bilinear, "elevations in metres within [-1000, 9000]", outlier_fraction=0.005
+        -1000.0, 9000.0, Resampling.bilinear, "elevations in metres within [-1000, 9000]", outlier_fraction=0.005,
+        units=METRES,
     ),
     "coherence": LayerRule(0.0, 1.0, Resampling.bilinear, "coherence values within [0, 1]"),
     "layover_shadow": LayerRule(
         0.0, 1.0, Resampling.nearest, "mask values 0 (clear) or 1 (layover/shadow)", integer_flags=True
     ),
     "incidence": LayerRule(0.0, math.pi, Resampling.bilinear, "local incidence angles in radians within [0, π]"),
-    "sigma": LayerRule(0.0, 1.0e4, Resampling.bilinear, "non-negative elevation errors in metres"),
+    "sigma": LayerRule(0.0, 1.0e4, Resampling.bilinear, "non-negative elevation errors in metres", units=METRES),
     "probability": LayerRule(0.0, 1.0, Resampling.bilinear, "probabilities within [0, 1]"),
     "water": LayerRule(0.0, 1.0, Resampling.nearest, "mask values 0 (land) or 1 (water)", integer_flags=True),
 }
@@ -72,6 +79,8 @@ class RasterInfo:
     height: int
     nodata: float | None
     dtype: str
+    #: Band 1's unit type as GDAL reports it ("" when the file declares none).
+    units: str = ""
 
     @property
     def bounds(self) -> tuple[float, float, float, float]:
@@ -114,6 +123,7 @@ def inspect_raster(path: Path, *, sidecar: Path, key: str) -> RasterInfo:
                 height=src.height,
                 nodata=src.nodata,
                 dtype=src.dtypes[0],
+                units=(src.units[0] or "").strip(),
             )
     except rasterio.errors.RasterioIOError as e:
         raise ProductError(path, key, f"cannot be read as a GeoTIFF ({e})") from e
@@ -133,8 +143,8 @@ def read_layer(
     return a
 
 
-def check_layer_values(info: RasterInfo, *, key: str, rows_per_read: int = 2048) -> None:
-    """Check every pixel of a layer against :data:`LAYER_RULES`, strip by strip.
+def check_layer_values(info: RasterInfo, *, key: str, rows_per_read: int = 2048) -> int:
+    """Check every pixel of a layer against :data:`LAYER_RULES`, strip by strip; return the number of valid pixels.
 
     Raises
     ------
@@ -142,6 +152,8 @@ def check_layer_values(info: RasterInfo, *, key: str, rows_per_read: int = 2048)
         Naming the file, the layer and the offending range of values.
     """
     rule = LAYER_RULES[key]
+    if rule.units and info.units and info.units.lower() not in rule.units:
+        raise ProductError(info.path, key, f"band unit is {info.units!r}; expected {rule.expected}")
     tol = 1e-6 * max(1.0, abs(rule.high))
     lo, hi = math.inf, -math.inf
     n_valid = n_out = 0
@@ -163,6 +175,7 @@ def check_layer_values(info: RasterInfo, *, key: str, rows_per_read: int = 2048)
     if n_out > rule.outlier_fraction * n_valid:
         share = f" ({n_out / n_valid:.2%} of valid pixels)" if rule.outlier_fraction else ""
         raise ProductError(info.path, key, f"values span [{lo:.6g}, {hi:.6g}]{share}; expected {rule.expected}")
+    return n_valid
 
 
 def _grid_offset(info: RasterInfo, grid: Grid) -> tuple[int, int] | None:
