@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
 $(STAMP): pyproject.toml
 	@test -x $(VENV)/bin/python || $(PY) -m venv $(VENV)
-	$(VENV)/bin/python -m pip install -q --upgrade pip uv
+	$(VENV)/bin/python -m pip install -qq --upgrade pip uv
 	$(VENV)/bin/uv pip install --python $(VENV)/bin/python -e '.[dev]'
 	@rm -f $(VENV)/.installed-* && touch $@
 

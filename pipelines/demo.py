@@ -86,11 +86,10 @@ def _cached_model(model: Path, key: dict) -> bool:
     return json.loads(record.read_text()).get("training", {}).get("demo") == key
 
 
-def _training_data(out: Path, seed: int, *, force: bool, say) -> tuple[Path, Path, dict] | None:
+def _training_data(out: Path, seed: int, *, client, force: bool, say) -> tuple[Path, Path, dict] | None:
     """Features and labels of the training region, or ``None`` when an identical model is cached."""
-    from rtsflow.graph.features import pair_features
-    from rtsflow.io.cube import cube_info, open_cube
-    from rtsflow.io.features import write_features
+    from pipelines.region import run_region
+    from rtsflow.config import parse_config
     from rtsflow.model.train import DEMO_CONFIG
 
     config = SynthConfig(seed=seed + TRAIN_SEED_OFFSET, size_km=(TRAIN_SIZE_KM, TRAIN_SIZE_KM))
@@ -101,13 +100,11 @@ def _training_data(out: Path, seed: int, *, force: bool, say) -> tuple[Path, Pat
         return None
     pair = (config.winters[0], config.winters[-1])
     region, cube = prepare_region(out / "train", config, force=force, say=say)
-    feats_path = out / "train" / f"features_{pair[0]}_{pair[1]}.zarr"
-    ds = open_cube(cube)
-    grid = cube_info(cube).grid
-    feats, selection = pair_features(
-        ds, grid=grid, earlier=pair[0], later=pair[1], water=ds["water"], reference=ds["reference_dem"]
-    )
-    write_features(feats, feats_path, grid=grid, selection=selection, overwrite=True)
+    # The same block-wise stages as a run (with their progress), stopped after the features.
+    run_config = parse_config({"name": "demo-train", "output": "run", "cube": str(cube), "pairs": [list(pair)]},
+                              base=out / "train", source="demo training config")  # fmt: skip
+    result = run_region(run_config, client=client, force=force, progress=True, upto="features")
+    feats_path = result.run / f"features_{pair[0]}_{pair[1]}.zarr"
     return feats_path, _truth_file(region, pair, out / "train" / "labels.parquet"), key
 
 
@@ -165,10 +162,10 @@ def run_demo(
 
     config = SynthConfig(seed=seed, size_km=(size_km, size_km))
     pair = (config.winters[0], config.winters[-1])
-    with connect(cluster):
+    with connect(cluster) as client:
         say("synthetic test region")
         region, cube = prepare_region(out, config, force=force, say=say)
-        training = _training_data(out, seed, force=force, say=say)
+        training = _training_data(out, seed, client=client, force=force, say=say)
     retrained = training is not None
     model = _train(out, *training, say=say) if retrained else out / "model"
     truth = _truth_file(region, pair, out / "truth.parquet")

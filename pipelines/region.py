@@ -172,7 +172,8 @@ def run_region(
         spill.mkdir(parents=True, exist_ok=True)
         say(f"workers spill to {spill} (at most {config.workers.max_spill or 'unlimited'} each)", flush=True)
     own = nullcontext(client) if client is not None else connect(
-        cluster, local_directory=spill, max_spill=config.workers.max_spill, memory_limit=config.workers.memory_limit)
+        cluster, local_directory=spill, max_spill=config.workers.max_spill, memory_limit=config.workers.memory_limit,
+        profile=config.workers.profile)
     with own as cl:
         if config.products:
             from rtsflow.ingest import ingest

@@ -31,14 +31,20 @@ JOBQUEUE_KINDS = ("slurm", "pbs")
 log = logging.getLogger(__name__)
 
 
-def worker_config(*, local_directory: str | Path | None = None, max_spill: str | None = None) -> dict:
-    """Dask settings for workers: spill (and scratch) directory, and how much they may spill to disk.
+def worker_config(
+    *, local_directory: str | Path | None = None, max_spill: str | None = None, profile: bool = False
+) -> dict:
+    """Dask settings for workers: spill (and scratch) directory, how much they may spill, the profiler.
 
     ``max_spill`` bounds the spill files of one worker (dask's
     ``distributed.worker.memory.max-spill``): beyond it the worker keeps data in
-    memory and pauses rather than filling the disk.
+    memory and pauses rather than filling the disk. ``profile``: dask's
+    statistical profiler (the dashboard's Profile page). It is off by default:
+    it keeps one profile per second for the last 1 000 s, which on block tasks
+    with deep xDEM call stacks grew a worker by ~0.1 GiB (benchmarks/RESULTS.md,
+    "Worker memory").
     """
-    cfg: dict = {}
+    cfg: dict = {"distributed.worker.profile.enabled": bool(profile)}
     if local_directory is not None:
         Path(local_directory).mkdir(parents=True, exist_ok=True)
         cfg["temporary-directory"] = str(local_directory)
@@ -58,13 +64,15 @@ def local_cluster(
     dashboard_address: str | None = ":0",
     local_directory: str | Path | None = None,
     max_spill: str | None = "4GiB",
+    profile: bool = False,
 ) -> LocalCluster:
     """The embedded default: one worker process per core, memory split evenly.
 
     GDAL, NumPy and PyTorch hold the GIL only briefly, but processes keep
     rasterio handles, model caches and memory accounting per worker. Spill
     files go to ``local_directory`` (default: dask's ``temporary-directory``
-    setting, else ``./dask-scratch``), at most ``max_spill`` per worker.
+    setting, else ``./dask-scratch``), at most ``max_spill`` per worker;
+    ``profile`` as in :func:`worker_config`.
     """
     import dask
 
@@ -73,7 +81,7 @@ def local_cluster(
         memory_limit = int(psutil.virtual_memory().total * memory_fraction / n)
     if local_directory is None:
         local_directory = dask.config.get("temporary-directory", None) or Path.cwd() / "dask-scratch"
-    with dask.config.set(worker_config(local_directory=local_directory, max_spill=max_spill)):
+    with dask.config.set(worker_config(local_directory=local_directory, max_spill=max_spill, profile=profile)):
         return LocalCluster(
             n_workers=n,
             threads_per_worker=threads_per_worker,
@@ -95,6 +103,7 @@ def connect(
     local_directory: str | Path | None = None,
     max_spill: str | None = "4GiB",
     memory_limit: str | None = None,
+    profile: bool = False,
 ) -> Iterator[Client]:
     """A client for ``"local"`` (start the embedded cluster), a jobqueue profile, or a scheduler address.
 
@@ -102,12 +111,13 @@ def connect(
     ``cluster/profiles/``), a path to a profile YAML, or ``tcp://host:port``. Prints
     the dashboard link so a run can be watched. ``local_directory`` and
     ``max_spill`` set where and how much the workers of an embedded or jobqueue
-    cluster may spill (a profile's own ``local_directory`` wins); an existing
-    scheduler keeps its workers' settings.
+    cluster may spill (a profile's own ``local_directory`` wins), ``profile``
+    turns their statistical profiler on; an existing scheduler keeps its
+    workers' settings.
     """
     if cluster.endswith((".yaml", ".yml")) or cluster in JOBQUEUE_KINDS:
         profile = load_profile(cluster)
-        spill = {"local_directory": local_directory, "max_spill": max_spill}
+        spill = {"local_directory": local_directory, "max_spill": max_spill, "profiler": profile}
         cpu = jobqueue_cluster(profile, section="cpu", **spill)
         with cpu, Client(cpu) as client:
             _SESSIONS[client] = _Session(profile=profile, spill=spill)
@@ -123,7 +133,7 @@ def connect(
         fresh = local_directory is not None and not Path(local_directory).exists()
         try:
             with local_cluster(n_workers=n_workers, local_directory=local_directory, max_spill=max_spill,
-                               memory_limit=memory_limit) as lc, Client(lc) as client:  # fmt: skip
+                               memory_limit=memory_limit, profile=profile) as lc, Client(lc) as client:  # fmt: skip
                 if not quiet:
                     print(f"dask dashboard: {client.dashboard_link}", flush=True)
                 yield client
@@ -187,7 +197,7 @@ SECTION_KEYS = ("jobs", "adapt", "when")
 
 
 def jobqueue_cluster(profile: dict, *, section: str = "cpu", local_directory: str | Path | None = None,
-                     max_spill: str | None = None):  # fmt: skip
+                     max_spill: str | None = None, profiler: bool = False):  # fmt: skip
     """A dask-jobqueue cluster for one section (``cpu`` or ``gpu``) of a profile, scaled as it says.
 
     ``jobs: N`` asks for N batch jobs; ``adapt: {minimum: 0, maximum: N}`` lets the
@@ -195,7 +205,7 @@ def jobqueue_cluster(profile: dict, *, section: str = "cpu", local_directory: st
     start: tasks queue on the scheduler until workers arrive. GPU workers are
     tagged ``--resources GPU=1`` (added to ``worker_extra_args`` when missing).
     Sections without their own ``local_directory`` spill to ``local_directory``;
-    ``max_spill`` is exported to every job's workers.
+    ``max_spill`` and ``profiler`` (:func:`worker_config`) are exported to every job's workers.
     """
     import dask_jobqueue
 
@@ -206,7 +216,7 @@ def jobqueue_cluster(profile: dict, *, section: str = "cpu", local_directory: st
     if section == "gpu" and dashboard not in (None, ":0"):
         dashboard = ":0"  # the GPU cluster has its own scheduler: any free port
     interface = sched.pop("interface", None)
-    options = _with_spill(profile[section], local_directory, max_spill)
+    options = _with_spill(profile[section], local_directory, max_spill, profiler)
     scaling = {k: options.pop(k) for k in SECTION_KEYS if k in options}
     if section == "gpu":
         extra = list(options.get("worker_extra_args") or [])
@@ -286,16 +296,17 @@ def _remove_empty(directory: Path) -> None:
         pass
 
 
-def _with_spill(section: dict, local_directory, max_spill) -> dict:
+def _with_spill(section: dict, local_directory, max_spill, profiler: bool = False) -> dict:
     out = {k: v for k, v in section.items() if v is not None}
     if "local_directory" not in out and local_directory is not None:
         Path(local_directory).mkdir(parents=True, exist_ok=True)
         out["local_directory"] = str(local_directory)
+    env = [f"export DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED={profiler}"]
     if max_spill is not None:
         from dask.utils import parse_bytes
 
-        env = f"export DASK_DISTRIBUTED__WORKER__MEMORY__MAX_SPILL={int(parse_bytes(max_spill))}"
-        out["job_script_prologue"] = [*out.get("job_script_prologue", []), env]
+        env.append(f"export DASK_DISTRIBUTED__WORKER__MEMORY__MAX_SPILL={int(parse_bytes(max_spill))}")
+    out["job_script_prologue"] = [*out.get("job_script_prologue", []), *env]
     return out
 
 

@@ -20,7 +20,7 @@ after the features)::
     correlation_length: 200
     densities: {cell_size: [10000], sites: sites.gpkg, site_name: name}
     truth: {path: truth.parquet, where: "winter_start == 2010"}
-    workers: {spill_directory: null, max_spill: 4GiB, memory_limit: null}   # embedded clusters only
+    workers: {spill_directory: null, max_spill: 4GiB, memory_limit: null, profile: false}
 """
 
 from __future__ import annotations
@@ -66,6 +66,7 @@ class Workers:
     spill_directory: str | None = None  # default: <run>/dask-spill (never the system temp dir)
     max_spill: str | None = "4GiB"  # per worker; beyond it a worker pauses instead of filling the disk
     memory_limit: str | None = None  # per worker; default: 80 % of the machine split between workers
+    profile: bool = False  # dask's statistical profiler on the workers (dashboard "Profile"); costs memory
 
 
 @dataclass(frozen=True)

@@ -366,3 +366,32 @@ def test_pan_arctic_runs_regions_on_one_client_and_reports_failures(setup, refer
     assert table.status.iloc[0] == "done" and table.status.iloc[1].startswith("failed")
     assert table.n_rts.iloc[2] == reference.pairs["2010_2016"]["n_rts"]
     assert (tmp_path / "summary" / "summary.csv").exists()
+
+
+def _worker_settings(dask_worker) -> dict:
+    import dask
+
+    return {"max_spill": dask.config.get("distributed.worker.memory.max-spill"),
+            "profiler": "profile-cycle" in dask_worker.periodic_callbacks,
+            "directory": dask_worker.local_directory}  # fmt: skip
+
+
+@pytest.mark.parametrize("profile", [False, True])
+def test_workers_get_spill_directory_limit_and_profiler_setting(tmp_path, profile):
+    """Embedded workers spill where and as much as told; the statistical profiler is off unless asked for."""
+    from rtsflow.cluster import connect, jobqueue_cluster
+
+    spill = tmp_path / "spill"
+    with connect("local", n_workers=1, quiet=True, local_directory=spill, max_spill="1GiB", profile=profile) as c:
+        (settings,) = c.run(_worker_settings).values()
+    assert settings["max_spill"] == 2**30
+    assert settings["profiler"] is profile
+    assert Path(settings["directory"]).is_relative_to(spill)
+    # Batch jobs get the same settings through their job script.
+    slurm = yaml.safe_load((ROOT / "cluster" / "profiles" / "slurm.yaml").read_text())
+    slurm["scheduler"].update(interface="lo", dashboard_address=None)
+    slurm["cpu"]["adapt"] = {"minimum": 0, "maximum": 1}  # nothing to do: no job is submitted
+    with jobqueue_cluster(slurm, section="cpu", local_directory=spill, max_spill="1GiB", profiler=profile) as jq:
+        script = jq.job_script()
+    assert f"DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED={profile}" in script
+    assert f"DASK_DISTRIBUTED__WORKER__MEMORY__MAX_SPILL={2**30}" in script
