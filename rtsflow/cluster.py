@@ -55,6 +55,14 @@ def worker_config(
     return cfg
 
 
+class _SlowShutdown(logging.Filter):
+    """Drops the nanny's "still alive after 4.0 seconds, killing" at cluster close: the worker is
+    stopped either way, and a busy machine makes it common (nothing a user can act on)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Worker process still alive after")
+
+
 def local_cluster(
     *,
     n_workers: int | None = None,
@@ -81,6 +89,9 @@ def local_cluster(
         memory_limit = int(psutil.virtual_memory().total * memory_fraction / n)
     if local_directory is None:
         local_directory = dask.config.get("temporary-directory", None) or Path.cwd() / "dask-scratch"
+    nanny_log = logging.getLogger("distributed.nanny")
+    if not any(isinstance(f, _SlowShutdown) for f in nanny_log.filters):
+        nanny_log.addFilter(_SlowShutdown())
     with dask.config.set(worker_config(local_directory=local_directory, max_spill=max_spill, profile=profile)):
         return LocalCluster(
             n_workers=n,
