@@ -351,9 +351,10 @@ def train(
 )
 @click.option("--halo", type=int, default=64, show_default=True, help="Overlap of neighbouring tiles (px, even).")
 @click.option("--tile", type=int, default=None, help="Tile size (default: the checkpoint's).")
-@click.option("--batch-size", type=int, default=4, show_default=True)
+@click.option("--batch-size", type=int, default=None, help="Windows per batch (default: 4 on CPU, from GPU memory).")
 @click.option("--device", default="auto", show_default=True, help="auto (cuda if the worker has one), cpu or cuda.")
-@click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True)
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True,
+              help="auto: bf16 autocast on a GPU, fp32 on CPU.")  # fmt: skip
 @click.option("--dtype", type=click.Choice(["uint8", "float16"]), default="uint8", show_default=True)
 @click.option("--overwrite", is_flag=True)
 @click.option("--cluster", default="local", show_default=True, help=CLUSTER_HELP)

@@ -12,6 +12,7 @@ start``) and released after it. Only the public dask-jobqueue API is used.
 
 from __future__ import annotations
 
+import glob
 import logging
 import os
 import weakref
@@ -73,36 +74,57 @@ def local_cluster(
     local_directory: str | Path | None = None,
     max_spill: str | None = "4GiB",
     profile: bool = False,
-) -> LocalCluster:
-    """The embedded default: one worker process per core, memory split evenly.
+    gpus: int | None = None,
+):
+    """The embedded default: one worker process per core, memory split evenly, plus one worker per GPU.
 
     GDAL, NumPy and PyTorch hold the GIL only briefly, but processes keep
     rasterio handles, model caches and memory accounting per worker. Spill
     files go to ``local_directory`` (default: dask's ``temporary-directory``
     setting, else ``./dask-scratch``), at most ``max_spill`` per worker;
-    ``profile`` as in :func:`worker_config`.
+    ``profile`` as in :func:`worker_config`. ``gpus`` (default: the CUDA
+    devices this machine has): that many extra workers tagged ``GPU=1``, each
+    seeing only its own device (``CUDA_VISIBLE_DEVICES``), so each loads the
+    model once on its GPU; the CPU workers then take the remaining cores.
     """
     import dask
 
-    n = n_workers or max(1, os.cpu_count() or 1)
+    gpus = _cuda_devices() if gpus is None else gpus
+    n = n_workers or max(1, (os.cpu_count() or 1) - gpus)
     if memory_limit is None:
-        memory_limit = int(psutil.virtual_memory().total * memory_fraction / n)
+        memory_limit = int(psutil.virtual_memory().total * memory_fraction / (n + gpus))
     if local_directory is None:
         local_directory = dask.config.get("temporary-directory", None) or Path.cwd() / "dask-scratch"
     nanny_log = logging.getLogger("distributed.nanny")
     if not any(isinstance(f, _SlowShutdown) for f in nanny_log.filters):
         nanny_log.addFilter(_SlowShutdown())
     with dask.config.set(worker_config(local_directory=local_directory, max_spill=max_spill, profile=profile)):
-        return LocalCluster(
-            n_workers=n,
-            threads_per_worker=threads_per_worker,
-            processes=True,
-            memory_limit=memory_limit,
-            dashboard_address=dashboard_address,
-            host="127.0.0.1",
-            silence_logs=logging.WARNING,
-            local_directory=str(local_directory),
-        )
+        if not gpus:
+            return LocalCluster(n_workers=n, threads_per_worker=threads_per_worker, processes=True,
+                                memory_limit=memory_limit, dashboard_address=dashboard_address, host="127.0.0.1",
+                                silence_logs=logging.WARNING, local_directory=str(local_directory))  # fmt: skip
+        from distributed import Nanny, Scheduler, SpecCluster
+
+        opts = {"nthreads": threads_per_worker, "memory_limit": memory_limit, "host": "127.0.0.1",
+                "local_directory": str(local_directory), "silence_logs": logging.WARNING}  # fmt: skip
+        workers = {str(i): {"cls": Nanny, "options": opts} for i in range(n)}
+        for k in range(gpus):
+            workers[f"gpu-{k}"] = {"cls": Nanny, "options": {**opts, "resources": {"GPU": 1},
+                                                              "env": {"CUDA_VISIBLE_DEVICES": str(k)}}}  # fmt: skip
+        scheduler = {"cls": Scheduler, "options": {"dashboard_address": dashboard_address, "host": "127.0.0.1"}}
+        return SpecCluster(workers=workers, scheduler=scheduler, silence_logs=logging.WARNING, name="rtsflow-local")
+
+
+def _cuda_devices() -> int:
+    """CUDA devices on this machine (0 without a GPU or without a CUDA build of torch)."""
+    if not glob.glob("/dev/nvidia[0-9]*"):  # no driver device nodes: skip importing torch
+        return 0
+    try:
+        import torch
+
+        return int(torch.cuda.device_count())
+    except Exception:  # a broken CUDA install means no GPU workers, not a failed run
+        return 0
 
 
 @contextmanager

@@ -14,7 +14,7 @@ after the features)::
     coregister: true                 # co-register the later composite per block (xDEM Nuth & Kääb + ramp)
     region: {bbox: [-120.2, 72.7, -119.0, 73.1], crs: EPSG:4326}
     model: models/rts-unetpp         # checkpoint directory
-    inference: {halo: 64, batch_size: 4, precision: fp32, device: auto, dtype: uint8}
+    inference: {halo: 64, batch_size: auto, precision: auto, device: auto, dtype: uint8, compile: false}
     threshold: 0.5
     filters: {min_area_m2: 1000, max_water_fraction: 0.5, max_quality_fraction: 0.5, min_max_abs_dh_m: 2}
     correlation_length: 200
@@ -46,10 +46,16 @@ class ConfigError(ValueError):
 @dataclass(frozen=True)
 class Inference:
     halo: int = 64
-    batch_size: int = 4
-    precision: str = "fp32"
+    batch_size: str = "auto"  # windows per batch: "auto" = 4 on CPU, from free device memory on a GPU
+    precision: str = "auto"  # "auto" = bf16 autocast on a GPU, fp32 on CPU; or "fp32" / "bf16"
     device: str = "auto"
     dtype: str = "uint8"
+    compile: bool = False  # torch.compile the model on each worker
+
+    @property
+    def batch(self) -> int | None:
+        """The batch size as a number, ``None`` for automatic."""
+        return None if self.batch_size == "auto" else int(self.batch_size)
 
 
 @dataclass(frozen=True)
@@ -228,8 +234,12 @@ def parse_config(doc: Any, *, base: str | Path = ".", source: str = "run config"
         inf = _typed(Inference, doc["inference"], f"{source}: inference")
         if inf.halo % 2 or inf.halo < 0:
             raise ConfigError(f"{source}: inference.halo: expected an even number of pixels, got {inf.halo}")
-        if inf.precision not in ("fp32", "bf16"):
-            raise ConfigError(f"{source}: inference.precision: expected 'fp32' or 'bf16', got {inf.precision!r}")
+        if inf.precision not in ("auto", "fp32", "bf16"):
+            msg = f"{source}: inference.precision: expected 'auto', 'fp32' or 'bf16', got {inf.precision!r}"
+            raise ConfigError(msg)
+        if inf.batch_size != "auto" and not (inf.batch_size.isdigit() and int(inf.batch_size) > 0):
+            msg = f"{source}: inference.batch_size: expected 'auto' or a positive integer, got {inf.batch_size!r}"
+            raise ConfigError(msg)
         if inf.dtype not in ("uint8", "float16"):
             raise ConfigError(f"{source}: inference.dtype: expected 'uint8' or 'float16', got {inf.dtype!r}")
         kw["inference"] = inf

@@ -395,3 +395,20 @@ def test_workers_get_spill_directory_limit_and_profiler_setting(tmp_path, profil
         script = jq.job_script()
     assert f"DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED={profile}" in script
     assert f"DASK_DISTRIBUTED__WORKER__MEMORY__MAX_SPILL={2**30}" in script
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA device")
+def test_gpu_bf16_run_matches_fp32(setup, tmp_path):
+    """The GPU default (bf16 autocast, channels_last) against fp32 on the same GPU: probabilities within 0.02,
+    RTS polygons with IoU ≥ 0.98."""
+    outputs = {}
+    for precision in ("fp32", "auto"):
+        doc = {**setup["doc"], "output": str(tmp_path / precision),
+               "inference": {"halo": 32, "device": "cuda", "precision": precision}}  # fmt: skip
+        run_region(parse_config(doc, base=setup["root"]), progress=False)
+        outputs[precision] = _outputs(tmp_path / precision)
+    (p32, rts32), (p16, rts16) = outputs["fp32"], outputs["auto"]
+    assert np.nanmax(np.abs(p32 - p16)) <= 0.02
+    a, b = rts32[rts32.kept].union_all(), rts16[rts16.kept].union_all()
+    assert a.area > 0 and a.intersection(b).area / a.union(b).area >= 0.98

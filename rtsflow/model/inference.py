@@ -27,13 +27,11 @@ import numpy as np
 import xarray as xr
 
 from rtsflow.model.checkpoint import ModelSpec, load_checkpoint
-from rtsflow.model.normalise import BandScaling, normalise
 
 __all__ = ["lattice", "load_count", "predict", "predict_block", "predict_window", "tile_stats"]
 
 _CACHE: dict[tuple[str, str, str], tuple[object, dict]] = {}
 _LOADS: list[tuple[int, str]] = []
-_STATS: dict[tuple[int, str], dict[str, int]] = {}
 _LOCK = threading.Lock()
 
 
@@ -53,10 +51,12 @@ def load_count() -> int:
 
 def tile_stats() -> dict[str, int]:
     """Tiles run through the model and all-NaN tiles skipped in this process (summed over models)."""
+    from rtsflow.model.engine import _ENGINES
+
     out = {"tiles": 0, "skipped": 0}
-    for v in _STATS.values():
-        out["tiles"] += v["tiles"]
-        out["skipped"] += v["skipped"]
+    for engine in list(_ENGINES.values()):
+        out["tiles"] += engine.stats["tiles"]
+        out["skipped"] += engine.stats["skipped"]
     return out
 
 
@@ -92,29 +92,6 @@ def _aligned_chunks(chunks: Sequence[int], origin: int, step: int, margin: int) 
     return tuple(sizes)
 
 
-def _device(device: str) -> str:
-    if device != "auto":
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def _lattice_starts(g0: int, n: int, depth: int, step: int, halo: int) -> list[tuple[int, int, int]]:
-    """Tile windows on a global lattice covering the block ``[g0, g0 + n)`` (global pixel indices).
-
-    Returns ``(window start in the padded block, crop start in the block, crop length)`` for
-    each lattice cell ``[k·step, (k+1)·step)`` that meets the block; the window is that cell
-    widened by ``halo`` on both sides.
-    """
-    out = []
-    for k in range(g0 // step, (g0 + n - 1) // step + 1):
-        cell0, cell1 = k * step, (k + 1) * step
-        lo, hi = max(cell0, g0), min(cell1, g0 + n)
-        out.append((cell0 - halo - (g0 - depth), lo - g0, hi - lo))
-    return out
-
-
 def predict_block(
     bands: np.ndarray,
     *,
@@ -124,9 +101,9 @@ def predict_block(
     pad: int,
     origin: tuple[int, int],
     chunk_starts: tuple[Sequence[int], Sequence[int]],
-    batch_size: int = 4,
+    batch_size: int | None = None,
     device: str = "auto",
-    precision: str = "fp32",
+    precision: str = "auto",
     block_info: dict | None = None,
 ) -> np.ndarray:
     """Probability of one block padded by ``pad``: ``(band, y + 2p, x + 2p)`` → ``(y + 2p, x + 2p)``.
@@ -135,50 +112,37 @@ def predict_block(
     on every side (neighbouring windows overlap by ``halo``). The padding is NaN in the output
     (``map_overlap`` trims it).
     """
-    import torch
+    from rtsflow.model.engine import engine_for
 
-    device = _device(device)
-    model, record = _model(spec, device)
-    stats = _STATS.setdefault((os.getpid(), spec.sha256), {"tiles": 0, "skipped": 0})
-    scalings = [BandScaling(**s) for s in record["normalisation"]]
+    engine = engine_for(spec, tile=tile, halo=halo, device=device, precision=precision, batch_size=batch_size)
     _, ny, nx = bands.shape
     depth = pad
     by, bx = ny - 2 * depth, nx - 2 * depth
-    out = np.full((ny, nx), np.nan, dtype=np.float32)
-    step, margin = lattice(tile=tile, halo=halo)
     i, j = block_info[0]["chunk-location"][1:] if block_info else (0, 0)
     gy0 = origin[0] + int(chunk_starts[0][i])
     gx0 = origin[1] + int(chunk_starts[1][j])
-    size = step + 2 * margin
-    padded = np.pad(bands, ((0, 0), (size, size), (size, size)), constant_values=np.nan)  # room for edge windows
-    todo = []
-    for wy, cy, ly in _lattice_starts(gy0, by, depth, step, margin):
-        for wx, cx, lx in _lattice_starts(gx0, bx, depth, step, margin):
-            win = padded[:, wy + size : wy + 2 * size, wx + size : wx + 2 * size]
-            x, valid = normalise(win, scalings)
-            if valid.any():  # all-NaN windows never reach the model
-                todo.append(((wy, cy, ly), (wx, cx, lx), x, valid))
-            else:
-                stats["skipped"] += 1
-    stats["tiles"] += len(todo)
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[precision]
-    with torch.inference_mode():
-        for k in range(0, len(todo), batch_size):
-            chunk = todo[k : k + batch_size]
-            xb = torch.from_numpy(np.stack([t[2] for t in chunk])).to(device)
-            if device == "cuda":
-                xb = xb.to(memory_format=torch.channels_last)
-            with torch.autocast(device_type="cuda" if device == "cuda" else "cpu", dtype=dtype,
-                                enabled=precision != "fp32"):  # fmt: skip
-                logits = model(xb)
-            prob = torch.sigmoid(logits.float())[:, 0].cpu().numpy()
-            for ((wy, cy, ly), (wx, cx, lx), _, valid), p in zip(chunk, prob, strict=True):
-                p = np.where(valid, p, np.nan)
-                # Crop [cy, cy + ly) of the block sits at (depth + cy) in the padded block and
-                # at (depth + cy - wy) in the window.
-                oy, ox = depth + cy, depth + cx
-                out[oy : oy + ly, ox : ox + lx] = p[oy - wy : oy - wy + ly, ox - wx : ox - wx + lx]
+    out = np.full((ny, nx), np.nan, dtype=np.float32)
+    out[depth : depth + by, depth : depth + bx] = engine.run(
+        _array_fetch(bands, row=gy0 - depth, col=gx0 - depth), rows=(gy0, gy0 + by), cols=(gx0, gx0 + bx)
+    )
     return out
+
+
+def _array_fetch(bands: np.ndarray, *, row: int, col: int):
+    """Window reads (global pixel indices) from an in-memory ``(band, y, x)`` stack whose first pixel is
+    ``(row, col)``; NaN beyond it."""
+
+    def fetch(r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
+        out = np.full((bands.shape[0], r1 - r0, c1 - c0), np.nan, dtype=np.float32)
+        ys = slice(max(r0, row), min(r1, row + bands.shape[1]))
+        xs = slice(max(c0, col), min(c1, col + bands.shape[2]))
+        if ys.start < ys.stop and xs.start < xs.stop:
+            out[:, ys.start - r0 : ys.stop - r0, xs.start - c0 : xs.stop - c0] = bands[
+                :, ys.start - row : ys.stop - row, xs.start - col : xs.stop - col
+            ]
+        return out
+
+    return fetch
 
 
 def predict(
@@ -188,9 +152,9 @@ def predict(
     bands: Sequence[str],
     halo: int = 64,
     tile: int = 512,
-    batch_size: int = 4,
+    batch_size: int | None = None,
     device: str = "auto",
-    precision: str = "fp32",
+    precision: str = "auto",
     grid=None,
 ) -> xr.DataArray:
     """Lazy probability map of a feature dataset (``float32``, NaN where no valid input).
@@ -242,9 +206,9 @@ def predict_window(
     bands: Sequence[str],
     halo: int = 64,
     tile: int = 512,
-    batch_size: int = 4,
+    batch_size: int | None = None,
     device: str = "auto",
-    precision: str = "fp32",
+    precision: str = "auto",
     grid=None,
 ) -> xr.DataArray:
     """Lazy probability of one window of ``features`` (e.g. a grid block of a run), one task.

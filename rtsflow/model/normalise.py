@@ -36,23 +36,35 @@ DEFAULT_NORMALISATION: tuple[BandScaling, ...] = (
 )
 
 
-def normalise(bands: np.ndarray, scalings: Sequence[BandScaling]) -> tuple[np.ndarray, np.ndarray]:
+def normalise(
+    bands: np.ndarray, scalings: Sequence[BandScaling], *, out: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Scale a ``(band, y, x)`` stack; return ``(scaled float32, valid bool (y, x))``.
 
     A pixel is valid when every band is finite; invalid pixels are 0 in every band.
+    ``out``: a float32 array of the stack's shape to write into (e.g. a slot of a
+    pinned batch buffer), instead of a new one.
     """
     x = np.asarray(bands, dtype=np.float32)
     if x.shape[0] != len(scalings):
         raise ValueError(f"expected {len(scalings)} bands ({[s.band for s in scalings]}), got {x.shape[0]}")
     valid = np.isfinite(x).all(axis=0)
-    out = np.empty_like(x)
+    if out is None:
+        out = np.empty_like(x)
+    # In place, in the order of ``2 (x - low) / (high - low) - 1`` (float32 throughout, like the
+    # expression), so the result is the same to the bit while allocating nothing per band.
     for i, s in enumerate(scalings):
+        o = out[i]
         if s.low == 0.0:
-            scaled = x[i] / s.high
+            np.divide(x[i], s.high, out=o)
             lo, hi = 0.0, 1.0
         else:
-            scaled = 2.0 * (x[i] - s.low) / (s.high - s.low) - 1.0
+            np.subtract(x[i], s.low, out=o)
+            np.multiply(o, 2.0, out=o)
+            np.divide(o, s.high - s.low, out=o)
+            np.subtract(o, 1.0, out=o)
             lo, hi = -1.0, 1.0
-        out[i] = np.clip(np.nan_to_num(scaled, nan=0.0), lo, hi)
-    out[:, ~valid] = 0.0
+        np.nan_to_num(o, copy=False, nan=0.0)
+        np.clip(o, lo, hi, out=o)
+    np.copyto(out, 0.0, where=~valid[None])
     return out, valid

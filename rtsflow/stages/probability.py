@@ -18,7 +18,6 @@ from rtsflow.grid import Grid, Window
 from rtsflow.io.blocks import GridStore, block_region, write_block
 from rtsflow.model.checkpoint import ModelSpec
 from rtsflow.stages.base import BlockJob, Stage, Upstream
-from rtsflow.stages.composite import _grow
 from rtsflow.stages.stores import GridVariable, create_grid_store
 
 __all__ = ["probability_block", "probability_stage"]
@@ -34,27 +33,34 @@ def probability_block(
     bands: Sequence[str],
     halo: int,
     tile: int,
-    batch_size: int,
+    batch_size: int | None,
     device: str,
     precision: str,
     out: str,
+    compile: bool = False,
 ) -> dict:
-    """RTS probability of one block."""
-    from rtsflow.model.inference import lattice, predict_block
+    """RTS probability of one block, through the worker's :class:`~rtsflow.model.engine.InferenceEngine`.
 
-    lattice(tile=tile, halo=halo)
+    The engine reads the bands as lattice-aligned strips (the block ± ``halo / 2``)
+    while the model runs; the block is written once at the end (a shard).
+    """
+    from rtsflow.model.engine import engine_for
+
+    engine = engine_for(spec, tile=tile, halo=halo, device=device, precision=precision,
+                        batch_size=batch_size, compile=compile)  # fmt: skip
     store = GridStore(features, grid=grid, domain=domain)
     win = grid.block_window(*block)
-    pad = tile + halo
-    read = _grow(win, pad)
-    stack = np.stack([store.read(b, read) for b in bands])
-    if not np.isfinite(stack[:, pad:-pad, pad:-pad]).any():
+
+    def fetch(r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
+        part = Window(r0, c0, r1 - r0, c1 - c0)
+        return np.stack([store.read(b, part) for b in bands])
+
+    prob = engine.run(fetch, rows=(win.row, win.row_stop), cols=(win.col, win.col_stop))
+    n_valid = int(np.isfinite(prob).sum())
+    if not n_valid:
         return {"status": "skipped", "reason": "no valid pixels"}
-    prob = predict_block(stack, spec=spec, halo=halo, tile=tile, pad=pad, origin=(win.row, win.col),
-                         chunk_starts=((0,), (0,)), batch_size=batch_size, device=device,
-                         precision=precision)[pad:-pad, pad:-pad]  # fmt: skip
     write_block(out, {"probability": (("y", "x"), prob)}, region=block_region(win, domain))
-    return {"n_valid": int(np.isfinite(prob).sum())}
+    return {"n_valid": n_valid}
 
 
 def probability_stage(
@@ -67,13 +73,14 @@ def probability_stage(
     spec: ModelSpec,
     record: dict,
     halo: int,
-    batch_size: int,
+    batch_size: int | None,
     device: str,
     precision: str,
     dtype: str,
     resources: dict | None,
     out: Path,
     skip: Sequence[tuple[int, int]] = (),
+    compile: bool = False,
 ) -> Stage:
     """The probability stage of one pair (``skip``: blocks known to hold no valid feature pixel)."""
     from rtsflow.io.probability import PROBABILITY_DTYPES
@@ -91,7 +98,8 @@ def probability_stage(
                   "threshold": record["threshold"], "title": "rtsflow RTS probability"})  # fmt: skip
 
     params = dict(features=str(features), grid=grid, domain=domain, spec=spec, bands=list(record["bands"]),
-                  halo=halo, tile=tile, batch_size=batch_size, device=device, precision=precision, out=str(out))
+                  halo=halo, tile=tile, batch_size=batch_size, device=device, precision=precision, out=str(out),
+                  compile=compile)
     radius = -(-(tile + halo) // grid.block_size)  # blocks of context a window may read
     skipped = set(skip)
     return Stage(name="probability", key=key, function=probability_block, params=params,

@@ -1,0 +1,381 @@
+"""Per-worker inference engine: reading, normalisation, transfer, model and crops overlap.
+
+One engine per (model, device, precision) and process (:func:`engine_for`),
+loaded once. :meth:`InferenceEngine.run` predicts the lattice windows over one
+output region (a grid block, or a dask chunk of the lazy API):
+
+- a **reader** thread reads the inputs as row strips aligned to the tile
+  lattice (each stored chunk decoded once; a window row is its cell row plus
+  ``margin`` rows of the neighbouring strips);
+- a **prep** thread normalises each window straight into a slot of a reusable
+  batch buffer (pinned host memory on CUDA) and skips all-NaN windows;
+- the calling thread copies full batches to the device (``non_blocking``),
+  runs the model (bf16 autocast and channels_last by default on GPU) and
+  starts the copy of the probabilities back;
+- a **writer** thread waits for those copies and crops each window's centre
+  cell into the output.
+
+Queues between the stages are bounded (``prefetch`` batches), so memory stays
+a few batches plus one strip of inputs. Batches are formed in row-major window
+order exactly as before the engine existed, so fp32 CPU results are
+bit-identical to it.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from rtsflow.model.normalise import BandScaling, normalise
+
+__all__ = ["InferenceEngine", "auto_batch_size", "engine_for", "resolve_device", "resolve_precision"]
+
+#: ``fetch(row0, row1, col0, col1)`` → ``(band, row1 - row0, col1 - col0)`` float32 in global
+#: pixel indices, NaN where there is no data.
+Fetch = Callable[[int, int, int, int], np.ndarray]
+
+_DONE = object()
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` → ``cuda`` when a GPU is visible, else ``cpu``.
+
+    A worker that sees several GPUs (a batch job running one worker per GPU,
+    ``dask worker --nworkers N`` names them ``<job>-0`` … ``<job>-<N-1>``) takes
+    ``cuda:<its index>``, so each GPU serves one worker.
+    """
+    if device not in ("auto", "cuda"):
+        return device
+    import torch
+
+    if not torch.cuda.is_available():
+        return "cpu" if device == "auto" else device
+    count = torch.cuda.device_count()
+    return f"cuda:{_worker_index() % count}" if count > 1 else "cuda"
+
+
+def _worker_index() -> int:
+    """The trailing number of this dask worker's name (0 outside a worker)."""
+    try:
+        from distributed import get_worker
+
+        name = str(get_worker().name)
+    except (ImportError, ValueError):
+        return 0
+    tail = name.rsplit("-", 1)[-1]
+    return int(tail) if tail.isdigit() else 0
+
+
+def resolve_precision(precision: str, device: str) -> str:
+    """``auto`` → ``bf16`` on a GPU, ``fp32`` on the CPU (bf16 autocast is slow on most CPUs)."""
+    if precision == "auto":
+        return "bf16" if device.startswith("cuda") else "fp32"
+    if precision not in ("fp32", "bf16"):
+        raise ValueError(f"precision must be 'auto', 'fp32' or 'bf16', got {precision!r}")
+    return precision
+
+
+def auto_batch_size(model, *, bands: int, size: int, device: str, precision: str, fraction: float = 0.5) -> int:
+    """Windows per batch: 4 on the CPU; on a GPU as many as ``fraction`` of its free memory holds.
+
+    The memory of one window is measured with a two-window forward pass.
+    """
+    if not device.startswith("cuda"):
+        return 4
+    import torch
+
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[precision]
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    base = torch.cuda.memory_allocated(device)
+    x = torch.zeros((2, bands, size, size), device=device).to(memory_format=torch.channels_last)
+    with torch.inference_mode(), torch.autocast(device_type="cuda", dtype=dtype, enabled=precision != "fp32"):
+        model(x)
+    torch.cuda.synchronize(device)
+    per_window = max(1, (torch.cuda.max_memory_allocated(device) - base) // 2)
+    free, _ = torch.cuda.mem_get_info(device)
+    return int(max(1, min(256, fraction * free // per_window)))
+
+
+@dataclass(frozen=True)
+class _Window:
+    """Where one window's centre cell goes: output ``[cy, cy + ly) × [cx, cx + lx)`` of the region,
+    taken from window pixels starting at ``(oy, ox)``; ``wx`` is its first column in a strip."""
+
+    cy: int
+    ly: int
+    oy: int
+    cx: int
+    lx: int
+    ox: int
+    wx: int
+
+
+class InferenceEngine:
+    """A model on a device with its batch buffers; see the module docstring.
+
+    Parameters
+    ----------
+    model
+        A torch module mapping ``(batch, band, size, size)`` to logits ``(batch, 1, size, size)``.
+    scalings
+        Per-band normalisation (the checkpoint record's).
+    device, precision
+        Where and how to run (``auto`` resolved by :func:`resolve_device` / :func:`resolve_precision`).
+    batch_size
+        Windows per batch; ``None``: :func:`auto_batch_size`.
+    channels_last
+        Memory format of the batches; ``None``: on GPUs only.
+    compile
+        Wrap the model in ``torch.compile``.
+    prefetch
+        Batches prepared ahead of the device.
+    """
+
+    def __init__(
+        self,
+        model,
+        *,
+        scalings: Sequence[BandScaling],
+        tile: int,
+        halo: int,
+        device: str = "auto",
+        precision: str = "auto",
+        batch_size: int | None = None,
+        channels_last: bool | None = None,
+        compile: bool = False,
+        prefetch: int = 3,
+    ) -> None:
+        import torch
+
+        from rtsflow.model.inference import lattice
+
+        self.step, self.margin = lattice(tile=tile, halo=halo)
+        self.size = self.step + 2 * self.margin
+        self.device = resolve_device(device)
+        self.precision = resolve_precision(precision, self.device)
+        self.cuda = self.device.startswith("cuda")
+        if self.cuda:
+            torch.cuda.set_device(self.device)  # events and pinned copies on this worker's GPU
+        self.channels_last = self.cuda if channels_last is None else channels_last
+        self.scalings = list(scalings)
+        self.model = model.to(self.device).eval()
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        if compile:
+            self.model = torch.compile(self.model)
+        self.batch_size = batch_size or auto_batch_size(self.model, bands=len(self.scalings), size=self.size,
+                                                        device=self.device, precision=self.precision)  # fmt: skip
+        self.prefetch = max(1, prefetch)
+        self._free: queue.Queue = queue.Queue()
+        shape = (self.batch_size, len(self.scalings), self.size, self.size)
+        for _ in range(self.prefetch + 2):  # in preparation, queued, on the device
+            self._free.put(torch.empty(shape, dtype=torch.float32, pin_memory=self.cuda))
+        self._lock = threading.Lock()  # one region at a time per engine
+        self.stats = {"tiles": 0, "skipped": 0, "batches": 0}
+
+    # -- the lattice -------------------------------------------------------------------------
+    def _cells(self, g0: int, n: int) -> list[tuple[int, int, int]]:
+        """``(cell index, crop start relative to g0, crop length)`` of the lattice cells meeting ``[g0, g0 + n)``."""
+        out = []
+        for k in range(g0 // self.step, (g0 + n - 1) // self.step + 1):
+            lo, hi = max(k * self.step, g0), min((k + 1) * self.step, g0 + n)
+            out.append((k, lo - g0, hi - lo))
+        return out
+
+    # -- the pipeline ------------------------------------------------------------------------
+    def run(self, fetch: Fetch, *, rows: tuple[int, int], cols: tuple[int, int]) -> np.ndarray:
+        """Probability over global rows ``[r0, r1)`` × cols ``[c0, c1)`` (float32, NaN where no valid input)."""
+        with self._lock:
+            return self._run(fetch, rows=rows, cols=cols)
+
+    def _run(self, fetch: Fetch, *, rows, cols) -> np.ndarray:
+        r0, r1 = rows
+        c0, c1 = cols
+        out = np.full((r1 - r0, c1 - c0), np.nan, dtype=np.float32)
+        if r1 <= r0 or c1 <= c0:
+            return out
+        ycells, xcells = self._cells(r0, r1 - r0), self._cells(c0, c1 - c0)
+        m, s = self.margin, self.step
+        x0 = xcells[0][0] * s - m  # first column of every strip
+        x1 = (xcells[-1][0] + 1) * s + m
+        # Window column k starts at k·s − m; the crop of its cell sits m + (crop − cell start) into it.
+        columns = [(cx, lx, m + cx - (k * s - c0), k * s - m - x0) for k, cx, lx in xcells]
+        strips: queue.Queue = queue.Queue(maxsize=2)
+        batches: queue.Queue = queue.Queue(maxsize=self.prefetch)
+        results: queue.Queue = queue.Queue(maxsize=self.prefetch)
+        errors: list[BaseException] = []
+        stop = threading.Event()
+
+        def put(q: queue.Queue, item) -> bool:
+            while not stop.is_set():
+                try:
+                    q.put(item, timeout=0.1)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
+        def get(q: queue.Queue):
+            while not stop.is_set():
+                try:
+                    return q.get(timeout=0.1)
+                except queue.Empty:
+                    continue
+            return _DONE
+
+        def take():
+            while not stop.is_set():
+                try:
+                    return self._free.get(timeout=0.1)
+                except queue.Empty:
+                    continue
+            return None
+
+        def guarded(target):
+            def body():
+                try:
+                    target()
+                except BaseException as e:  # handed to the calling thread
+                    errors.append(e)
+                    stop.set()
+
+            return threading.Thread(target=body, daemon=True)
+
+        def reader():
+            # Lattice-aligned strips, each read once; a window row is the last m rows of the strip
+            # above, its cell row's strip and the first m rows of the strip below.
+            k1 = ycells[-1][0]
+            tail = fetch(ycells[0][0] * s - m, ycells[0][0] * s, x0, x1) if m else None
+            here = fetch(ycells[0][0] * s, (ycells[0][0] + 1) * s, x0, x1)
+            for k, cy, ly in ycells:
+                nxt = fetch((k + 1) * s, (k + 2) * s, x0, x1) if k < k1 else None
+                if m:
+                    head = nxt[:, :m] if nxt is not None else fetch((k + 1) * s, (k + 1) * s + m, x0, x1)
+                    slab = np.concatenate([tail, here, head], axis=1)
+                    tail = here[:, -m:]
+                else:
+                    slab = here
+                if not put(strips, (cy, ly, m + cy - (k * s - r0), slab)):
+                    return
+                here = nxt
+            put(strips, _DONE)
+
+        def prep():
+            buf, metas = take(), []
+            if buf is None:
+                return
+            host = buf.numpy()
+            while (item := get(strips)) is not _DONE:
+                cy, ly, oy, slab = item
+                for cx, lx, ox, wx in columns:
+                    _, valid = normalise(slab[:, :, wx : wx + self.size], self.scalings, out=host[len(metas)])
+                    if not valid.any():
+                        self.stats["skipped"] += 1  # all-NaN windows never reach the model
+                        continue
+                    metas.append((_Window(cy, ly, oy, cx, lx, ox, wx), valid))
+                    if len(metas) == self.batch_size:
+                        if not put(batches, (buf, metas)) or (buf := take()) is None:
+                            return
+                        metas, host = [], buf.numpy()
+            if metas:
+                put(batches, (buf, metas))
+            else:
+                self._free.put(buf)
+            put(batches, _DONE)
+
+        def writer():
+            while (item := get(results)) is not _DONE:
+                event, prob, buf, metas = item
+                if event is not None:
+                    event.synchronize()  # the copy back (and so the copy in) is done
+                self._free.put(buf)
+                for (w, valid), p in zip(metas, prob.numpy(), strict=True):
+                    p = np.where(valid, p, np.nan)
+                    out[w.cy : w.cy + w.ly, w.cx : w.cx + w.lx] = p[w.oy : w.oy + w.ly, w.ox : w.ox + w.lx]
+
+        threads = [guarded(reader), guarded(prep), guarded(writer)]
+        for t in threads:
+            t.start()
+        try:
+            self._device_loop(batches, results, stop, put, get)
+            put(results, _DONE)
+        except BaseException as e:
+            errors.append(e)
+            stop.set()
+        for t in threads:
+            t.join()
+        if errors:
+            self._reset_buffers()
+            raise errors[0]
+        return out
+
+    def _reset_buffers(self) -> None:
+        """After a failure buffers may be lost in a queue: make a fresh set."""
+        import torch
+
+        self._free = queue.Queue()
+        shape = (self.batch_size, len(self.scalings), self.size, self.size)
+        for _ in range(self.prefetch + 2):
+            self._free.put(torch.empty(shape, dtype=torch.float32, pin_memory=self.cuda))
+
+    def _device_loop(self, batches: queue.Queue, results: queue.Queue, stop: threading.Event, put, get) -> None:
+        import torch
+
+        dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[self.precision]
+        autocast = "cuda" if self.cuda else "cpu"
+        with torch.inference_mode():
+            while (item := get(batches)) is not _DONE:
+                buf, metas = item
+                n = len(metas)
+                xb = buf[:n].to(self.device, non_blocking=True)
+                if self.channels_last:
+                    xb = xb.contiguous(memory_format=torch.channels_last)
+                with torch.autocast(device_type=autocast, dtype=dtype, enabled=self.precision != "fp32"):
+                    logits = self.model(xb)
+                prob = torch.sigmoid(logits.float())[:, 0]
+                event = None
+                if self.cuda:
+                    host = torch.empty(prob.shape, dtype=torch.float32, pin_memory=True)
+                    host.copy_(prob, non_blocking=True)
+                    event = torch.cuda.Event()
+                    event.record()
+                    prob = host
+                self.stats["tiles"] += n
+                self.stats["batches"] += 1
+                if not put(results, (event, prob, buf, metas)):
+                    return
+
+
+_ENGINES: dict[tuple, InferenceEngine] = {}
+_ENGINES_LOCK = threading.Lock()
+
+
+def engine_for(
+    spec,
+    *,
+    tile: int,
+    halo: int,
+    device: str = "auto",
+    precision: str = "auto",
+    batch_size: int | None = None,
+    compile: bool = False,
+) -> InferenceEngine:
+    """The process's engine for a checkpoint (model loaded once per process and device, sha256 checked)."""
+    from rtsflow.model.inference import _model
+
+    device = resolve_device(device)
+    key = (spec.path, spec.sha256, device, resolve_precision(precision, device), batch_size, compile, tile, halo)
+    with _ENGINES_LOCK:
+        if key not in _ENGINES:
+            model, record = _model(spec, device)
+            scalings = [BandScaling(**s) for s in record["normalisation"]]
+            _ENGINES[key] = InferenceEngine(model, scalings=scalings, tile=tile, halo=halo, device=device,
+                                            precision=precision, batch_size=batch_size, compile=compile)  # fmt: skip
+            _ENGINES[key].pid = os.getpid()
+        return _ENGINES[key]
