@@ -154,7 +154,8 @@ def main() -> None:
     print_header("inference")
     gpu = torch.cuda.get_device_name(0) if device.startswith("cuda") else "none"
     print(f"# torch {torch.__version__}, {torch.get_num_threads()} threads, device {device} (GPU: {gpu}), "
-          f"{precision}, {args.architecture} resnet18, {args.tile}-px cells, {args.tile + args.halo}² windows")  # fmt: skip
+          f"{precision}, {args.architecture} resnet18, {args.tile}-px cells, "
+          f"{args.tile + args.halo}² windows")  # fmt: skip
     step, margin = args.tile, args.halo // 2
     per_row = GRID.block_size // step
     feed_rows = max(1, args.feed_tiles // per_row)
@@ -203,6 +204,7 @@ def main() -> None:
                 wins.append(x)
         dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[precision]
         cuda = device.startswith("cuda")
+        autocast = {"device_type": "cuda" if cuda else "cpu", "dtype": dtype, "enabled": precision != "fp32"}
 
         def forward():
             with torch.inference_mode():
@@ -210,7 +212,7 @@ def main() -> None:
                     xb = torch.from_numpy(np.stack(wins[k : k + batch])).to(device)
                     if cuda:
                         xb = xb.contiguous(memory_format=torch.channels_last)
-                    with torch.autocast(device_type="cuda" if cuda else "cpu", dtype=dtype, enabled=precision != "fp32"):
+                    with torch.autocast(**autocast):
                         torch.sigmoid(engine.model(xb).float()).cpu()
             return len(wins)
 
