@@ -147,7 +147,7 @@ def run_region(
 
     ``upto="features"`` (or ``"probability"``) stops after that stage (no model needed for features).
     """
-    from rtsflow.cluster import connect, gpu_workers
+    from rtsflow.io.lock import DirectoryLock
     from rtsflow.model.checkpoint import read_record
 
     if upto not in UPTO:
@@ -160,6 +160,19 @@ def run_region(
     identity = config.to_dict()
     if upto != "features":
         identity["model_sha256"] = read_record(config.model)["weights_sha256"]
+    # One run per directory at a time (a second one refuses, naming the first); held to the end.
+    with DirectoryLock(rd.path / ".lock", what=f"run directory {rd.path}") as lock:
+        if lock.took_over:
+            o = lock.took_over
+            print(f"took over the lock of a run that is gone (pid {o.get('pid')} on {o.get('host')}, "
+                  f"started {o.get('started')})", flush=True)  # fmt: skip
+        return _run_locked(config, rd, identity, client=client, cluster=cluster, force=force, progress=progress,
+                           upto=upto)  # fmt: skip
+
+
+def _run_locked(config: RunConfig, rd: RunDirectory, identity: dict, *, client, cluster, force, progress, upto):
+    from rtsflow.cluster import connect, gpu_workers
+
     session = rd.start(identity, force=force)
     if force:
         for store in _stage_stores(config):

@@ -639,6 +639,7 @@ def run_cmd(config_path, output, force, until, cluster) -> None:
     """Run (or resume) a configured region: per-block features and inference, RTS, densities, report."""
     from pipelines.region import RunIncomplete, run_region
     from rtsflow.config import ConfigError, load_config
+    from rtsflow.io.lock import LockedError
 
     try:
         config = load_config(config_path, output=output)
@@ -650,6 +651,9 @@ def run_cmd(config_path, output, force, until, cluster) -> None:
     except RunIncomplete as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(1)
+    except LockedError as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(3)
     except ValueError as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(2)
