@@ -4,9 +4,10 @@ One engine per (model, device, precision) and process (:func:`engine_for`),
 loaded once. :meth:`InferenceEngine.run` predicts the lattice windows over one
 output region (a grid block, or a dask chunk of the lazy API):
 
-- a **reader** thread reads the inputs as row strips aligned to the tile
-  lattice (each stored chunk decoded once; a window row is its cell row plus
-  ``margin`` rows of the neighbouring strips);
+- **reader** threads read the inputs as row strips aligned to the tile
+  lattice, ``readers`` strips at a time and in order (each stored chunk
+  decoded once; a window row is its cell row plus ``margin`` rows of the
+  neighbouring strips);
 - a **prep** thread normalises each window straight into a slot of a reusable
   batch buffer (pinned host memory on CUDA) and skips all-NaN windows;
 - the calling thread copies full batches to the device (``non_blocking``),
@@ -26,7 +27,9 @@ from __future__ import annotations
 import os
 import queue
 import threading
+from collections import deque
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -135,6 +138,8 @@ class InferenceEngine:
         Wrap the model in ``torch.compile``.
     prefetch
         Batches prepared ahead of the device.
+    readers
+        Strips read at the same time (store decoding releases the GIL).
     """
 
     def __init__(
@@ -150,6 +155,7 @@ class InferenceEngine:
         channels_last: bool | None = None,
         compile: bool = False,
         prefetch: int = 3,
+        readers: int = 2,
     ) -> None:
         import torch
 
@@ -172,6 +178,7 @@ class InferenceEngine:
         self.batch_size = batch_size or auto_batch_size(self.model, bands=len(self.scalings), size=self.size,
                                                         device=self.device, precision=self.precision)  # fmt: skip
         self.prefetch = max(1, prefetch)
+        self.readers = max(1, readers)
         self._free: queue.Queue = queue.Queue()
         shape = (self.batch_size, len(self.scalings), self.size, self.size)
         for _ in range(self.prefetch + 2):  # in preparation, queued, on the device
@@ -248,22 +255,38 @@ class InferenceEngine:
             return threading.Thread(target=body, daemon=True)
 
         def reader():
-            # Lattice-aligned strips, each read once; a window row is the last m rows of the strip
-            # above, its cell row's strip and the first m rows of the strip below.
-            k1 = ycells[-1][0]
-            tail = fetch(ycells[0][0] * s - m, ycells[0][0] * s, x0, x1) if m else None
-            here = fetch(ycells[0][0] * s, (ycells[0][0] + 1) * s, x0, x1)
-            for k, cy, ly in ycells:
-                nxt = fetch((k + 1) * s, (k + 2) * s, x0, x1) if k < k1 else None
-                if m:
-                    head = nxt[:, :m] if nxt is not None else fetch((k + 1) * s, (k + 1) * s + m, x0, x1)
-                    slab = np.concatenate([tail, here, head], axis=1)
-                    tail = here[:, -m:]
-                else:
-                    slab = here
-                if not put(strips, (cy, ly, m + cy - (k * s - r0), slab)):
-                    return
-                here = nxt
+            # Lattice-aligned strips, each read once (``readers`` of them at a time, in order); a window
+            # row is the last m rows of the strip above, its cell row's strip and the first m rows of
+            # the strip below.
+            k0, k1 = ycells[0][0], ycells[-1][0]
+            spans = [(k * s, (k + 1) * s) for k in range(k0, k1 + 1)]
+            if m:
+                spans = [(k0 * s - m, k0 * s), *spans, ((k1 + 1) * s, (k1 + 1) * s + m)]
+            with ThreadPoolExecutor(self.readers, thread_name_prefix="rtsflow-read") as pool:
+                pending = deque(pool.submit(fetch, a, b, x0, x1) for a, b in spans[: self.readers + 1])
+                todo = iter(spans[self.readers + 1 :])
+
+                def next_strip():
+                    arr = pending.popleft().result()
+                    span = next(todo, None)
+                    if span is not None:
+                        pending.append(pool.submit(fetch, *span, x0, x1))
+                    return arr
+
+                tail = next_strip() if m else None
+                here = next_strip()
+                for k, cy, ly in ycells:
+                    nxt = next_strip() if (k < k1 or m) else None
+                    if m:
+                        slab = np.concatenate([tail, here, nxt[:, :m]], axis=1)
+                        tail = here[:, -m:]
+                    else:
+                        slab = here
+                    if stop.is_set() or not put(strips, (cy, ly, m + cy - (k * s - r0), slab)):
+                        for f in pending:
+                            f.cancel()
+                        return
+                    here = nxt
             put(strips, _DONE)
 
         def prep():
