@@ -293,13 +293,13 @@ def train(
     """
     import torch
 
-    from rtsflow.model.inference import _device
+    from rtsflow.model.engine import resolve_device
     from rtsflow.progress import progress_bar
 
     out = Path(out)
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists; pass overwrite=True (CLI: --overwrite) to replace it")
-    device = _device(config.device)
+    device = resolve_device(config.device)
     rng = np.random.default_rng(config.seed)
     torch.manual_seed(config.seed)
     if device == "cpu":
