@@ -45,7 +45,9 @@ def worker_config(
     with deep xDEM call stacks grew a worker by ~0.1 GiB (benchmarks/RESULTS.md,
     "Worker memory").
     """
-    cfg: dict = {"distributed.worker.profile.enabled": bool(profile)}
+    # One task per worker thread at a time (no task queued behind a running one): block tasks are long
+    # and memory-heavy, and a worker killed for memory would take the blocks queued on it down too.
+    cfg: dict = {"distributed.worker.profile.enabled": bool(profile), "distributed.scheduler.worker-saturation": 1.0}
     if local_directory is not None:
         Path(local_directory).mkdir(parents=True, exist_ok=True)
         cfg["temporary-directory"] = str(local_directory)

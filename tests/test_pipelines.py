@@ -453,3 +453,35 @@ def test_stale_run_lock_of_a_dead_process_is_taken_over(setup, reference, tmp_pa
     assert f"took over the lock of a run that is gone (pid {dead.pid}" in capsys.readouterr().out
     assert not lock.exists()
     _assert_same_outputs(tmp_path / "run", reference.run)
+
+
+def _hog(block, *, gib: float) -> dict:
+    """A block function that needs ``gib`` GiB (pages touched) when its block is (0, 1)."""
+    if block == (0, 1):
+        a = np.ones(int(gib * 2**30 / 8))
+        time.sleep(10)  # the nanny checks memory every 100 ms
+        return {"n_valid": int(a[0])}
+    return {"n_valid": 1}
+
+
+def test_worker_killed_for_memory_is_reported_with_its_block(tmp_path):
+    """The status table names the block whose worker the nanny killed for memory, with RSS and limit."""
+    import dask
+
+    from rtsflow.cluster import local_cluster
+    from rtsflow.runs import RunDirectory
+    from rtsflow.stages.base import BlockJob, Stage, run_stage
+
+    run = RunDirectory(tmp_path / "run")
+    run.start({"name": "hog"})
+    stage = Stage(name="hog", key="k", function=_hog, params={"gib": 2.0}, jobs=[BlockJob((0, 1))])
+    spill = tmp_path / "spill"
+    with dask.config.set({"distributed.scheduler.allowed-failures": 1}):  # two tries
+        with local_cluster(n_workers=2, memory_limit="600MiB", dashboard_address=None, local_directory=spill) as lc, \
+                Client(lc) as client:  # fmt: skip
+            outcome = run_stage(client, run, stage)
+    status = run.status().set_index("block")
+    assert status.loc["0_1", "status"] == "failed"
+    err = status.loc["0_1", "error"]
+    assert err.startswith("killed: worker") and "ran out of memory on this block" in err and "0.59 GiB" in err, err
+    assert len(outcome.failed) == 1 and "0_1" in outcome.failed[0]

@@ -137,6 +137,26 @@ def _run_block(job: BlockJob, *, function: Callable[..., dict], params: dict) ->
     return out
 
 
+def _failure(client, err: BaseException) -> str:
+    """The status table's text for a failed block; a worker that died on it says so, and why if it was memory."""
+    from distributed import KilledWorker
+
+    if not isinstance(err, KilledWorker):
+        return f"{type(err).__name__}: {err}"
+    worker = getattr(err.last_worker, "address", str(err.last_worker))
+    limit = getattr(err.last_worker, "memory_limit", 0) or 0
+    try:
+        events = [e for _, e in client.get_events("worker-restart-memory") if e.get("worker") == worker]
+    except Exception:  # the scheduler may be gone at shutdown; the plain message still holds
+        events = []
+    if events:
+        rss = events[-1].get("rss", 0)
+        return (f"killed: worker {worker} ran out of memory on this block (RSS {rss / 2**30:.2f} GiB of "
+                f"{limit / 2**30:.2f} GiB allowed; raise workers.memory_limit or run fewer workers)")  # fmt: skip
+    return (f"killed: worker {worker} died while running this block ({err.allowed_failures + 1} tries); "
+            f"see the worker's log")  # fmt: skip
+
+
 def _blocked_by(stage: Stage, job: BlockJob, done: dict[tuple[str, str], set[str]],
                 known: dict[tuple[str, str], set[str]]) -> str | None:  # fmt: skip
     """The first upstream block this job waits for (not done), or ``None`` if it can run."""
@@ -215,8 +235,7 @@ def run_stage(client, run, stage: Stage, *, progress: bool = False, block_set: I
                 job = by_future[fut]
                 name = block_name(job.block)
                 if fut.status == "error":
-                    err = fut.exception()
-                    msg = f"{type(err).__name__}: {err}"
+                    msg = _failure(client, fut.exception())
                     run.record(stage=stage.name, key=stage.key, block=name, status="failed",
                                seconds=time.perf_counter() - submitted, error=msg)  # fmt: skip
                     out.failed.append(f"{stage.title} block {name}: {msg}")
