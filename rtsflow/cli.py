@@ -605,6 +605,22 @@ def cube_footprints(cube, cluster) -> None:
     click.echo(f"{cube}: footprint index of {n_obs} observation(s), {n} (observation, tile) entries")
 
 
+@cube_group.command(name="migrate")
+@click.argument("cube", type=click.Path(exists=True, file_okay=False, path_type=Path))
+def cube_migrate(cube) -> None:
+    """Bring CUBE (written by an older rtsflow) to the current layout, checked value by value.
+
+    Fixed-length UTF-32 text coordinates become variable-length strings (the
+    Zarr v3 data type with a specification; zarr warns about the other on
+    every write). `rtsflow ingest` does this itself when it writes to such a cube.
+    """
+    from rtsflow.io.migrate import migrate_cube
+
+    names = migrate_cube(cube)
+    click.echo(f"{cube}: " + (f"rewrote {', '.join(names)} as variable-length strings" if names
+                              else "already in the current layout"))  # fmt: skip
+
+
 @main.command()
 @click.argument("cube", type=click.Path(exists=True, file_okay=False, path_type=Path))
 def info(cube) -> None:

@@ -24,6 +24,7 @@ import zarr
 from rtsflow.grid import DEFAULT_GRID, GRID_CRS, Grid, Window
 from rtsflow.io import cube as cubeio
 from rtsflow.io import footprints, transaction
+from rtsflow.io.migrate import migrate_cube
 from rtsflow.io.rasters import (
     LAYER_RULES,
     RasterInfo,
@@ -275,6 +276,9 @@ def ingest(
         report.notes.append("rolled back the observations of an interrupted ingest")
     exists = (cube / "zarr.json").exists()
     if exists:
+        migrated = migrate_cube(cube)  # older rtsflow: fixed-length strings (zarr warns on every write)
+        if migrated:
+            report.notes.append(f"migrated the string coordinates {', '.join(migrated)} to variable-length strings")
         info = cubeio.cube_info(cube)
         grid = info.grid
     elif cube.exists() and any(cube.iterdir()):

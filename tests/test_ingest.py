@@ -648,3 +648,56 @@ def test_ingest_reference_refuses_to_overwrite(msh_cube, tmp_path):
     with pytest.raises(ProductError, match="already has a variable 'reference_dem'"):
         ingest_reference_dem(msh / "27.tif", cube=cube, scheduler="threads")
     assert tree_digest(cube) == before
+
+
+# -- cubes of older rtsflow --------------------------------------------------------------------------
+
+
+def _as_old_cube(cube: Path) -> list[str]:
+    """Rewrite a cube's text coordinates as fixed-length UTF-32, as rtsflow <= 0.2 stored them."""
+    import warnings
+
+    import zarr
+
+    group = zarr.open_group(str(cube), mode="r+", zarr_format=3)
+    names = []
+    for name, arr in list(group.arrays()):
+        if arr.dtype.kind in "OT":
+            values = np.array([str(v) for v in arr[...]], dtype="U")
+            attrs, dims, chunks = dict(arr.attrs), arr.metadata.dimension_names, arr.chunks
+            del group[name]
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                group.create_array(name, shape=values.shape, dtype=values.dtype, chunks=chunks, attributes=attrs,
+                                   dimension_names=dims)[...] = values  # fmt: skip
+            names.append(name)
+    return sorted(names)
+
+
+def test_old_cube_string_coordinates_are_migrated_losslessly(tmp_path):
+    from zarr.errors import UnstableSpecificationWarning
+
+    from rtsflow.io.migrate import fixed_length_strings
+
+    cube = tmp_path / "cube.zarr"
+    ingest([make_product(tmp_path / "p", "a")], cube=cube, scheduler="threads")
+    old = _as_old_cube(cube)
+    assert {"product_id", "kind", "sensor"} <= set(old) and fixed_length_strings(cube) == old
+    before = open_cube(cube)
+    r = CliRunner().invoke(main, ["cube", "migrate", str(cube)])
+    assert r.exit_code == 0 and "rewrote" in r.output and "product_id" in r.output, r.output
+    assert fixed_length_strings(cube) == []
+    after = open_cube(cube)
+    for name in old:
+        assert list(after[name].values) == list(before[name].values), name
+    assert not [p for p in cube.iterdir() if p.name.startswith(".") and ".old" in p.name]
+    # An old cube written to by ingest is migrated first: no zarr warning on the way.
+    _as_old_cube(cube)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UnstableSpecificationWarning)
+        report = ingest([make_product(tmp_path / "p", "b", acquired="2011-02-15T10:00:00Z", seed=1)], cube=cube,
+                        scheduler="threads")  # fmt: skip
+    assert any("migrated the string coordinates" in n for n in report.notes)
+    assert list(open_cube(cube).product_id.values) == ["a", "b"]
