@@ -9,6 +9,7 @@ next one (the store records how many observations are committed).
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
 import shutil
@@ -391,17 +392,46 @@ def ingest(
             entries = np.concatenate(written) if written else np.zeros((0, 4), dtype=np.int64)
             footprints.append_footprints(cube, entries, n_obs=n_before + len(new))
         _set_committed(cube, n_before + len(new))
-    except BaseException:
+    except BaseException as e:
         if tx is not None:
             tx.rollback()
         else:
             shutil.rmtree(cube, ignore_errors=True)
+        if _no_space(e):
+            free, need = shutil.disk_usage(cube.parent).free, _pixel_bytes(new, window, grid)
+            raise ProductError(cube, None, f"no space left on its device while writing ({_gib(free)} free now; "
+                               f"these products hold up to {_gib(need)} of pixels before compression). "
+                               f"The cube is as it was; free space and ingest again.") from e  # fmt: skip
         raise
     if tx is not None:
         tx.commit()
     report.added = [p.product.id for p in new]
     report.input_bytes = sum(lay.path.stat().st_size for p in new for lay in p.layers.values())
     return report
+
+
+def _no_space(e: BaseException | None) -> bool:
+    """Whether an error (or one it was raised from) is "no space left on device"."""
+    while e is not None:
+        if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def _gib(n: float) -> str:
+    return f"{n / 2**30:.2f} GiB"
+
+
+def _pixel_bytes(new: list[PreparedProduct], window: Window, grid: Grid) -> int:
+    """Uncompressed bytes of the cube layers the products write (an upper bound of what they need)."""
+    per_px = sum(np.dtype(spec.dtype).itemsize for spec in cubeio.CUBE_VARIABLES.values())
+    total = 0
+    for p in new:
+        part = p.footprint.intersection(window)
+        if part is not None:
+            total += grid.snap(part, to="tile").height * grid.snap(part, to="tile").width * per_px
+    return total
 
 
 def ingest_mask(

@@ -701,3 +701,37 @@ def test_old_cube_string_coordinates_are_migrated_losslessly(tmp_path):
                         scheduler="threads")  # fmt: skip
     assert any("migrated the string coordinates" in n for n in report.notes)
     assert list(open_cube(cube).product_id.values) == ["a", "b"]
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 12 MiB tmpfs (needs root and a kernel that lets us mount; skipped where it cannot)."""
+    import shutil
+    import subprocess
+
+    mnt = tmp_path / "small_disk"
+    mnt.mkdir()
+    if shutil.which("mount") is None:
+        pytest.skip("no mount command")
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=12m", "tmpfs", str(mnt)], capture_output=True, text=True)
+    if r.returncode:
+        pytest.skip(f"cannot mount a small tmpfs here: {r.stderr.strip()}")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_full_disk_gives_a_clear_error_and_leaves_the_cube_as_it_was(small_disk, tmp_path):
+    import shutil
+
+    cube = small_disk / "cube.zarr"
+    ingest([make_product(tmp_path / "p", "a")], cube=cube, scheduler="threads")
+    before = tree_digest(cube)
+    free = shutil.disk_usage(small_disk).free
+    big = make_product(tmp_path / "p", "big", shape=(2500, 2500), offset=(0, 0), acquired="2011-02-01T10:00:00Z",
+                       seed=3)  # fmt: skip
+    with pytest.raises(ProductError, match="no space left on its device") as e:
+        ingest([big], cube=cube, scheduler="threads")
+    assert str(cube) in str(e.value) and "The cube is as it was" in str(e.value)
+    assert tree_digest(cube) == before
+    assert shutil.disk_usage(small_disk).free >= free - 64 * 1024  # the partial shards were removed
+    assert list(open_cube(cube).product_id.values) == ["a"]

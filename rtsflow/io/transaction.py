@@ -64,7 +64,9 @@ class CubeTransaction:
         if not manifest.exists():  # backup never completed: the cube was not touched
             shutil.rmtree(self.backup, ignore_errors=True)
             return
-        truncate_obs(self.cube, json.loads(manifest.read_text())["n_obs"])  # drops chunks past n_obs
+        n_obs = json.loads(manifest.read_text())["n_obs"]
+        _drop_obs_shards(self.cube, n_obs)  # first: frees the space a full disk needs for the rest
+        truncate_obs(self.cube, n_obs)  # drops chunks past n_obs
         # Coordinate chunks appended after the backup disappear; the rest is restored.
         saved = {p.relative_to(self.backup) for p in self.backup.rglob("*") if p.is_file()} - {Path(_MANIFEST)}
         for f in _protected_files(self.cube):
@@ -73,6 +75,18 @@ class CubeTransaction:
         for rel in saved:
             shutil.copy2(self.backup / rel, self.cube / rel)
         shutil.rmtree(self.backup)
+
+
+def _drop_obs_shards(cube: Path, n_obs: int) -> None:
+    """Delete the pixel shards of observations ``>= n_obs`` (``obs × y × x`` arrays, one obs per chunk)."""
+    for meta in cube.glob("*/zarr.json"):
+        doc = json.loads(meta.read_text())
+        dims = doc.get("dimension_names") or []
+        if doc.get("node_type") != "array" or len(dims) != 3 or dims[0] != "obs":
+            continue
+        for d in (meta.parent / "c").glob("*"):
+            if d.name.isdigit() and int(d.name) >= n_obs:
+                shutil.rmtree(d, ignore_errors=True)
 
 
 def recover(cube: str | Path) -> bool:
