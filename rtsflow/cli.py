@@ -106,7 +106,7 @@ def ingest_cmd(products, cube, bbox, bbox_crs, resolution, cluster, workers) -> 
     """
     from rtsflow.cluster import connect
     from rtsflow.grid import Grid
-    from rtsflow.ingest import ingest
+    from rtsflow.ingest import LockedError, ingest
     from rtsflow.products import ProductError
 
     grid = Grid(resolution=resolution)
@@ -117,6 +117,9 @@ def ingest_cmd(products, cube, bbox, bbox_crs, resolution, cluster, workers) -> 
     except ProductError as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(2)
+    except LockedError as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(3)
     click.echo(str(report))
 
 
@@ -128,13 +131,13 @@ def ingest_cmd(products, cube, bbox, bbox_crs, resolution, cluster, workers) -> 
 def ingest_mask_cmd(raster, cube, name, cluster) -> None:
     """Add a static mask GeoTIFF (1 = water, 0 = land; any CRS) to an observation cube."""
     from rtsflow.cluster import connect
-    from rtsflow.ingest import ingest_mask
+    from rtsflow.ingest import LockedError, ingest_mask
     from rtsflow.products import ProductError
 
     try:
         with connect(cluster, quiet=True, local_directory=cube.parent / f".{cube.name}.dask-scratch"):
             n = ingest_mask(raster, cube=cube, name=name)
-    except (ProductError, ValueError) as e:
+    except (ProductError, ValueError, LockedError) as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(2)
     click.echo(f"wrote mask {name!r} ({n} block(s)) into {cube}")
@@ -154,13 +157,13 @@ def ingest_reference_cmd(raster, cube, name, sigma, cluster) -> None:
     (``reference: reference_dem`` in the run config, the default).
     """
     from rtsflow.cluster import connect
-    from rtsflow.ingest import ingest_reference_dem
+    from rtsflow.ingest import LockedError, ingest_reference_dem
     from rtsflow.products import ProductError
 
     try:
         with connect(cluster, quiet=True, local_directory=cube.parent / f".{cube.name}.dask-scratch"):
             n = ingest_reference_dem(raster, cube=cube, name=name, sigma=sigma)
-    except (ProductError, ValueError) as e:
+    except (ProductError, ValueError, LockedError) as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(2)
     click.echo(f"wrote reference DEM {name!r} ({n} block(s)) into {cube}" + (f" with {name}_sigma" if sigma else ""))

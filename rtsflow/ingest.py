@@ -13,8 +13,10 @@ import errno
 import logging
 import math
 import shutil
+import sys
 import warnings
 from collections.abc import Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +27,7 @@ import zarr
 from rtsflow.grid import DEFAULT_GRID, GRID_CRS, Grid, Window
 from rtsflow.io import cube as cubeio
 from rtsflow.io import footprints, transaction
+from rtsflow.io.lock import DirectoryLock, LockedError
 from rtsflow.io.migrate import migrate_cube
 from rtsflow.io.rasters import (
     LAYER_RULES,
@@ -36,9 +39,15 @@ from rtsflow.io.rasters import (
 from rtsflow.kernels.footprint import tile_valid_counts
 from rtsflow.products import Product, ProductError, read_product
 
-__all__ = ["IngestReport", "PreparedProduct", "ingest", "ingest_mask", "ingest_reference_dem", "prepare_product"]
+__all__ = [
+    "IngestReport", "LockedError", "PreparedProduct", "cube_lock", "ingest", "ingest_mask", "ingest_reference_dem",
+    "prepare_product",
+]  # fmt: skip
 
 log = logging.getLogger(__name__)
+
+#: How long a writer waits for another writer of the same cube by default (s).
+LOCK_WAIT_S = 3600.0
 
 COMMITTED_ATTR = cubeio.COMMITTED_ATTR
 
@@ -240,6 +249,7 @@ def ingest(
     region: Window | None = None,
     scheduler: str | None = None,
     progress: bool = False,
+    wait: float = LOCK_WAIT_S,
 ) -> IngestReport:
     """Ingest product sidecars into an observation cube, in parallel on the current Dask scheduler.
 
@@ -259,6 +269,9 @@ def ingest(
         ``distributed.Client`` if there is one, else threads.
     progress
         Report progress (products checked, blocks written) as bars or log lines.
+    wait
+        Seconds to wait for another writer of the cube (an ingest in another
+        process or on another node) to finish; then :class:`LockedError`.
 
     Returns
     -------
@@ -268,7 +281,31 @@ def ingest(
     ------
     ProductError
         For any bad product; the cube is left exactly as it was.
+    LockedError
+        If another writer held the cube for longer than ``wait``.
+
+    Notes
+    -----
+    Writers of one cube (ingests, masks, reference DEMs) take turns: each holds
+    the cube's lock (a directory beside it, safe on NFS and Lustre) from its
+    first read to its commit, so concurrent ingests of different products all
+    land, one after the other. A lock left by a dead process is taken over and
+    its half-done ingest rolled back.
     """
+    with cube_lock(cube, wait=wait):
+        return _ingest_locked(products, cube=cube, grid=grid, region=region, scheduler=scheduler, progress=progress)
+
+
+def _ingest_locked(
+    products: Sequence[str | Path],
+    *,
+    cube: str | Path,
+    grid: Grid = DEFAULT_GRID,
+    region: Window | None = None,
+    scheduler: str | None = None,
+    progress: bool = False,
+) -> IngestReport:
+    """:func:`ingest` with the cube lock held."""
     cube = Path(cube)
     report = IngestReport(cube=cube)
     if not products:
@@ -410,6 +447,18 @@ def ingest(
     return report
 
 
+@contextmanager
+def cube_lock(cube: str | Path, *, wait: float = LOCK_WAIT_S):
+    """Hold the write lock of a cube (``.<name>.lock`` beside it) for the block; see :func:`ingest`."""
+    cube = Path(cube)
+    lock = DirectoryLock(cube.parent / f".{cube.name}.lock", what=f"cube {cube}")
+    lock.acquire(wait=wait, say=lambda msg: print(msg, file=sys.stderr, flush=True))
+    try:
+        yield lock
+    finally:
+        lock.release()
+
+
 def _no_space(e: BaseException | None) -> bool:
     """Whether an error (or one it was raised from) is "no space left on device"."""
     while e is not None:
@@ -456,7 +505,9 @@ def ingest_mask(
     what = long_name.removesuffix(" mask")
     attrs = {"long_name": long_name, "units": "1", "flag_values": [0, 1],
              "description": f"1 = {what}, 0 = clear (nearest neighbour)."}  # fmt: skip
-    return _ingest_static(raster, cube=cube, name=name, rule="water", dtype="uint8", attrs=attrs, scheduler=scheduler)
+    with cube_lock(cube):
+        return _ingest_static(raster, cube=cube, name=name, rule="water", dtype="uint8", attrs=attrs,
+                              scheduler=scheduler)  # fmt: skip
 
 
 def ingest_reference_dem(
@@ -480,16 +531,18 @@ def ingest_reference_dem(
              "description": "External reference DEM (bilinear) used to co-register observations."}  # fmt: skip
     if sigma is not None:  # check both before writing either
         check_layer_values(inspect_raster(Path(sigma).resolve(), sidecar=Path(sigma), key="sigma"), key="sigma")
-    n = _ingest_static(raster, cube=cube, name=name, rule="dem", dtype="float32", attrs=attrs, scheduler=scheduler)
-    if sigma is not None:
-        sattrs = {"long_name": "reference elevation error (1 sigma)", "units": "m",
-                  "description": f"1σ error of {name} (bilinear)."}  # fmt: skip
-        try:
-            _ingest_static(sigma, cube=cube, name=f"{name}_sigma", rule="sigma", dtype="float32", attrs=sattrs,
+    with cube_lock(cube):
+        n = _ingest_static(raster, cube=cube, name=name, rule="dem", dtype="float32", attrs=attrs,
                            scheduler=scheduler)  # fmt: skip
-        except BaseException:
-            shutil.rmtree(Path(cube) / name, ignore_errors=True)
-            raise
+        if sigma is not None:
+            sattrs = {"long_name": "reference elevation error (1 sigma)", "units": "m",
+                      "description": f"1σ error of {name} (bilinear)."}  # fmt: skip
+            try:
+                _ingest_static(sigma, cube=cube, name=f"{name}_sigma", rule="sigma", dtype="float32", attrs=sattrs,
+                               scheduler=scheduler)  # fmt: skip
+            except BaseException:
+                shutil.rmtree(Path(cube) / name, ignore_errors=True)
+                raise
     return n
 
 

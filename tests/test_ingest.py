@@ -735,3 +735,29 @@ def test_full_disk_gives_a_clear_error_and_leaves_the_cube_as_it_was(small_disk,
     assert tree_digest(cube) == before
     assert shutil.disk_usage(small_disk).free >= free - 64 * 1024  # the partial shards were removed
     assert list(open_cube(cube).product_id.values) == ["a"]
+
+
+def test_concurrent_ingests_into_one_cube_all_land(tmp_path):
+    """Two `rtsflow ingest` processes on one cube at the same time, three times over: every product lands,
+    both exit 0 and the cube stays readable (they take turns on the cube's lock)."""
+    import subprocess
+    import sys
+
+    rtsflow = str(Path(sys.executable).parent / "rtsflow")
+    cube = tmp_path / "cube.zarr"
+    ingest([make_product(tmp_path / "p", "first")], cube=cube, scheduler="threads")
+    expected = ["first"]
+    for round_ in range(3):
+        pids = [f"r{round_}a", f"r{round_}b"]
+        sidecars = [make_product(tmp_path / "p", pid, acquired=f"2012-0{round_ + 1}-{10 + k}T10:00:00Z", seed=10 + k)
+                    for k, pid in enumerate(pids)]  # fmt: skip
+        cmd = [rtsflow, "ingest", "--cube", str(cube), "--workers", "1"]
+        procs = [subprocess.Popen([*cmd, str(sc)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for sc in sidecars]  # fmt: skip
+        outs = [p.communicate(timeout=600) for p in procs]
+        for p, (_, err) in zip(procs, outs, strict=True):
+            assert p.returncode == 0, err[-2000:]
+        expected += pids
+        assert sorted(open_cube(cube).product_id.values) == sorted(expected)
+    assert not (tmp_path / ".cube.zarr.lock").exists()
+    assert not (cube / ".rtsflow-pending").exists()

@@ -72,8 +72,27 @@ class DirectoryLock:
                 return True
         return time.time() - float(owner.get("heartbeat", 0)) > self.stale_after
 
-    def acquire(self) -> None:
-        """Take the lock, or raise :class:`LockedError` naming the owner (host, pid, start time)."""
+    def acquire(self, *, wait: float = 0.0, say=None) -> None:
+        """Take the lock, or raise :class:`LockedError` naming the owner (host, pid, start time).
+
+        ``wait``: seconds to wait for a live owner to finish first (``say`` is told once whom we wait for).
+        """
+        deadline = time.monotonic() + wait
+        told = False
+        while True:
+            try:
+                return self._try_acquire()
+            except LockedError:
+                if time.monotonic() >= deadline:
+                    raise
+                if say is not None and not told:
+                    owner = self.owner() or {}
+                    say(f"waiting for pid {owner.get('pid')} on {owner.get('host')} (since {owner.get('started')}) "
+                        f"to finish with {self.what}")  # fmt: skip
+                    told = True
+                time.sleep(min(1.0, max(0.05, deadline - time.monotonic())))
+
+    def _try_acquire(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         for _ in range(10):
             try:
