@@ -296,15 +296,7 @@ def ingest(
         return _ingest_locked(products, cube=cube, grid=grid, region=region, scheduler=scheduler, progress=progress)
 
 
-def _ingest_locked(
-    products: Sequence[str | Path],
-    *,
-    cube: str | Path,
-    grid: Grid = DEFAULT_GRID,
-    region: Window | None = None,
-    scheduler: str | None = None,
-    progress: bool = False,
-) -> IngestReport:
+def _ingest_locked(products: Sequence[str | Path], *, cube, grid: Grid, region, scheduler, progress) -> IngestReport:
     """:func:`ingest` with the cube lock held."""
     cube = Path(cube)
     report = IngestReport(cube=cube)
