@@ -277,12 +277,10 @@ class InferenceEngine:
                 here = next_strip()
                 for k, cy, ly in ycells:
                     nxt = next_strip() if (k < k1 or m) else None
+                    pieces = (tail, here, nxt[:, :m]) if m else (here,)
                     if m:
-                        slab = np.concatenate([tail, here, nxt[:, :m]], axis=1)
                         tail = here[:, -m:]
-                    else:
-                        slab = here
-                    if stop.is_set() or not put(strips, (cy, ly, m + cy - (k * s - r0), slab)):
+                    if stop.is_set() or not put(strips, (cy, ly, m + cy - (k * s - r0), pieces)):
                         for f in pending:
                             f.cancel()
                         return
@@ -294,14 +292,26 @@ class InferenceEngine:
             if buf is None:
                 return
             host = buf.numpy()
+            # The window row, normalised once (normalisation is per pixel, so this equals normalising
+            # each window), then windows copied out of it: far fewer NumPy calls than window by window.
+            slab = np.empty((len(self.scalings), self.size, x1 - x0), dtype=np.float32)
+            valid_slab = np.empty((self.size, x1 - x0), dtype=bool)
             while (item := get(strips)) is not _DONE:
-                cy, ly, oy, slab = item
+                cy, ly, oy, pieces = item
+                row = 0
+                for piece in pieces:
+                    h = piece.shape[1]
+                    _, v = normalise(piece, self.scalings, out=slab[:, row : row + h])
+                    valid_slab[row : row + h] = v
+                    row += h
                 for cx, lx, ox, wx in columns:
-                    _, valid = normalise(slab[:, :, wx : wx + self.size], self.scalings, out=host[len(metas)])
+                    cols_ = slice(wx, wx + self.size)
+                    valid = valid_slab[:, cols_]
                     if not valid.any():
                         self.stats["skipped"] += 1  # all-NaN windows never reach the model
                         continue
-                    metas.append((_Window(cy, ly, oy, cx, lx, ox, wx), valid))
+                    np.copyto(host[len(metas)], slab[:, :, cols_])
+                    metas.append((_Window(cy, ly, oy, cx, lx, ox, wx), valid.copy()))
                     if len(metas) == self.batch_size:
                         if not put(batches, (buf, metas)) or (buf := take()) is None:
                             return
@@ -319,8 +329,8 @@ class InferenceEngine:
                     event.synchronize()  # the copy back (and so the copy in) is done
                 self._free.put(buf)
                 for (w, valid), p in zip(metas, prob.numpy(), strict=True):
-                    p = np.where(valid, p, np.nan)
-                    out[w.cy : w.cy + w.ly, w.cx : w.cx + w.lx] = p[w.oy : w.oy + w.ly, w.ox : w.ox + w.lx]
+                    crop = (slice(w.oy, w.oy + w.ly), slice(w.ox, w.ox + w.lx))
+                    np.copyto(out[w.cy : w.cy + w.ly, w.cx : w.cx + w.lx], p[crop], where=valid[crop])
 
         threads = [guarded(reader), guarded(prep), guarded(writer)]
         for t in threads:

@@ -64,7 +64,7 @@ def normalise(
             np.divide(o, s.high - s.low, out=o)
             np.subtract(o, 1.0, out=o)
             lo, hi = -1.0, 1.0
-        np.nan_to_num(o, copy=False, nan=0.0)
-        np.clip(o, lo, hi, out=o)
+        np.clip(o, lo, hi, out=o)  # ±inf → the range ends; NaN stays NaN (and is zeroed below)
+    # A pixel with NaN in any band is invalid and 0 in every band, so no separate NaN → 0 pass is needed.
     np.copyto(out, 0.0, where=~valid[None])
     return out, valid
