@@ -424,8 +424,9 @@ def test_failed_write_rolls_back_new_observations(tmp_path, monkeypatch):
         return real(info, **kw)
 
     monkeypatch.setattr(ing, "warp_to_window", disk_full_on_c)
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(ProductError, match="no space left on its device") as e:
         ingest([b, c], cube=cube, scheduler="sync")
+    assert isinstance(e.value.__cause__, OSError) and e.value.__cause__.errno == 28
     assert open_cube(cube).sizes["obs"] == 1
     after = tree_digest(cube)
     # Shards of b were written then removed; metadata returns to one observation.
