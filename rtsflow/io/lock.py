@@ -147,12 +147,7 @@ class DirectoryLock:
 
 
 def _remove(path: Path) -> None:
-    for p in path.glob("*"):
-        try:
-            p.unlink()
-        except OSError:
-            pass
-    for p in path.glob(".*"):
+    for p in [*path.glob("*"), *path.glob(".*")]:  # owner.json and a half-written .owner.* temp file
         try:
             p.unlink()
         except OSError:

@@ -179,10 +179,7 @@ class InferenceEngine:
                                                         device=self.device, precision=self.precision)  # fmt: skip
         self.prefetch = max(1, prefetch)
         self.readers = max(1, readers)
-        self._free: queue.Queue = queue.Queue()
-        shape = (self.batch_size, len(self.scalings), self.size, self.size)
-        for _ in range(self.prefetch + 2):  # in preparation, queued, on the device
-            self._free.put(torch.empty(shape, dtype=torch.float32, pin_memory=self.cuda))
+        self._reset_buffers()
         self._lock = threading.Lock()  # one region at a time per engine
         self.stats = {"tiles": 0, "skipped": 0, "batches": 0}
 
@@ -349,12 +346,12 @@ class InferenceEngine:
         return out
 
     def _reset_buffers(self) -> None:
-        """After a failure buffers may be lost in a queue: make a fresh set."""
+        """A fresh set of batch buffers (at start, and after a failure left some in a queue)."""
         import torch
 
         self._free = queue.Queue()
         shape = (self.batch_size, len(self.scalings), self.size, self.size)
-        for _ in range(self.prefetch + 2):
+        for _ in range(self.prefetch + 2):  # in preparation, queued, on the device
             self._free.put(torch.empty(shape, dtype=torch.float32, pin_memory=self.cuda))
 
     def _device_loop(self, batches: queue.Queue, results: queue.Queue, stop: threading.Event, put, get) -> None:
