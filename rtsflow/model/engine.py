@@ -9,7 +9,8 @@ output region (a grid block, or a dask chunk of the lazy API):
   decoded once; a window row is its cell row plus ``margin`` rows of the
   neighbouring strips);
 - a **prep** thread normalises each window straight into a slot of a reusable
-  batch buffer (pinned host memory on CUDA) and skips all-NaN windows;
+  batch buffer (pinned host memory on CUDA), no intermediate copy, and skips
+  all-NaN windows;
 - the calling thread copies full batches to the device (``non_blocking``),
   runs the model (bf16 autocast and channels_last by default on GPU) and
   starts the copy of the probabilities back;
@@ -289,25 +290,21 @@ class InferenceEngine:
             if buf is None:
                 return
             host = buf.numpy()
-            # The window row, normalised once (normalisation is per pixel, so this equals normalising
-            # each window), then windows copied out of it: far fewer NumPy calls than window by window.
-            slab = np.empty((len(self.scalings), self.size, x1 - x0), dtype=np.float32)
-            valid_slab = np.empty((self.size, x1 - x0), dtype=bool)
             while (item := get(strips)) is not _DONE:
                 cy, ly, oy, pieces = item
-                row = 0
-                for piece in pieces:
-                    h = piece.shape[1]
-                    _, v = normalise(piece, self.scalings, out=slab[:, row : row + h])
-                    valid_slab[row : row + h] = v
-                    row += h
                 for cx, lx, ox, wx in columns:
-                    cols_ = slice(wx, wx + self.size)
-                    valid = valid_slab[:, cols_]
+                    # Each window normalised straight into its batch slot, piece by piece (normalisation
+                    # is per pixel, so this equals normalising the whole window): no intermediate copy.
+                    cols_, slot, row = slice(wx, wx + self.size), host[len(metas)], 0
+                    valid = self._valid[len(metas)]
+                    for piece in pieces:
+                        h = piece.shape[1]
+                        _, valid[row : row + h] = normalise(piece[:, :, cols_], self.scalings,
+                                                            out=slot[:, row : row + h])  # fmt: skip
+                        row += h
                     if not valid.any():
                         self.stats["skipped"] += 1  # all-NaN windows never reach the model
                         continue
-                    np.copyto(host[len(metas)], slab[:, :, cols_])
                     metas.append((_Window(cy, ly, oy, cx, lx, ox, wx), valid.copy()))
                     if len(metas) == self.batch_size:
                         if not put(batches, (buf, metas)) or (buf := take()) is None:
@@ -353,6 +350,7 @@ class InferenceEngine:
         shape = (self.batch_size, len(self.scalings), self.size, self.size)
         for _ in range(self.prefetch + 2):  # in preparation, queued, on the device
             self._free.put(torch.empty(shape, dtype=torch.float32, pin_memory=self.cuda))
+        self._valid = np.empty((self.batch_size, self.size, self.size), dtype=bool)  # the prep thread's
 
     def _device_loop(self, batches: queue.Queue, results: queue.Queue, stop: threading.Event, put, get) -> None:
         import torch

@@ -48,7 +48,11 @@ def normalise(
     x = np.asarray(bands, dtype=np.float32)
     if x.shape[0] != len(scalings):
         raise ValueError(f"expected {len(scalings)} bands ({[s.band for s in scalings]}), got {x.shape[0]}")
-    valid = np.isfinite(x).all(axis=0)
+    # Band by band into one mask (no (band, y, x) temporary, no strided reduction over bands).
+    valid = np.isfinite(x[0])
+    finite = np.empty_like(valid)
+    for band in x[1:]:
+        valid &= np.isfinite(band, out=finite)
     if out is None:
         out = np.empty_like(x)
     # In place, in the order of ``2 (x - low) / (high - low) - 1`` (float32 throughout, like the
