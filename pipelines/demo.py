@@ -3,8 +3,10 @@
 1. Synthesise a test region (``seed``) and, for training, a separate region
    (``seed + 1000``, 8 km) with their ground truth.
 2. Ingest both into observation cubes (with a water mask and a reference DEM).
-3. Train the compact demo model on the training region's 2010→2016 features
-   unless an identical one is cached in ``out/model``.
+3. Use the demo model shipped with rtsflow (``rtsflow/models/demo``: trained
+   by this very step on the training region's 2010→2016 features, record and
+   sha256 included) when it was trained for this seed and training config;
+   otherwise (or with ``retrain``) train it again into ``out/model``.
 4. Run the test region as a config-driven run (per-block features and
    inference, polygons, volumes, densities), evaluate against the truth and
    write the report.
@@ -24,6 +26,8 @@ __all__ = ["DemoResult", "prepare_region", "run_demo"]
 
 TRAIN_SEED_OFFSET = 1000
 TRAIN_SIZE_KM = 8.0
+#: The demo model as `rtsflow demo --retrain` trains it (``make demo-model`` refreshes it).
+SHIPPED_MODEL = Path(__file__).resolve().parents[1] / "rtsflow" / "models" / "demo"
 
 
 @dataclass
@@ -79,25 +83,53 @@ def _truth_file(region: SynthRegion, pair: tuple[int, int], path: Path) -> Path:
     return path
 
 
-def _cached_model(model: Path, key: dict) -> bool:
+def _model_key(model: Path) -> dict | None:
+    """The demo training recipe a model directory was trained with (``None``: not a demo model)."""
     record = model / "rtsflow_model.json"
     if not record.exists():
-        return False
-    return json.loads(record.read_text()).get("training", {}).get("demo") == key
+        return None
+    return json.loads(record.read_text()).get("training", {}).get("demo")
 
 
-def _training_data(out: Path, seed: int, *, client, force: bool, say) -> tuple[Path, Path, dict] | None:
-    """Features and labels of the training region, or ``None`` when an identical model is cached."""
-    from pipelines.region import run_region
-    from rtsflow.config import parse_config
+def training_key(seed: int, *, train_config=None, size_km: float = TRAIN_SIZE_KM) -> dict:
+    """The demo model's recipe: training region (synthetic, ``seed + 1000``) and training config.
+
+    As stored in (and read back from) the JSON record, so tuples are lists.
+    """
     from rtsflow.model.train import DEMO_CONFIG
 
-    config = SynthConfig(seed=seed + TRAIN_SEED_OFFSET, size_km=(TRAIN_SIZE_KM, TRAIN_SIZE_KM))
-    # As stored in (and read back from) the JSON record: tuples become lists.
-    key = json.loads(json.dumps({"synth": asdict(config), "train": DEMO_CONFIG.to_dict()}))
-    if not force and _cached_model(out / "model", key):
-        say(f"model: cached {out / 'model'}")
+    config = SynthConfig(seed=seed + TRAIN_SEED_OFFSET, size_km=(size_km, size_km))
+    return json.loads(json.dumps({"synth": asdict(config), "train": (train_config or DEMO_CONFIG).to_dict()}))
+
+
+def _usable_model(out: Path, key: dict, *, say) -> Path | None:
+    """``out/model`` if it holds the model of this recipe, else a copy of the shipped one if that is it."""
+    import shutil
+
+    from rtsflow.model.checkpoint import load_checkpoint
+
+    model = out / "model"
+    if _model_key(model) == key:
+        say(f"model: cached {model}")
+        return model
+    if _model_key(SHIPPED_MODEL) != key:
         return None
+    shutil.rmtree(model, ignore_errors=True)
+    shutil.copytree(SHIPPED_MODEL, model)
+    _, record = load_checkpoint(model)  # checks the weights' sha256
+    metrics = record.get("validation_metrics", {})
+    sha = record["weights_sha256"]
+    say(f"model: shipped demo model (sha256 {sha[:12]}…, validation IoU {metrics.get('val_iou', float('nan')):.3f}; "
+        f"`rtsflow demo --retrain` trains it again) → {model}")  # fmt: skip
+    return model
+
+
+def _training_data(out: Path, key: dict, *, client, force: bool, say) -> tuple[Path, Path]:
+    """Features and labels of the training region (block-wise stages, as a run)."""
+    from pipelines.region import run_region
+    from rtsflow.config import parse_config
+
+    config = SynthConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in key["synth"].items()})
     pair = (config.winters[0], config.winters[-1])
     region, cube = prepare_region(out / "train", config, force=force, say=say)
     # The same block-wise stages as a run (with their progress), stopped after the features.
@@ -105,18 +137,17 @@ def _training_data(out: Path, seed: int, *, client, force: bool, say) -> tuple[P
                               base=out / "train", source="demo training config")  # fmt: skip
     result = run_region(run_config, client=client, force=force, progress=True, upto="features")
     feats_path = result.run / f"features_{pair[0]}_{pair[1]}.zarr"
-    return feats_path, _truth_file(region, pair, out / "train" / "labels.parquet"), key
+    return feats_path, _truth_file(region, pair, out / "train" / "labels.parquet")
 
 
-def _train(out: Path, feats_path: Path, labels: Path, key: dict, *, say) -> Path:
+def _train(out: Path, feats_path: Path, labels: Path, key: dict, *, train_config, say) -> Path:
     """Train the demo model (in this process, with no Dask cluster running: it slowed training by ~1.5x)."""
     from pipelines.train import run_training
-    from rtsflow.model.train import DEMO_CONFIG
 
     model = out / "model"
-    say(f"model: training {DEMO_CONFIG.architecture} ({DEMO_CONFIG.encoder}) on the training region")
+    say(f"model: training {train_config.architecture} ({train_config.encoder}) on the training region")
     result = run_training(
-        features=[feats_path], labels=[labels], out=model, config=DEMO_CONFIG, overwrite=True, progress=True
+        features=[feats_path], labels=[labels], out=model, config=train_config, overwrite=True, progress=True
     )
     record_path = model / "rtsflow_model.json"
     record = json.loads(record_path.read_text())
@@ -137,6 +168,9 @@ def run_demo(
     size_km: float = 5.0,
     cluster: str = "local",
     force: bool = False,
+    retrain: bool = False,
+    train_config=None,
+    train_size_km: float = TRAIN_SIZE_KM,
 ) -> DemoResult:
     """Run the demo end to end and print where the outputs are, what was found and how well.
 
@@ -150,9 +184,16 @@ def run_demo(
         ``"local"`` (embedded LocalCluster), a jobqueue profile or a scheduler address.
     force
         Regenerate, retrain and recompute everything.
+    retrain
+        Train the demo model again (on its training region) instead of using the
+        shipped or cached one.
+    train_config, train_size_km
+        The demo model's training config (default :data:`rtsflow.model.train.DEMO_CONFIG`)
+        and training region; any other than the shipped model's recipe means training.
     """
     from pipelines.region import run_region
     from rtsflow.config import parse_config
+    from rtsflow.model.train import DEMO_CONFIG
 
     out = Path(out).resolve()
     t0 = time.perf_counter()
@@ -165,9 +206,12 @@ def run_demo(
     with connect(cluster) as client:
         say("synthetic test region")
         region, cube = prepare_region(out, config, force=force, say=say)
-        training = _training_data(out, seed, client=client, force=force, say=say)
+        key = training_key(seed, train_config=train_config, size_km=train_size_km)
+        model = None if (retrain or force) else _usable_model(out, key, say=say)
+        training = _training_data(out, key, client=client, force=force, say=say) if model is None else None
     retrained = training is not None
-    model = _train(out, *training, say=say) if retrained else out / "model"
+    if retrained:
+        model = _train(out, *training, key, train_config=train_config or DEMO_CONFIG, say=say)
     truth = _truth_file(region, pair, out / "truth.parquet")
     with connect(cluster, quiet=True) as client:
         run_config = parse_config(

@@ -640,11 +640,16 @@ def info(cube) -> None:
 @click.option("--size-km", type=float, default=5.0, show_default=True, help="Side of the square test region (km).")
 @click.option("--cluster", default="local", show_default=True, help=CLUSTER_HELP)
 @click.option("--force", is_flag=True, help="Regenerate, retrain and recompute everything.")
-def demo(out, seed, size_km, cluster, force) -> None:
-    """Run the main job end to end on built-in synthetic regions (train a small model if none is cached)."""
+@click.option("--retrain", is_flag=True, help="Train the demo model again instead of using the shipped one.")
+def demo(out, seed, size_km, cluster, force, retrain) -> None:
+    """Run the main job end to end on a built-in synthetic region with the shipped demo model.
+
+    The model is trained again (on a separate synthetic training region) with
+    --retrain, or when no shipped or cached model has this seed's recipe.
+    """
     from pipelines.demo import run_demo
 
-    run_demo(out=out, seed=seed, size_km=size_km, cluster=cluster, force=force)
+    run_demo(out=out, seed=seed, size_km=size_km, cluster=cluster, force=force, retrain=retrain)
 
 
 @main.command(name="run")

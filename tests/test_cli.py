@@ -57,11 +57,14 @@ def test_synth_rejects_bad_winters(tmp_path):
 
 @pytest.mark.slow
 def test_demo_end_to_end_meets_the_accuracy_targets_and_resumes(tmp_path):
-    """The main job as the README runs it: trains the demo model, runs the region, F1 >= 0.85 vs the truth."""
+    """The main job as the README runs it: the shipped demo model on the test region, F1 >= 0.85 vs the truth."""
     import json
     import re
 
     import pandas as pd
+
+    from pipelines.demo import SHIPPED_MODEL
+    from rtsflow.io.probability import open_probability
 
     out = tmp_path / "demo"
     r = subprocess.run([RTSFLOW, "demo", "--out", str(out)], capture_output=True, text=True, timeout=900)
@@ -70,19 +73,18 @@ def test_demo_end_to_end_meets_the_accuracy_targets_and_resumes(tmp_path):
     text = r.stdout + r.stderr
     assert text.count("dask dashboard: http") == 1, text[-3000:]
     assert not [line for line in text.splitlines() if "Warning" in line or "WARNING" in line], text[-5000:]
-    for step in ("ingest: writing", "training: ", "composite 2010: ", "features 2010_2016: ",
-                 "probability 2010_2016: "):  # fmt: skip
+    for step in ("ingest: writing", "composite 2010: ", "features 2010_2016: ", "probability 2010_2016: "):
         assert step in text, step
+    # No training step: the shipped model (sha256 checked on load) made the probabilities.
+    assert "model: shipped demo model" in r.stdout and "training: " not in text
+    shipped = json.loads((SHIPPED_MODEL / "rtsflow_model.json").read_text())["weights_sha256"]
+    assert open_probability(out / "run" / "probability_2010_2016.zarr").attrs["model_sha256"] == shipped
     m = re.search(r"detection F1 ([0-9.]+) .*pixel IoU ([0-9.]+)", r.stdout)
     assert m, r.stdout
     assert float(m.group(1)) >= 0.85 and float(m.group(2)) >= 0.7, r.stdout
     assert re.search(r"RTS:\s+\d+ found", r.stdout) and "m³/yr/km²" in r.stdout
     report = out / "run" / "report" / "report_2010_2016.md"
     assert report.exists() and str(report) in r.stdout
-    log = pd.read_csv(out / "model" / "training_log.csv")
-    assert log.val_iou.max() > log.val_iou.iloc[0] + 0.2  # validation IoU rises during training
-    record = json.loads((out / "model" / "rtsflow_model.json").read_text())
-    assert record["validation_metrics"]["val_iou"] == pytest.approx(log.val_iou.max())
     # A second run reuses the model and every finished block.
     r = run("demo", "--out", str(out))
     assert r.returncode == 0, r.stderr[-3000:]
@@ -90,6 +92,48 @@ def test_demo_end_to_end_meets_the_accuracy_targets_and_resumes(tmp_path):
     status = pd.read_csv(out / "run" / "status.csv")
     assert (status[status.stage != "reduce"].session == 1).all()
     assert float(re.search(r"detection F1 ([0-9.]+)", r.stdout).group(1)) == float(m.group(1))
+
+
+def test_the_shipped_demo_model_is_todays_recipe_loads_and_learned():
+    """The shipped weights were trained from the recipe the code has now (else the demo would retrain)."""
+    import json
+
+    import pandas as pd
+
+    from pipelines.demo import SHIPPED_MODEL, training_key
+    from rtsflow.model.checkpoint import load_checkpoint
+
+    _, record = load_checkpoint(SHIPPED_MODEL)  # sha256 of the weights checked
+    assert record["training"]["demo"] == training_key(0)
+    assert (SHIPPED_MODEL / "model.safetensors").stat().st_size < 12e6
+    log = pd.read_csv(SHIPPED_MODEL / "training_log.csv")
+    assert log.val_iou.max() > log.val_iou.iloc[0] + 0.2  # validation IoU rose during training
+    assert record["validation_metrics"]["val_iou"] == pytest.approx(log.val_iou.max())
+    assert json.loads((SHIPPED_MODEL / "rtsflow_model.json").read_text())["weights_sha256"] == record["weights_sha256"]
+
+
+@pytest.mark.slow
+def test_demo_retrain_trains_on_the_training_region_and_the_run_uses_it(tmp_path, capfd):
+    """`rtsflow demo --retrain` (here with a short training config): training with progress, then the run."""
+    import dataclasses
+    import json
+
+    from pipelines.demo import run_demo, training_key
+    from rtsflow.io.probability import open_probability
+    from rtsflow.model.train import DEMO_CONFIG
+
+    tiny = dataclasses.replace(DEMO_CONFIG, epochs=2, steps_per_epoch=3, batch_size=4)
+    result = run_demo(out=tmp_path, size_km=2.0, retrain=True, train_config=tiny, train_size_km=3.0)
+    text = "".join(capfd.readouterr())
+    assert "model: training unet (mobilenet_v2)" in text and "training: " in text and "model: 2 epochs" in text
+    record = json.loads((result.model / "rtsflow_model.json").read_text())
+    assert record["training"]["demo"] == training_key(0, train_config=tiny, size_km=3.0)
+    assert (result.model / "training_log.csv").exists()
+    prob = open_probability(result.run / "probability_2010_2016.zarr")
+    assert prob.attrs["model_sha256"] == record["weights_sha256"]
+    # The same recipe again: the trained model is reused, not the shipped one.
+    run_demo(out=tmp_path, size_km=2.0, train_config=tiny, train_size_km=3.0)
+    assert f"model: cached {result.model}" in "".join(capfd.readouterr())
 
 
 def test_evaluate_cli_on_published_predictions(tmp_path):
