@@ -106,7 +106,7 @@ def _usable_model(out: Path, key: dict, *, say) -> Path | None:
     """``out/model`` if it holds the model of this recipe, else a copy of the shipped one if that is it."""
     import shutil
 
-    from rtsflow.model.checkpoint import load_checkpoint
+    from rtsflow.model.checkpoint import verify_checkpoint
 
     model = out / "model"
     if _model_key(model) == key:
@@ -116,7 +116,7 @@ def _usable_model(out: Path, key: dict, *, say) -> Path | None:
         return None
     shutil.rmtree(model, ignore_errors=True)
     shutil.copytree(SHIPPED_MODEL, model)
-    _, record = load_checkpoint(model)  # checks the weights' sha256
+    record = verify_checkpoint(model)  # the weights' sha256 (the run builds the model itself)
     metrics = record.get("validation_metrics", {})
     sha = record["weights_sha256"]
     say(f"model: shipped demo model (sha256 {sha[:12]}…, validation IoU {metrics.get('val_iou', float('nan')):.3f}; "

@@ -19,7 +19,7 @@ from rtsflow import __version__
 from rtsflow.model.factory import build_model
 from rtsflow.model.normalise import BandScaling
 
-__all__ = ["CheckpointError", "ModelSpec", "load_checkpoint", "save_checkpoint"]
+__all__ = ["CheckpointError", "ModelSpec", "load_checkpoint", "save_checkpoint", "verify_checkpoint"]
 
 WEIGHTS = "model.safetensors"
 RECORD = "rtsflow_model.json"
@@ -126,6 +126,18 @@ def load_checkpoint(path: str | Path, *, expected_sha256: str | None = None, dev
     import safetensors.torch
 
     path = Path(path)
+    record = verify_checkpoint(path, expected_sha256=expected_sha256)
+    model = build_model(architecture=record["architecture"], encoder=record["encoder"],
+                        in_channels=record["in_channels"], encoder_depth=record.get("encoder_depth", 5),
+                        decoder_channels=record.get("decoder_channels"))  # fmt: skip
+    state = safetensors.torch.load_file(str(path / WEIGHTS), device="cpu")
+    model.load_state_dict(state, strict=True)
+    return model.to(device).eval(), record
+
+
+def verify_checkpoint(path: str | Path, *, expected_sha256: str | None = None) -> dict[str, Any]:
+    """The record of a checkpoint whose weights match the record's sha256 (and ``expected_sha256``)."""
+    path = Path(path)
     record = read_record(path)
     weights = path / WEIGHTS
     if not weights.exists():
@@ -137,9 +149,4 @@ def load_checkpoint(path: str | Path, *, expected_sha256: str | None = None, dev
         )
     if expected_sha256 is not None and sha != expected_sha256:
         raise CheckpointError(f"{weights}: sha256 {sha[:12]}… is not the expected {expected_sha256[:12]}…")
-    model = build_model(architecture=record["architecture"], encoder=record["encoder"],
-                        in_channels=record["in_channels"], encoder_depth=record.get("encoder_depth", 5),
-                        decoder_channels=record.get("decoder_channels"))  # fmt: skip
-    state = safetensors.torch.load_file(str(weights), device="cpu")
-    model.load_state_dict(state, strict=True)
-    return model.to(device).eval(), record
+    return record
