@@ -58,6 +58,35 @@ def test_stitched_polygons_equal_whole_raster_vectorisation(ellesmere):
         assert g.is_valid and g.geom_type == "Polygon"
 
 
+def test_vectorising_in_threads_equals_one_at_a_time_and_warns_nothing(ellesmere):
+    """rasterio's shapes() under concurrent threads: same polygons, and no spurious NotGeoreferencedWarning."""
+    import warnings
+    from concurrent.futures import ThreadPoolExecutor
+
+    from rtsflow.kernels.vectorize import vectorize_block
+
+    ref, _, window = ellesmere
+    mask = rasterio.features.rasterize(ref.geometry, out_shape=window.shape, transform=GRID.transform(window))
+    b = 256
+    blocks = [(i, j) for i in range(window.height // b) for j in range(window.width // b)]
+
+    def one(ij):
+        i, j = ij
+        w = Window(window.row + i * b, window.col + j * b, b, b)
+        piece = vectorize_block(mask[i * b : (i + 1) * b, j * b : (j + 1) * b] > 0, transform=GRID.transform(w),
+                                block=ij)  # fmt: skip
+        return [g.wkb for g in piece.interior] + [g.wkb for _, g in sorted(piece.edge.items())]
+
+    alone = [one(ij) for ij in blocks] * 4
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with ThreadPoolExecutor(4) as pool:
+            together = list(pool.map(one, blocks * 4))
+    assert sum(map(len, together)) > 50
+    assert together == alone
+    assert not [w for w in caught if issubclass(w.category, rasterio.errors.NotGeoreferencedWarning)]
+
+
 def test_threshold_and_nan(ellesmere):
     _, _, window = ellesmere
     prob = np.zeros((512, 512), "float32")

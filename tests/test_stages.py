@@ -94,11 +94,28 @@ def run(region, model):
 
 @pytest.fixture(scope="module")
 def lazy(region):
+    import rtsflow.graph.coreg
+
     ds = open_cube(region["cube"])
     feats, _ = pair_features(ds, grid=GRID, earlier=PAIR[0], later=PAIR[1], water=ds["water"],
                              reference=ds["reference_dem"])  # fmt: skip
     comps, _ = seasonal_composites(ds, winters=list(PAIR), reference=ds["reference_dem"], water=ds["water"])
-    return feats.compute(scheduler="threads"), comps.compute(scheduler="threads")
+    fits, fit_block = [], rtsflow.graph.coreg.fit_block
+
+    def counted(*args, **kwargs):
+        fits.append(1)
+        return fit_block(*args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:  # counts the xDEM fits each graph runs
+        mp.setattr(rtsflow.graph.coreg, "fit_block", counted)
+        feats = feats.compute(scheduler="threads")
+        LAZY_FITS["features"] = len(fits)
+        comps = comps.compute(scheduler="threads")
+        LAZY_FITS["composites"] = len(fits) - LAZY_FITS["features"]
+    return feats, comps
+
+
+LAZY_FITS: dict[str, int] = {}
 
 
 def test_the_region_spans_several_blocks_and_exercises_fallbacks(region, lazy):
@@ -107,6 +124,19 @@ def test_the_region_spans_several_blocks_and_exercises_fallbacks(region, lazy):
     _, comps = lazy
     status = comps["obs_coreg_status"].values
     assert (status == STATUS["fit"]).any() and (status == STATUS["neighbours"]).any()
+
+
+def test_the_lazy_graph_fits_each_block_once(lazy):
+    """One xDEM fit per (aligned observation, block) and per block of the pair, not one per consumer.
+
+    (A ``dask.delayed`` call on a dask array copies that array's graph under new keys: fits built that
+    way re-ran every upstream fit and took 15x as long.)
+    """
+    feats, comps = lazy
+    aligned, blocks = comps.sizes["aligned_obs"], comps.sizes["block_y"] * comps.sizes["block_x"]
+    assert blocks >= 9 and aligned >= 4
+    assert LAZY_FITS["composites"] == aligned * blocks
+    assert LAZY_FITS["features"] == aligned * blocks + feats.sizes["block_y"] * feats.sizes["block_x"]
 
 
 def test_composites_equal_the_lazy_graph(run, lazy):

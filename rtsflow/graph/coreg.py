@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import dask
 import dask.array as da
 import numpy as np
 import xarray as xr
@@ -77,32 +76,32 @@ def coregister(
         if any(b % c for c in arr.data.chunks[0] + arr.data.chunks[1]):
             raise ValueError(f"{name}: dask chunks must divide the {b}-px block")
     nby, nbx = window.height // b, window.width // b
-    ref, tba, ok = reference.data, target.data, stable.data
-    fits = []
-    for i in range(nby):
-        row = []
-        for j in range(nbx):
-            ys, xs = slice(i * b, (i + 1) * b), slice(j * b, (j + 1) * b)
-            block = grid.block_window(window.row // b + i, window.col // b + j)
-            row.append(dask.delayed(fit_block)(
-                ref[ys, xs], tba[ys, xs], ok[ys, xs], transform=grid.transform(block), crs=grid.crs,
-                min_stable=config.min_stable, max_shift_px=config.max_shift_px,
-                outlier_nmad=config.outlier_nmad, deramp=config.deramp, subsample=config.subsample,
-                max_iterations=config.max_iterations, offset_threshold=config.offset_threshold,
-            ))  # fmt: skip
-        fits.append(row)
+    nf = len(FIT_FIELDS)
+    by0, bx0 = window.row // b, window.col // b
+
+    def fit_one(r: np.ndarray, t: np.ndarray, s: np.ndarray, block_info=None) -> np.ndarray:
+        i, j = block_info[0]["chunk-location"]
+        block = grid.block_window(by0 + i, bx0 + j)
+        fit = fit_block(
+            r, t, s, transform=grid.transform(block), crs=grid.crs,
+            min_stable=config.min_stable, max_shift_px=config.max_shift_px,
+            outlier_nmad=config.outlier_nmad, deramp=config.deramp, subsample=config.subsample,
+            max_iterations=config.max_iterations, offset_threshold=config.offset_threshold,
+        )  # fmt: skip
+        return fit[None, None, :]
+
+    # One fit task per grid block, as array blocks rather than dask.delayed calls: a delayed call on a dask
+    # array copies that array's whole graph under fresh keys, so every fit recomputed all its upstream work.
+    fits = da.map_blocks(
+        fit_one, *(a.rechunk(b) for a in (reference.data, target.data, stable.data)), new_axis=2,
+        chunks=((1,) * nby, (1,) * nbx, (nf,)), dtype=np.float64, meta=np.empty((0, 0, 0), np.float64),
+    )  # fmt: skip
     # A block without a usable fit borrows from its 8 neighbours only, so each block's parameters
     # depend on its 3 x 3 neighbourhood of fits, never on the whole region (blocks stay independent).
-    nf = len(FIT_FIELDS)
-    table = da.stack([
-        da.stack([
-            da.from_delayed(dask.delayed(_resolve_centre)(
-                [r[max(j - 1, 0): j + 2] for r in fits[max(i - 1, 0): i + 2]], min(i, 1), min(j, 1)),
-                shape=(nf,), dtype=np.float64)
-            for j in range(nbx)
-        ])
-        for i in range(nby)
-    ])  # fmt: skip
+    neighbourhoods = da.overlap.overlap(fits, depth={0: 1, 1: 1, 2: 0}, boundary="none")
+    table = da.map_blocks(_resolve_centre, neighbourhoods, chunks=fits.chunks, dtype=np.float64,
+                          meta=np.empty((0, 0, 0), np.float64))  # fmt: skip
+    tba = target.data
 
     # One parameter vector (+ chunk origin within its block) per dask chunk.
     halo = math.ceil(config.max_shift_px) + 2
@@ -143,9 +142,14 @@ def coregister(
     return aligned, fits_ds
 
 
-def _resolve_centre(neighbourhood: list[list[np.ndarray]], i: int, j: int) -> np.ndarray:
-    """The fit of block ``(i, j)`` of its neighbourhood after :func:`resolve_fallbacks` (same result as globally)."""
-    return resolve_fallbacks(np.array(neighbourhood))[i, j]
+def _resolve_centre(neighbourhood: np.ndarray, block_info=None) -> np.ndarray:
+    """The centre block's fit after :func:`resolve_fallbacks` of its (edge-clipped) 3 x 3 neighbourhood.
+
+    Same result as resolving the whole table at once: a block only ever borrows from its 8 neighbours.
+    """
+    i, j = block_info[0]["chunk-location"][:2]
+    i, j = min(i, 1), min(j, 1)  # position of the centre in a neighbourhood clipped at the region's edge
+    return resolve_fallbacks(neighbourhood)[i : i + 1, j : j + 1]
 
 
 _FIT_DOC = {

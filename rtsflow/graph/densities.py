@@ -154,7 +154,9 @@ def regional_densities(
         regions = regions.to_crs(GRID_CRS).reset_index(drop=True)
     window = grid.window_from_coords(features["x"].values, features["y"].values)
     chunks = features["ddem"].data.chunks
-    arrays = [features[v].data.to_delayed() if v in features else None for v in ("ddem", "quality", "water")]
+    # Unoptimised: keys stay those of the features graph, so work shared with other outputs is done once.
+    names = ("ddem", "quality", "water")
+    arrays = [features[v].data.to_delayed(optimize_graph=False) if v in features else None for v in names]
     parts = []
     for i, j, w in chunk_windows(chunks, window):
         blocks = [a[i, j] if a is not None else None for a in arrays]

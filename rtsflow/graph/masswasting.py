@@ -85,7 +85,7 @@ def measure(
     for v in ("water", "quality"):
         arrays.append(features[v].data if v in features else None)
     chunks = arrays[0].chunks
-    delayed = [a.to_delayed() if a is not None else None for a in arrays]
+    delayed = [a.to_delayed(optimize_graph=False) if a is not None else None for a in arrays]
     parts = []
     for i, j, w in chunk_windows(chunks, window):
         blocks = [d[i, j] if d is not None else None for d in delayed]

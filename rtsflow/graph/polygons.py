@@ -88,7 +88,7 @@ def vectorize(probability: xr.DataArray, *, grid: Grid, threshold: float | None 
     """
     window = grid.window_from_coords(probability["x"].values, probability["y"].values)
     data = probability.data
-    blocks = data.to_delayed()
+    blocks = data.to_delayed(optimize_graph=False)
     tasks = [
         dask.delayed(_block_pieces)(blocks[i, j], threshold=threshold, transform=grid.transform(w), block=(i, j))
         for i, j, w in chunk_windows(data.chunks, window)

@@ -7,6 +7,7 @@ equals vectorising the whole raster at once.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -18,6 +19,11 @@ from scipy import ndimage
 __all__ = ["BlockPieces", "stitch", "vectorize_block"]
 
 _FOUR = ndimage.generate_binary_structure(2, 1)
+
+# rasterio's shapes() is not safe in concurrent threads (rasterio 1.4 / GDAL 3.10): now and then one call
+# finds its in-memory raster without a geotransform ("NotGeoreferencedWarning ... identity matrix"), which
+# could put polygons in pixel coordinates. Tracing is a small part of a block's work, so calls take turns.
+_SHAPES_LOCK = threading.Lock()
 
 
 @dataclass
@@ -58,8 +64,10 @@ def vectorize_block(mask: np.ndarray, *, transform: Affine, block: tuple[int, in
         on_edge[v] = True
     on_edge[0] = False
     geoms: dict[int, list] = {}
-    for geom, value in rasterio.features.shapes(labels.astype(np.int32), mask=mask, connectivity=4,
-                                                transform=transform):  # fmt: skip
+    with _SHAPES_LOCK:
+        shapes = list(rasterio.features.shapes(labels.astype(np.int32), mask=mask, connectivity=4,
+                                               transform=transform))  # fmt: skip
+    for geom, value in shapes:
         geoms.setdefault(int(value), []).append(shapely.geometry.shape(geom))
     for lab, parts in geoms.items():
         g = parts[0] if len(parts) == 1 else shapely.union_all(parts)
