@@ -92,6 +92,9 @@ def run(region, model):
     return {"out": out, "result": result, "tasks": tasks, "config": config}
 
 
+LAZY_FITS: dict[str, int] = {}  # xDEM fits run by the `lazy` fixture's two graphs
+
+
 @pytest.fixture(scope="module")
 def lazy(region):
     import rtsflow.graph.coreg
@@ -113,9 +116,6 @@ def lazy(region):
         comps = comps.compute(scheduler="threads")
         LAZY_FITS["composites"] = len(fits) - LAZY_FITS["features"]
     return feats, comps
-
-
-LAZY_FITS: dict[str, int] = {}
 
 
 def test_the_region_spans_several_blocks_and_exercises_fallbacks(region, lazy):
@@ -233,7 +233,7 @@ def test_run_on_a_cube_without_index_builds_it_and_gives_the_same_answer(region,
         np.testing.assert_array_equal(a[name].values, b[name].values, err_msg=name)
 
 
-def test_cli_run_with_coregistration_logs_no_dask_warning(region, tmp_path):
+def test_cli_run_with_coregistration_logs_no_dask_warning(region, model, tmp_path):
     """A multi-block `rtsflow run` (co-registration on): no "run_spec" warning, no Dask warning at all."""
     out = tmp_path / "cli_run"
     cfg = tmp_path / "run.yaml"

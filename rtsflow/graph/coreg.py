@@ -76,6 +76,7 @@ def coregister(
         if any(b % c for c in arr.data.chunks[0] + arr.data.chunks[1]):
             raise ValueError(f"{name}: dask chunks must divide the {b}-px block")
     nby, nbx = window.height // b, window.width // b
+    tba = target.data
     nf = len(FIT_FIELDS)
     by0, bx0 = window.row // b, window.col // b
 
@@ -93,7 +94,7 @@ def coregister(
     # One fit task per grid block, as array blocks rather than dask.delayed calls: a delayed call on a dask
     # array copies that array's whole graph under fresh keys, so every fit recomputed all its upstream work.
     fits = da.map_blocks(
-        fit_one, *(a.rechunk(b) for a in (reference.data, target.data, stable.data)), new_axis=2,
+        fit_one, *(a.rechunk(b) for a in (reference.data, tba, stable.data)), new_axis=2,
         chunks=((1,) * nby, (1,) * nbx, (nf,)), dtype=np.float64, meta=np.empty((0, 0, 0), np.float64),
     )  # fmt: skip
     # A block without a usable fit borrows from its 8 neighbours only, so each block's parameters
@@ -101,7 +102,6 @@ def coregister(
     neighbourhoods = da.overlap.overlap(fits, depth={0: 1, 1: 1, 2: 0}, boundary="none")
     table = da.map_blocks(_resolve_centre, neighbourhoods, chunks=fits.chunks, dtype=np.float64,
                           meta=np.empty((0, 0, 0), np.float64))  # fmt: skip
-    tba = target.data
 
     # One parameter vector (+ chunk origin within its block) per dask chunk.
     halo = math.ceil(config.max_shift_px) + 2
