@@ -36,3 +36,22 @@ def small_region(tmp_path_factory):
     out = tmp_path_factory.mktemp("region")
     config = SynthConfig(seed=3, size_km=(1.5, 1.5), winters=(2010, 2016), obs_per_winter=2, slump_density=4.0)
     return synthesize(out, config=config)
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory):
+    """`rtsflow demo` as the README runs it (the installed console script), once per session.
+
+    Returns the output directory and the finished process (stdout/stderr). The demo test checks
+    what a user sees; other tests read its stores (5 × 5 km region, seed 0, co-registration on).
+    """
+    import shutil
+    import subprocess
+    import sys
+
+    rtsflow = shutil.which("rtsflow", path=str(Path(sys.executable).parent))
+    assert rtsflow, "the rtsflow console script is not installed next to this Python"
+    out = tmp_path_factory.mktemp("demo") / "demo"
+    r = subprocess.run([rtsflow, "demo", "--out", str(out)], capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return out, r

@@ -56,7 +56,7 @@ def test_synth_rejects_bad_winters(tmp_path):
 
 
 @pytest.mark.slow
-def test_demo_end_to_end_meets_the_accuracy_targets_and_resumes(tmp_path):
+def test_demo_end_to_end_meets_the_accuracy_targets_and_resumes(demo_run):
     """The main job as the README runs it: the shipped demo model on the test region, F1 >= 0.85 vs the truth."""
     import json
     import re
@@ -66,9 +66,7 @@ def test_demo_end_to_end_meets_the_accuracy_targets_and_resumes(tmp_path):
     from pipelines.demo import SHIPPED_MODEL
     from rtsflow.io.probability import open_probability
 
-    out = tmp_path / "demo"
-    r = subprocess.run([RTSFLOW, "demo", "--out", str(out)], capture_output=True, text=True, timeout=900)
-    assert r.returncode == 0, r.stderr[-3000:]
+    out, r = demo_run
     # What a user sees: the dashboard link once, progress of every long step, and no warning at all.
     text = r.stdout + r.stderr
     assert text.count("dask dashboard: http") == 1, text[-3000:]

@@ -228,14 +228,15 @@ def test_blocks_of_1024_and_4096_give_the_same_map(spec):
 
     def feats(chunk):
         f = _features(n=4096, chunk=chunk)
-        # Data only in two bands that cross the 1024-px block edges (all-NaN windows are skipped: a fast test).
+        # Data only in two bands, each across the whole map and across a 1024-px block edge, so they meet
+        # every block edge; two lattice cells wide (all-NaN windows are skipped: a fast test).
         yy, xx = np.mgrid[:4096, :4096]
-        keep = ((yy > 900) & (yy < 1150)) | ((xx > 1900) & (xx < 2150))
+        keep = ((yy >= 1000) & (yy < 1050)) | ((xx >= 2030) & (xx < 2070))
         return f.where(xr.DataArray(keep, dims=("y", "x")))
 
     maps = [
         predict(feats(c), spec=spec, bands=BANDS, halo=32, tile=128, batch_size=16).compute(scheduler="threads").values
         for c in (1024, 4096)
     ]
-    assert np.isfinite(maps[0][1000:1100, :]).all() and np.isfinite(maps[0][:, 2000:2100]).all()
+    assert np.isfinite(maps[0][1000:1050, :]).all() and np.isfinite(maps[0][:, 2030:2070]).all()
     np.testing.assert_array_equal(maps[0], maps[1])

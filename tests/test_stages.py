@@ -218,26 +218,18 @@ def _sorted(entries: np.ndarray) -> np.ndarray:
     return entries[np.lexsort(entries[:, :3].T[::-1])]
 
 
-def test_run_on_a_cube_without_index_builds_it_and_gives_the_same_answer(region, run, tmp_path):
+def test_cli_run_on_a_cube_without_index_builds_it_same_answer_no_dask_warning(region, run, model, tmp_path):
+    """`rtsflow run` (co-registration on, several blocks) on a cube of rtsflow 0.1, which has no footprint index.
+
+    The run builds the index and gives the same answer as the run on the indexed cube; it logs no
+    "run_spec" warning and no Dask warning at all, and its workers spill inside the run directory.
+    """
     cube = tmp_path / "cube.zarr"
     shutil.copytree(region["cube"], cube)
     shutil.rmtree(cube / "footprint")  # as a cube of rtsflow 0.1 has none
-    config = parse_config({**region["doc"], "cube": str(cube), "output": str(tmp_path / "run")},
-                          base=region["root"])  # fmt: skip
-    with _cluster() as lc, Client(lc) as client:
-        run_region(config, client=client, progress=False, upto="features")
-    assert read_footprints(cube, grid=GRID, n_obs=cube_info(cube).n_obs).entries.size > 0
-    a = open_features(tmp_path / "run" / f"features_{KEY}.zarr").compute()
-    b = open_features(run["out"] / f"features_{KEY}.zarr").compute()
-    for name in (*MODEL_BANDS, "quality", "n_obs"):
-        np.testing.assert_array_equal(a[name].values, b[name].values, err_msg=name)
-
-
-def test_cli_run_with_coregistration_logs_no_dask_warning(region, model, tmp_path):
-    """A multi-block `rtsflow run` (co-registration on): no "run_spec" warning, no Dask warning at all."""
     out = tmp_path / "cli_run"
     cfg = tmp_path / "run.yaml"
-    cfg.write_text(yaml.safe_dump({**region["doc"], "output": str(out), "report": True}))
+    cfg.write_text(yaml.safe_dump({**region["doc"], "cube": str(cube), "output": str(out), "report": True}))
     r = subprocess.run([sys.executable, "-m", "rtsflow.cli", "run", str(cfg)], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     text = r.stdout + r.stderr
@@ -249,6 +241,16 @@ def test_cli_run_with_coregistration_logs_no_dask_warning(region, model, tmp_pat
     # Workers spill (if at all) inside the run directory, never to the system temp dir.
     assert f"workers spill to {out / 'dask-spill'} (at most 4GiB each)" in r.stdout
     assert (out / "dask-spill").is_dir()
+    # The index was built, and the answer is the indexed cube's.
+    assert read_footprints(cube, grid=GRID, n_obs=cube_info(cube).n_obs).entries.size > 0
+    a = open_features(out / f"features_{KEY}.zarr").compute()
+    b = open_features(run["out"] / f"features_{KEY}.zarr").compute()
+    for name in (*MODEL_BANDS, "quality", "n_obs"):
+        np.testing.assert_array_equal(a[name].values, b[name].values, err_msg=name)
+    np.testing.assert_array_equal(open_probability(out / f"probability_{KEY}.zarr").values,
+                                  open_probability(run["out"] / f"probability_{KEY}.zarr").values)  # fmt: skip
+    got, expected = gpd.read_parquet(out / f"rts_{KEY}.parquet"), gpd.read_parquet(run["out"] / f"rts_{KEY}.parquet")
+    assert list(got.geometry.to_wkb()) == list(expected.geometry.to_wkb())
 
 
 def test_observations_covering_parts_of_the_region_equal_the_lazy_graph(tmp_path):
