@@ -10,13 +10,13 @@ from __future__ import annotations
 import dask
 import geopandas as gpd
 import numpy as np
-import rasterio.features
 import shapely
 import xarray as xr
 from dask.delayed import Delayed
 
 from rtsflow.graph.chunks import chunk_windows
 from rtsflow.grid import GRID_CRS, GRID_ORIGIN, Grid, Window
+from rtsflow.kernels import gdal
 
 __all__ = ["assemble_densities", "regional_densities", "valid_area"]
 
@@ -24,7 +24,7 @@ __all__ = ["assemble_densities", "regional_densities", "valid_area"]
 def _zone_labels(window: Window, *, grid: Grid, regions: gpd.GeoDataFrame | None, cell_size: float | None):
     """Zone index + 1 of every pixel of a chunk (0 = no zone), for regions or regular cells."""
     if regions is not None:
-        return rasterio.features.rasterize(
+        return gdal.rasterize(
             zip(regions.geometry, np.arange(1, len(regions) + 1), strict=True), out_shape=window.shape,
             transform=grid.transform(window), fill=0, dtype="int32",
         )  # fmt: skip

@@ -5,12 +5,12 @@ from __future__ import annotations
 import dask
 import geopandas as gpd
 import numpy as np
-import rasterio.features
 import xarray as xr
 from dask.delayed import Delayed
 
 from rtsflow.graph.chunks import chunk_windows
 from rtsflow.grid import Grid, Window
+from rtsflow.kernels import gdal
 from rtsflow.kernels.masswasting import mass_wasting_table
 from rtsflow.kernels.zonal import MAX_FIELDS, ZONAL_FIELDS, combine_zonal, zonal_sums
 
@@ -27,7 +27,7 @@ def block_sums(polygons: gpd.GeoDataFrame, ddem, sigma, water, quality, *, grid:
     if len(sub) == 0:
         return np.zeros((n, len(ZONAL_FIELDS))), np.zeros((n, len(MAX_FIELDS)))
     index = polygons.index.get_indexer(sub.index)
-    labels = rasterio.features.rasterize(
+    labels = gdal.rasterize(
         zip(sub.geometry, index + 1, strict=True), out_shape=window.shape, transform=grid.transform(window),
         fill=0, dtype="int32",
     )  # fmt: skip

@@ -37,7 +37,8 @@ def polygons_from_mask(pieces: list[BlockPieces], *, grid: Grid) -> gpd.GeoDataF
     # A stable id: the global flat index of the polygon's first pixel (north-west-most, row-major).
     first = np.array([_first_pixel(g, grid) for g in geoms])
     rts_id = first[:, 0] * grid.n_pixels + first[:, 1]
-    lon, lat = Transformer.from_crs(GRID_CRS, "EPSG:4326", always_xy=True).transform(centroid.x, centroid.y)
+    to_lonlat = Transformer.from_crs(GRID_CRS, "EPSG:4326", always_xy=True)
+    lon, lat = to_lonlat.transform(centroid.x.to_numpy(), centroid.y.to_numpy())  # arrays: no float(Series)
     area = geoms.area.to_numpy()
     perimeter = geoms.length.to_numpy()
     hull = geoms.convex_hull.area.to_numpy()

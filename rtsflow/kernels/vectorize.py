@@ -7,23 +7,19 @@ equals vectorising the whole raster at once.
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass, field
 
 import numpy as np
-import rasterio.features
 import shapely
 from affine import Affine
 from scipy import ndimage
+
+from rtsflow.kernels import gdal
 
 __all__ = ["BlockPieces", "stitch", "vectorize_block"]
 
 _FOUR = ndimage.generate_binary_structure(2, 1)
 
-# rasterio's shapes() is not safe in concurrent threads (rasterio 1.4 / GDAL 3.10): now and then one call
-# finds its in-memory raster without a geotransform ("NotGeoreferencedWarning ... identity matrix"), which
-# could put polygons in pixel coordinates. Tracing is a small part of a block's work, so calls take turns.
-_SHAPES_LOCK = threading.Lock()
 
 
 @dataclass
@@ -64,10 +60,8 @@ def vectorize_block(mask: np.ndarray, *, transform: Affine, block: tuple[int, in
         on_edge[v] = True
     on_edge[0] = False
     geoms: dict[int, list] = {}
-    with _SHAPES_LOCK:
-        shapes = list(rasterio.features.shapes(labels.astype(np.int32), mask=mask, connectivity=4,
-                                               transform=transform))  # fmt: skip
-    for geom, value in shapes:
+    # Serialised: rasterio's tracing is not thread-safe (see rtsflow.kernels.gdal).
+    for geom, value in gdal.shapes(labels.astype(np.int32), mask=mask, connectivity=4, transform=transform):
         geoms.setdefault(int(value), []).append(shapely.geometry.shape(geom))
     for lab, parts in geoms.items():
         g = parts[0] if len(parts) == 1 else shapely.union_all(parts)

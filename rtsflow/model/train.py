@@ -150,11 +150,11 @@ def load_area(features_path: str | Path, labels, *, config: TrainConfig) -> Trai
     This reads pixels (it is an I/O entry point, like writing a store).
     """
     import dask
-    import rasterio.features
     from affine import Affine
 
     from rtsflow.graph.dem import grid_of
     from rtsflow.io.features import open_features
+    from rtsflow.kernels import gdal
 
     feats = open_features(features_path)
     missing = [b for b in config.bands if b not in feats]
@@ -176,7 +176,7 @@ def load_area(features_path: str | Path, labels, *, config: TrainConfig) -> Trai
     polys = labels.to_crs(grid.crs).geometry
     polys = polys[~polys.is_empty & polys.notna()]
     label = (
-        rasterio.features.rasterize(
+        gdal.rasterize(
             ((g, 1) for g in polys), out_shape=valid.shape, transform=transform, fill=0, dtype="uint8"
         )
         if len(polys)

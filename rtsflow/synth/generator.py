@@ -29,13 +29,13 @@ from pathlib import Path
 import geopandas as gpd
 import numpy as np
 import rasterio
-import rasterio.features
 import shapely
 from pyproj import Transformer
 from rasterio.windows import Window as RioWindow
 
 from rtsflow import __version__
 from rtsflow.grid import GRID_CRS, Grid, Window
+from rtsflow.kernels import gdal
 from rtsflow.products import write_sidecar
 from rtsflow.synth.fields import rng_for
 from rtsflow.synth.observations import Observation, render_observation, schedule
@@ -339,7 +339,7 @@ def _truth_slumps(scene: Scene, grid: Grid, window: Window) -> gpd.GeoDataFrame:
             dh = s.elevation_change(x, y, f1) - (s.elevation_change(x, y, f0) if f0 > 0 else 0.0)
             shapes = [
                 shapely.geometry.shape(g)
-                for g, v in rasterio.features.shapes(mask.astype(np.uint8), mask=mask, transform=grid.transform(win))
+                for g, v in gdal.shapes(mask.astype(np.uint8), mask=mask, transform=grid.transform(win))
                 if v == 1
             ]
             geom = shapely.union_all(shapes)
