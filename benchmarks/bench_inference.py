@@ -20,6 +20,11 @@ The last lines turn the measured pipeline rate into time per pan-Arctic epoch
 (0.8 M tiles) for 1, 4 and 16 devices like this one (linear: one worker per
 device, each with its own reader).
 
+The engine is measured as it runs in an rtsflow worker: the script restarts
+itself with the environment Dask's nanny gives every worker process
+(``distributed.nanny.pre-spawn-environ``: ``OMP_NUM_THREADS=1`` among others,
+so torch runs one thread per worker; ``--no-worker-env`` keeps the shell's).
+
 Usage::
 
     python benchmarks/bench_inference.py [--feed-tiles 64] [--model-tiles 8] [--batch 4] [--device auto]
@@ -28,6 +33,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import subprocess
 import tempfile
@@ -125,16 +131,28 @@ def read_strips(store: GridStore, *, rows, cols, step: int, margin: int) -> int:
     spans += [(k * step, (k + 1) * step) for k in range(k0, k1 + 1)]
     spans += [((k1 + 1) * step, (k1 + 1) * step + margin)] if margin else []
     for r0, r1 in spans:
-        np.stack([store.read(b, Window(r0, x0, r1 - r0, x1 - x0)) for b in BANDS])
+        store.read_stack(BANDS, Window(r0, x0, r1 - r0, x1 - x0))
     return (k1 - k0 + 1) * ((cols[1] - cols[0]) // step)
 
 
 def fetcher(store: GridStore):
     def fetch(r0, r1, c0, c1):
-        part = Window(r0, c0, r1 - r0, c1 - c0)
-        return np.stack([store.read(b, part) for b in BANDS])
+        return store.read_stack(BANDS, Window(r0, c0, r1 - r0, c1 - c0))
 
     return fetch
+
+
+def _as_a_worker() -> None:
+    """Re-run this script with the variables Dask's nanny sets for every worker process (once)."""
+    import sys
+
+    import dask
+    import distributed  # noqa: F401 - loads distributed's config defaults
+
+    env = {k: str(v) for k, v in dask.config.get("distributed.nanny.pre-spawn-environ").items()}
+    if all(os.environ.get(k) == v for k, v in env.items()):
+        return
+    os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **env})
 
 
 def main() -> None:
@@ -148,7 +166,11 @@ def main() -> None:
     ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
     ap.add_argument("--architecture", default="unetplusplus")
     ap.add_argument("--repeat", type=int, default=2, help="Best of this many runs per rate.")
+    ap.add_argument("--no-worker-env", action="store_true",
+                    help="Keep this shell's environment instead of a Dask worker's (e.g. OMP_NUM_THREADS).")
     args = ap.parse_args()
+    if not args.no_worker_env:
+        _as_a_worker()
     device = resolve_device(args.device)
     precision = resolve_precision(args.precision, device)
     print_header("inference")
@@ -156,6 +178,8 @@ def main() -> None:
     print(f"# torch {torch.__version__}, {torch.get_num_threads()} threads, device {device} (GPU: {gpu}), "
           f"{precision}, {args.architecture} resnet18, {args.tile}-px cells, "
           f"{args.tile + args.halo}² windows")  # fmt: skip
+    worker_env = ", ".join(f"{k}={os.environ.get(k)}" for k in ("OMP_NUM_THREADS", "MALLOC_TRIM_THRESHOLD_"))
+    print(f"# environment: {'shell (--no-worker-env)' if args.no_worker_env else 'a Dask worker'}: {worker_env}")
     step, margin = args.tile, args.halo // 2
     per_row = GRID.block_size // step
     feed_rows = max(1, args.feed_tiles // per_row)

@@ -52,8 +52,7 @@ def probability_block(
     win = grid.block_window(*block)
 
     def fetch(r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
-        part = Window(r0, c0, r1 - r0, c1 - c0)
-        return np.stack([store.read(b, part) for b in bands])
+        return store.read_stack(list(bands), Window(r0, c0, r1 - r0, c1 - c0))
 
     prob = engine.run(fetch, rows=(win.row, win.row_stop), cols=(win.col, win.col_stop))
     n_valid = int(np.isfinite(prob).sum())
