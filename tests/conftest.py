@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import hashlib
+import shutil
+import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
+#: The installed console script next to this Python, as users run it.
+RTSFLOW = shutil.which("rtsflow", path=str(Path(sys.executable).parent))
 
 
 def shared(*parts: str) -> Path:
@@ -45,13 +49,10 @@ def demo_run(tmp_path_factory):
     Returns the output directory and the finished process (stdout/stderr). The demo test checks
     what a user sees; other tests read its stores (5 × 5 km region, seed 0, co-registration on).
     """
-    import shutil
     import subprocess
-    import sys
 
-    rtsflow = shutil.which("rtsflow", path=str(Path(sys.executable).parent))
-    assert rtsflow, "the rtsflow console script is not installed next to this Python"
+    assert RTSFLOW, "the rtsflow console script is not installed next to this Python"
     out = tmp_path_factory.mktemp("demo") / "demo"
-    r = subprocess.run([rtsflow, "demo", "--out", str(out)], capture_output=True, text=True, timeout=900)
+    r = subprocess.run([RTSFLOW, "demo", "--out", str(out)], capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     return out, r

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-RTSFLOW = shutil.which("rtsflow", path=str(Path(sys.executable).parent))
+from .conftest import RTSFLOW
 
 
 def run(*args, cwd=None):

@@ -48,15 +48,10 @@ class GridStore:
         var = self.ds[variable]
         if index:
             var = var.isel(index)
-        lead = var.shape[:-2]
-        fill = np.nan if np.issubdtype(np.dtype(dtype), np.floating) else 0
-        out = np.full((*lead, *window.shape), fill, dtype=dtype)
-        part = window.intersection(self.domain)
-        if part is None:
-            return out
-        ys, xs = part.relative_to(self.window)
-        oy, ox = part.relative_to(window)
-        out[..., oy, ox] = var.isel(y=ys, x=xs).values
+        out = np.full((*var.shape[:-2], *window.shape), _fill(dtype), dtype=dtype)
+        if (where := self._placement(window)) is not None:
+            (ys, xs), (oy, ox) = where
+            out[..., oy, ox] = var.isel(y=ys, x=xs).values
         return out
 
     def read_stack(self, variables: list[str], window: Window, *, dtype=np.float32) -> np.ndarray:
@@ -65,21 +60,30 @@ class GridStore:
         (The same values as ``np.stack([read(v, window) for v in variables])``, without the
         per-variable fill and the copy of the stack: the inference engine's strips.)
         """
-        fill = np.nan if np.issubdtype(np.dtype(dtype), np.floating) else 0
-        out = np.full((len(variables), *window.shape), fill, dtype=dtype)
+        out = np.full((len(variables), *window.shape), _fill(dtype), dtype=dtype)
+        if (where := self._placement(window)) is not None:
+            (ys, xs), (oy, ox) = where
+            for i, name in enumerate(variables):
+                out[i, oy, ox] = self.ds[name].isel(y=ys, x=xs).values
+        return out
+
+    def _placement(self, window: Window):
+        """``((rows, cols) in the store, (rows, cols) in the window)`` of the window's part inside the
+        domain, or ``None`` when nothing of it is."""
         part = window.intersection(self.domain)
         if part is None:
-            return out
-        ys, xs = part.relative_to(self.window)
-        oy, ox = part.relative_to(window)
-        for i, name in enumerate(variables):
-            out[i, oy, ox] = self.ds[name].isel(y=ys, x=xs).values
-        return out
+            return None
+        return part.relative_to(self.window), part.relative_to(window)
 
     def block_slices(self, window: Window) -> dict[str, slice]:
         """``{"y": rows, "x": cols}`` of a window inside the store (for region writes)."""
         ys, xs = window.relative_to(self.window)
         return {"y": ys, "x": xs}
+
+
+def _fill(dtype) -> float | int:
+    """What a pixel outside the domain reads as: NaN for float ``dtype``, else 0."""
+    return np.nan if np.issubdtype(np.dtype(dtype), np.floating) else 0
 
 
 def block_region(window: Window, domain: Window) -> dict[str, slice]:

@@ -4,7 +4,7 @@
 concurrent threads (rasterio 1.4 / GDAL 3.10): now and then a call finds its
 in-memory raster without a geotransform ("NotGeoreferencedWarning ... the
 identity matrix will be returned"), which could put pixels or polygons in pixel
-coordinates (reproduced with 4 threads x 300 calls; never with one thread).
+coordinates (reproduced with a few thousand calls on 4 threads; never with one thread).
 Both are a small part of a block's work, so calls take turns on one lock;
 dask workers that run one thread each never wait on it.
 """

@@ -21,7 +21,6 @@ __all__ = ["BlockPieces", "stitch", "vectorize_block"]
 _FOUR = ndimage.generate_binary_structure(2, 1)
 
 
-
 @dataclass
 class BlockPieces:
     """Polygons of one block: ``interior`` ones are final, ``edge`` ones may continue next door.

@@ -51,8 +51,10 @@ def probability_block(
     store = GridStore(features, grid=grid, domain=domain)
     win = grid.block_window(*block)
 
+    names = list(bands)
+
     def fetch(r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
-        return store.read_stack(list(bands), Window(r0, c0, r1 - r0, c1 - c0))
+        return store.read_stack(names, Window(r0, c0, r1 - r0, c1 - c0))
 
     prob = engine.run(fetch, rows=(win.row, win.row_stop), cols=(win.col, win.col_stop))
     n_valid = int(np.isfinite(prob).sum())
