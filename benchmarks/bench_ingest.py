@@ -6,8 +6,13 @@ exercises the block-by-block generator at benchmark scale), then:
 - baseline: for every layer of every product, read the whole file and
   ``rasterio.warp.reproject`` it onto its footprint window of the rtsflow grid
   (no checks, no store);
-- rtsflow ``ingest`` (full checks, content hashes, Zarr v3 sharded writes) on a
-  LocalCluster with 1 and 2 worker processes, into fresh cubes.
+- rtsflow ``ingest`` (full checks, content hashes, Zarr v3 sharded writes, one
+  Icechunk transaction with forked sessions on the workers) on a LocalCluster
+  with 1 and 2 worker processes, into fresh cubes;
+- the same checks and block writes into a plain Zarr store (no transaction, no
+  history: the cube of rtsflow ≤ 0.2), on the same cluster: the store's cost
+  is the ratio of the two. Both cubes are then read back block by block
+  (every variable of every observation, as the composite stage reads them).
 
 Both are run twice: on the generated products, which lie on the grid (ingest
 copies pixels; GDAL still warps), and on copies shifted by a fraction of a
@@ -29,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 import rasterio
+import zarr
 from affine import Affine
 from common import print_header
 from distributed import Client
@@ -93,6 +99,49 @@ def offgrid_copies(products: list[Path], out: Path) -> list[Path]:
     return sidecars
 
 
+def plain_ingest(products: list[Path], cube: Path) -> int:
+    """Ingest's checks and block writes into a plain Zarr store (the write path before Icechunk); blocks written."""
+    import dask
+
+    from rtsflow.ingest import _obs_coords, _write_product_block, prepare_product
+    from rtsflow.io import cube as cubeio
+    from rtsflow.io.footprints import append_footprints
+
+    grid = DEFAULT_GRID
+    prepared = dask.compute(*[dask.delayed(prepare_product)(p, grid=grid) for p in products])
+    window = prepared[0].footprint
+    for p in prepared[1:]:
+        window = window.union(p.footprint)
+    window = grid.snap(window, to="block")
+    cubeio.create_cube(cube, grid=grid, window=window, obs=_obs_coords(prepared))
+    tasks = [dask.delayed(_write_product_block)(str(cube), p, grid=grid, cube_window=window, obs_index=i,
+                                                block=grid.snap(part, to="block"))
+             for i, p in enumerate(prepared) for _, part in grid.blocks(p.footprint)]  # fmt: skip
+    written = [r for r in dask.compute(*tasks) if r is not None]
+    append_footprints(cube, np.concatenate(written), n_obs=len(prepared))
+    return len(written)
+
+
+def read_back(cube) -> float:
+    """Seconds to read every variable of every observation, block by block, as the composite stage does."""
+    from rtsflow.io import cube as cubeio
+    from rtsflow.io.blocks import GridStore
+    from rtsflow.io.repo import CubeRef, head, is_repo
+
+    if is_repo(cube):
+        ref = CubeRef(str(cube), head(cube))
+        info = cubeio.cube_info(ref)
+    else:  # a plain Zarr store: GridStore opens it by path
+        ref, info = cube, cubeio._info(zarr.open_group(str(cube), mode="r"), path=cube)
+    t0 = time.perf_counter()
+    store = GridStore(ref, grid=info.grid)
+    for _, block in info.grid.blocks(info.window):
+        for name in cubeio.CUBE_VARIABLES:
+            for i in range(info.n_obs):
+                store.read(name, block, index={"obs": i})
+    return time.perf_counter() - t0
+
+
 def run_case(label: str, products: list[Path], workers: list[int], out: Path) -> None:
     input_mb = sum(path.stat().st_size for sc in products for path in read_product(sc).rasters.values()) / 1e6
     t_base = baseline(products)
@@ -100,8 +149,11 @@ def run_case(label: str, products: list[Path], workers: list[int], out: Path) ->
     print(f"## {label}: {input_mb:.0f} MB of GeoTIFF in {len(products)} products")
     print(f"baseline rasterio.warp.reproject: {t_base:.1f} s = {base_mbs:.1f} MB/s (ratio 1.00)")
     for n in workers:
-        cube = out / f"cube_{n}.zarr"
+        cube, plain = out / f"cube_{n}.zarr", out / f"plain_{n}.zarr"
         with local_cluster(n_workers=n, dashboard_address=None) as lc, Client(lc):
+            t0 = time.perf_counter()
+            blocks = plain_ingest(products, plain)
+            t_plain = time.perf_counter() - t0
             t0 = time.perf_counter()
             report = ingest(products, cube=cube)
             t = time.perf_counter() - t0
@@ -109,6 +161,13 @@ def run_case(label: str, products: list[Path], workers: list[int], out: Path) ->
             f"rtsflow ingest, {n} worker process(es): {t:.1f} s = {input_mb / t:.1f} MB/s "
             f"(ratio {input_mb / t / base_mbs:.2f}); {report.blocks_written} block writes"
         )
+        print(
+            f"  same checks and writes into plain Zarr (no transaction): {t_plain:.1f} s, {blocks} block writes; "
+            f"Icechunk cube / plain Zarr time = {t / t_plain:.3f}"
+        )
+    r_plain, r_ice = read_back(plain), read_back(cube)
+    print(f"read back block by block: plain Zarr {r_plain:.1f} s, Icechunk cube {r_ice:.1f} s "
+          f"(ratio {r_ice / r_plain:.3f})")  # fmt: skip
     t0 = time.perf_counter()
     again = ingest(products, cube=out / f"cube_{workers[-1]}.zarr", scheduler="sync")
     print(

@@ -38,10 +38,9 @@ from rtsflow.grid import Window
 def metadata_cube(path: Path, *, side: int, n_obs: int, origin: tuple[int, int], seed: int = 0,
                   footprint_blocks: int = 2, full: bool = False) -> Window:  # fmt: skip
     """A cube with obs coordinates, a footprint index, a reference DEM and a water mask, but no pixel."""
-    import zarr
-
-    from rtsflow.io.cube import COMMITTED_ATTR, create_cube, create_static
+    from rtsflow.io.cube import create_cube, create_static
     from rtsflow.io.footprints import append_footprints
+    from rtsflow.io.repo import transaction
 
     b = GRID.block_size
     window = Window(origin[0] * b, origin[1] * b, side * b, side * b)
@@ -55,23 +54,24 @@ def metadata_cube(path: Path, *, side: int, n_obs: int, origin: tuple[int, int],
            "kind": np.array(["insar"] * n_obs, dtype=object),
            "source": np.array([f"obs{i:06d}.json" for i in range(n_obs)], dtype=object),
            "content_hash": np.array(["0" * 64] * n_obs, dtype=object)}  # fmt: skip
-    create_cube(path, grid=GRID, window=window, obs=obs)
-    t = GRID.block_tiles
-    parts = []
-    for i in range(n_obs):
-        if full:
-            r0 = c0 = 0
-            h = w = side
-        else:
-            h, w = rng.integers(1, footprint_blocks + 1, 2)
-            r0, c0 = rng.integers(0, side - h + 1), rng.integers(0, side - w + 1)
-        tr, tc = np.meshgrid(np.arange((origin[0] + r0) * t, (origin[0] + r0 + h) * t),
-                             np.arange((origin[1] + c0) * t, (origin[1] + c0 + w) * t), indexing="ij")  # fmt: skip
-        parts.append(np.column_stack([np.full(tr.size, i), tr.ravel(), tc.ravel(), np.full(tr.size, 512 * 512)]))
-    append_footprints(path, np.concatenate(parts), n_obs=n_obs)
-    zarr.open_group(str(path), mode="r+").attrs[COMMITTED_ATTR] = n_obs
-    create_static(path, name="reference_dem", dtype="float32", attributes={"long_name": "reference"})
-    create_static(path, name="water", dtype="uint8", attributes={"long_name": "water mask"})
+    with transaction(path, command="synth", message=f"metadata-only cube ({n_obs} observations)", create=True) as tx:
+        store = tx.store
+        create_cube(store, grid=GRID, window=window, obs=obs)
+        t = GRID.block_tiles
+        parts = []
+        for i in range(n_obs):
+            if full:
+                r0 = c0 = 0
+                h = w = side
+            else:
+                h, w = rng.integers(1, footprint_blocks + 1, 2)
+                r0, c0 = rng.integers(0, side - h + 1), rng.integers(0, side - w + 1)
+            tr, tc = np.meshgrid(np.arange((origin[0] + r0) * t, (origin[0] + r0 + h) * t),
+                                 np.arange((origin[1] + c0) * t, (origin[1] + c0 + w) * t), indexing="ij")  # fmt: skip
+            parts.append(np.column_stack([np.full(tr.size, i), tr.ravel(), tc.ravel(), np.full(tr.size, 512 * 512)]))
+        append_footprints(store, np.concatenate(parts), n_obs=n_obs)
+        create_static(store, name="reference_dem", dtype="float32", attributes={"long_name": "reference"})
+        create_static(store, name="water", dtype="uint8", attributes={"long_name": "water mask"})
     return window
 
 

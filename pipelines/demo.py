@@ -53,16 +53,15 @@ def prepare_region(out: Path, config: SynthConfig, *, force: bool = False, say=p
     """Synthesise a region and ingest it (+ water mask, reference DEM) into ``out/cube.zarr``."""
     import shutil
 
-    import zarr
-
     from rtsflow.ingest import ingest, ingest_mask, ingest_reference_dem
+    from rtsflow.io.cube import cube_group
 
     region = _region(out / "region", config, force=force)
     cube = out / "cube.zarr"
     if force and cube.exists():
         shutil.rmtree(cube)
     report = ingest(region.products, cube=cube, progress=True)
-    present = zarr.open_group(str(cube), mode="r")
+    present = cube_group(cube)
     if "water" not in present:  # stand-in for a real surface-water product
         ingest_mask(region.truth_rasters["water"], cube=cube, name="water")
     if "reference_dem" not in present:

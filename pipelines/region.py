@@ -26,6 +26,7 @@ import shutil
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -53,7 +54,7 @@ class RegionResult:
 class RegionPlan:
     """What a run works on, read from metadata only (cube attributes, obs coordinates, footprint index)."""
 
-    cube: str
+    cube: object  # CubeRef: the cube at the version this run reads
     grid: object
     domain: object
     blocks: list[tuple[int, int]]
@@ -69,26 +70,29 @@ def _pair_key(pair) -> str:
     return f"{pair[0]}_{pair[1]}"
 
 
-def plan_region(config: RunConfig, *, build_index: bool = True, say=print) -> RegionPlan:
-    """Blocks, observations per epoch and footprints of a run (no pixel is read unless the index must be built)."""
-    import zarr
+def plan_region(config: RunConfig, *, version: str | None = None, build_index: bool = True,
+                say=print) -> RegionPlan:  # fmt: skip
+    """Blocks, observations per epoch and footprints of a run (no pixel is read unless the index must be built).
 
-    from rtsflow.io.cube import COMMITTED_ATTR, cube_info, obs_coords
+    ``version``: the cube version to read (default: the current one).
+    """
+    from rtsflow.io.cube import cube_group, cube_info, obs_coords
     from rtsflow.io.footprints import FootprintIndexError, build_footprints, read_footprints
+    from rtsflow.io.repo import CubeRef, head
     from rtsflow.selection import WINTER_MONTHS, SelectionRules, select_observations
 
-    info = cube_info(config.cube)
-    grid, window = info.grid, info.window
-    root = zarr.open_group(config.cube, mode="r", zarr_format=3)
-    n_obs = int(root.attrs.get(COMMITTED_ATTR, info.n_obs))
+    ref = CubeRef(str(config.cube), version or head(config.cube))
+    info = cube_info(ref)
+    grid, window, n_obs = info.grid, info.window, info.n_obs
     try:
-        footprints = read_footprints(config.cube, grid=grid, n_obs=n_obs)
+        footprints = read_footprints(ref, grid=grid, n_obs=n_obs)
     except FootprintIndexError as e:
-        if not build_index:
+        if not build_index or version is not None:
             raise
         say(f"{e}; building it now (reads each stored DEM shard once)", flush=True)
         build_footprints(config.cube, grid=grid, window=window, n_obs=n_obs)
-        footprints = read_footprints(config.cube, grid=grid, n_obs=n_obs)
+        ref = CubeRef(str(config.cube), head(config.cube))
+        footprints = read_footprints(ref, grid=grid, n_obs=n_obs)
     domain = window
     if config.region is not None:
         keep = grid.region_from_bounds(config.region.bbox, crs=config.region.crs)
@@ -97,7 +101,7 @@ def plan_region(config: RunConfig, *, build_index: bool = True, say=print) -> Re
             raise ValueError(f"region {config.region.bbox} ({config.region.crs}) does not overlap the cube "
                              f"{config.cube} ({grid.bounds(window)} in EPSG:3413)")  # fmt: skip
     blocks = [blk for blk, _ in grid.blocks(domain)]
-    selection = select_observations(obs_coords(config.cube),
+    selection = select_observations(obs_coords(ref),
                                     rules=SelectionRules(months=WINTER_MONTHS, epoch=config.epoch))  # fmt: skip
     epochs = sorted({int(e) for p in config.pairs for e in p})
     used = selection[selection.selected]
@@ -110,11 +114,36 @@ def plan_region(config: RunConfig, *, build_index: bool = True, say=print) -> Re
         rows = used[used.epoch == e].sort_values("time", kind="stable")
         selected[e] = {int(r.obs): (int(r.obs), str(r.product_id), str(r.kind), float(r.hoa))
                        for r in rows.itertuples()}  # fmt: skip
-    variables = {name for name, _ in root.arrays()}
+    variables = {name for name, _ in cube_group(ref).arrays()}
     water = config.water if config.water and config.water in variables else None
     reference = config.reference if config.reference and config.reference in variables else None
-    return RegionPlan(cube=str(config.cube), grid=grid, domain=domain, blocks=blocks, footprints=footprints,
+    return RegionPlan(cube=ref, grid=grid, domain=domain, blocks=blocks, footprints=footprints,
                       selection=selection, epochs=epochs, selected=selected, water=water, reference=reference)
+
+
+def _cube_version(rd, config: RunConfig, *, force: bool, say) -> str:
+    """The cube version this run reads: recorded in ``cube_version.json`` by its first session and kept.
+
+    A resumed run reads the version it started on, so blocks computed before and
+    after a later ingest agree; ``--force`` starts over on the current version.
+    """
+    from rtsflow.io.repo import head
+    from rtsflow.runs import _atomic_write
+
+    path = rd.path / "cube_version.json"
+    current = head(config.cube)
+    if path.exists() and not force:
+        recorded = json.loads(path.read_text())
+        if recorded.get("cube") == str(Path(config.cube).absolute()):
+            if recorded["version"] != current:
+                say(f"the cube has a newer version ({current}) than this run's ({recorded['version']}); the run "
+                    "keeps reading its own version so that all its blocks agree (--force: start over on the new "
+                    "one)", flush=True)  # fmt: skip
+            return recorded["version"]
+    record = {"cube": str(Path(config.cube).absolute()), "version": current, "session": rd.session,
+              "recorded_at": datetime.now(UTC).isoformat(timespec="seconds")}  # fmt: skip
+    _atomic_write(path, json.dumps(record, indent=2) + "\n")
+    return current
 
 
 def _years(plan: RegionPlan, pair, epoch_kind: str) -> float:
@@ -195,7 +224,8 @@ def _run_locked(config: RunConfig, rd: RunDirectory, identity: dict, *, client, 
             rep = ingest(list(config.products), cube=config.cube, progress=progress)
             rd.timing("ingest", time.perf_counter() - t0)
             say(f"ingest: {len(rep.added)} added, {len(rep.skipped)} already present", flush=True)
-        plan = plan_region(config, say=say)
+        plan = plan_region(config, version=_cube_version(rd, config, force=force, say=say), say=say)
+        say(f"cube {config.cube} at version {plan.cube.version}", flush=True)
         say(f"domain: {len(plan.blocks)} block(s) of {plan.grid.block_size}² px; epochs "
             f"{', '.join(f'{e} ({len(plan.selected[e])} obs)' for e in plan.epochs)}", flush=True)  # fmt: skip
         composites = _run_epochs(cl, rd, config, plan, result, say, progress)
@@ -342,7 +372,8 @@ def _reduce_pair(client, rd: RunDirectory, config: RunConfig, plan: RegionPlan, 
     t0 = time.perf_counter()
     model_sha = open_probability(ppath).attrs["model_sha256"]
     meta = run_metadata(command="run", run=str(out), pair=key, model_sha256=model_sha, threshold=config.threshold,
-                        filters=config.filters.__dict__)  # fmt: skip
+                        filters=config.filters.__dict__, cube=plan.cube.path,
+                        cube_version=plan.cube.version)  # fmt: skip
     years = _years(plan, pair, config.epoch)
     rts, tables, failed = reduce_pair(
         client, rd, key=key, probability=ppath, features=fpath, grid=plan.grid, domain=plan.domain,

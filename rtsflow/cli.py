@@ -582,46 +582,127 @@ def cube_group() -> None:
     """Inspect and maintain observation cubes."""
 
 
+def _cube_error(e: Exception) -> None:
+    click.echo(f"error: {e}", err=True)
+    sys.exit(2)
+
+
 @cube_group.command(name="footprints")
 @click.argument("cube", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--cluster", default="local", show_default=True, help=CLUSTER_HELP)
 def cube_footprints(cube, cluster) -> None:
     """(Re)build the footprint index of CUBE: which grid tiles each observation has data in.
 
-    Cubes ingested by rtsflow ≥ 0.2 keep it up to date; older cubes need this once
-    (reads every stored DEM shard once). Runs build it themselves when it is missing.
+    Ingest keeps it up to date; cubes converted from older rtsflow may need this
+    once (reads every stored DEM shard once; one new cube version). Runs build it
+    themselves when it is missing.
     """
-    import zarr
-
     from rtsflow.cluster import connect
-    from rtsflow.io.cube import COMMITTED_ATTR, cube_info
+    from rtsflow.io.cube import cube_info
     from rtsflow.io.footprints import build_footprints
 
     try:
         info_ = cube_info(cube)
     except ValueError as e:
-        click.echo(f"error: {e}", err=True)
-        sys.exit(2)
-    n_obs = int(zarr.open_group(str(cube), mode="r", zarr_format=3).attrs.get(COMMITTED_ATTR, info_.n_obs))
+        _cube_error(e)
     with connect(cluster, quiet=True, local_directory=cube.parent / f".{cube.name}.dask-scratch"):
-        n = build_footprints(cube, grid=info_.grid, window=info_.window, n_obs=n_obs)
-    click.echo(f"{cube}: footprint index of {n_obs} observation(s), {n} (observation, tile) entries")
+        n = build_footprints(cube, grid=info_.grid, window=info_.window, n_obs=info_.n_obs)
+    click.echo(f"{cube}: footprint index of {info_.n_obs} observation(s), {n} (observation, tile) entries")
 
 
 @cube_group.command(name="migrate")
 @click.argument("cube", type=click.Path(exists=True, file_okay=False, path_type=Path))
-def cube_migrate(cube) -> None:
-    """Bring CUBE (written by an older rtsflow) to the current layout, checked value by value.
+@click.option("--delete-old", is_flag=True, help="Delete the old store once the new cube has been checked.")
+def cube_migrate(cube, delete_old) -> None:
+    """Convert CUBE, written by rtsflow ≤ 0.2 (plain Zarr), into a versioned cube (Icechunk).
 
-    Fixed-length UTF-32 text coordinates become variable-length strings (the
-    Zarr v3 data type with a specification; zarr warns about the other on
-    every write). `rtsflow ingest` does this itself when it writes to such a cube.
+    Every chunk is copied byte for byte and every value compared before the
+    old store is moved aside (kept as <CUBE>.plain-zarr-<time> unless
+    --delete-old); fixed-length text coordinates become variable-length strings.
     """
     from rtsflow.io.migrate import migrate_cube
+    from rtsflow.io.repo import NotACubeError
 
-    names = migrate_cube(cube)
-    click.echo(f"{cube}: " + (f"rewrote {', '.join(names)} as variable-length strings" if names
-                              else "already in the current layout"))  # fmt: skip
+    try:
+        click.echo(str(migrate_cube(cube, keep_old=not delete_old)))
+    except (NotACubeError, RuntimeError) as e:
+        _cube_error(e)
+
+
+@cube_group.command(name="log")
+@click.argument("cube", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--files/--no-files", default=True, show_default=True, help="List each version's files and hashes.")
+def cube_log(cube, files) -> None:
+    """List CUBE's versions, newest first: when, by which command and user, from which files (sha256)."""
+    from rtsflow.io.repo import NotACubeError, history, tagged_versions
+
+    try:
+        versions = history(cube)
+        kept = tagged_versions(cube)
+    except NotACubeError as e:
+        _cube_error(e)
+    for i, v in enumerate(versions):
+        m = v.metadata
+        current = "  (current)" if i == 0 else ""
+        click.echo(f"version {v.version}  {v.time:%Y-%m-%d %H:%M:%S} UTC  {v.command}{current}")
+        click.echo(f"    {v.message}")
+        click.echo(f"    by {m.get('user') or '?'}@{m.get('host', '?')}: {m.get('argv', '')}")
+        if files:
+            for p in m.get("products", []):
+                click.echo(f"    + {p['id']}  sha256 {p['content_sha256'][:16]}…  {p['sidecar']}")
+            for f in m.get("files", []):
+                click.echo(f"    + {f['variable']}  sha256 {f['sha256'][:16]}…  {f['path']}")
+    for tag, version in kept.items():
+        click.echo(f"kept by a rollback: version {version} (tag {tag}); `rtsflow cube rollback {cube} {version}` "
+                   "returns to it")  # fmt: skip
+
+
+@cube_group.command(name="rollback")
+@click.argument("cube", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("version")
+def cube_rollback(cube, version) -> None:
+    """Make VERSION (from `rtsflow cube log`; a unique prefix will do) CUBE's current version again.
+
+    Nothing is deleted: the version rolled back from stays reachable and can be
+    returned to the same way. Waits for other writers of the cube.
+    """
+    from rtsflow.ingest import cube_lock
+    from rtsflow.io.repo import NotACubeError, rollback
+
+    try:
+        with cube_lock(cube):
+            old, tag = rollback(cube, version=version)
+    except (NotACubeError, ValueError) as e:
+        _cube_error(e)
+    from rtsflow.io.repo import head
+
+    click.echo(f"{cube}: now at version {head(cube)} (was {old}, kept as tag {tag}; "
+               f"`rtsflow cube rollback {cube} {old}` undoes this)")  # fmt: skip
+
+
+@cube_group.command(name="check")
+@click.argument("cube", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--deep", is_flag=True, help="Also decode every stored shard (reads the whole cube).")
+@click.option("--repair", is_flag=True, help="Clear what dead writers left (unfinished writes, unreferenced data).")
+def cube_check(cube, deep, repair) -> None:
+    """Verify CUBE: repository, metadata, coordinates, footprint index (and every shard with --deep).
+
+    Exits 0 when the cube is fine, 1 when a problem was found (each is named).
+    """
+    from rtsflow.ingest import cube_lock
+    from rtsflow.io.check import check_cube
+    from rtsflow.io.repo import cleanup, is_plain_zarr
+
+    if is_plain_zarr(cube):
+        click.echo(f"{cube}: a plain-Zarr cube of rtsflow ≤ 0.2; convert it with `rtsflow cube migrate {cube}`")
+        sys.exit(1)
+    if repair:
+        with cube_lock(cube):
+            cleared = cleanup(cube)
+        click.echo(f"{cube}: cleared {len(cleared)} unfinished write(s)")
+    result = check_cube(cube, deep=deep)
+    click.echo(str(result))
+    sys.exit(0 if result.ok else 1)
 
 
 @main.command()
@@ -629,9 +710,15 @@ def cube_migrate(cube) -> None:
 def info(cube) -> None:
     """Describe an observation cube (reads metadata only)."""
     from rtsflow.io.cube import open_cube
+    from rtsflow.io.repo import NotACubeError, head
     from rtsflow.summary import cube_summary
 
-    click.echo(cube_summary(open_cube(cube), path=cube))
+    try:
+        ds = open_cube(cube)
+    except NotACubeError as e:
+        _cube_error(e)
+    click.echo(cube_summary(ds, path=cube))
+    click.echo(f"version: {head(cube)} (`rtsflow cube log {cube}` lists them all)")
 
 
 @main.command()

@@ -2,16 +2,16 @@
 
 Ingest is all-or-nothing per call. Every product is checked (sidecar, CRS,
 layer grids, pixel value ranges, duplicate ids) before the store is touched,
-so bad input leaves the cube byte-identical. If a write fails later, the new
-observations are rolled back; an ingest killed mid-write is rolled back by the
-next one (the store records how many observations are committed).
+so bad input leaves the cube byte-identical. The write is one transaction of
+the cube's Icechunk repository (:mod:`rtsflow.io.repo`): readers see the cube
+before or after it, never between; an ingest that fails or is killed changes
+nothing, and the next writer clears what it left.
 """
 
 from __future__ import annotations
 
 import errno
 import logging
-import math
 import shutil
 import sys
 import warnings
@@ -22,13 +22,12 @@ from pathlib import Path
 
 import dask
 import numpy as np
-import zarr
 
 from rtsflow.grid import DEFAULT_GRID, GRID_CRS, Grid, Window
 from rtsflow.io import cube as cubeio
-from rtsflow.io import footprints, transaction
+from rtsflow.io import footprints
+from rtsflow.io import repo as cuberepo
 from rtsflow.io.lock import DirectoryLock, LockedError
-from rtsflow.io.migrate import migrate_cube
 from rtsflow.io.rasters import (
     LAYER_RULES,
     RasterInfo,
@@ -48,8 +47,6 @@ log = logging.getLogger(__name__)
 
 #: How long a writer waits for another writer of the same cube by default (s).
 LOCK_WAIT_S = 3600.0
-
-COMMITTED_ATTR = cubeio.COMMITTED_ATTR
 
 
 @dataclass(frozen=True)
@@ -130,11 +127,12 @@ def prepare_product(
                 "geotransform differs from the DEM's; all layers of a product must share the DEM's grid",
             )
     content_hash = product.content_hash()
-    footprint = grid.window_from_bounds(dem.grid_bounds())
+    footprint = grid.window_from_bounds(dem.checked_grid_bounds(key="dem"))
     if present is not None and present.get(product.id) == content_hash:
         return PreparedProduct(product, content_hash, layers, footprint, already_present=True)
     for key, info in layers.items():
-        check_layer_values(info, key=key)
+        if check_layer_values(info, key=key) == 0 and key == "dem":
+            raise ProductError(info.path, key, "has no valid pixels (all nodata or NaN)")
     return PreparedProduct(product, content_hash, layers, footprint)
 
 
@@ -169,8 +167,35 @@ def _catch(fn, *args, **kwargs):
         return None, e
 
 
+def _in_fork(fork, fn, *args, **kwargs):
+    """Run a write ``fn(fork.store, ...)`` in a forked session; return ``(fork, result, error)``.
+
+    The fork goes back to the coordinator, which merges every fork before it
+    commits. Errors are returned, not raised, so that every task finishes
+    before the transaction is abandoned.
+    """
+    try:
+        return fork, fn(fork.store, *args, **kwargs), None
+    except Exception as e:
+        return fork, None, e
+
+
+def _write_forked(tx: cuberepo.Transaction, calls: list[tuple], *, scheduler, desc: str, progress: bool) -> list:
+    """Run ``(fn, args, kwargs)`` writes as Dask tasks, each in its own fork of ``tx``; merge them; return results."""
+    import dask
+
+    tx.checkpoint("prepare")  # forks need a session without uncommitted changes
+    tasks = [dask.delayed(_in_fork, pure=False)(tx.fork(), fn, *args, **kwargs) for fn, args, kwargs in calls]
+    results = _compute(tasks, scheduler=scheduler, desc=desc, unit="block", progress=progress)
+    errors = [e for _, _, e in results if e is not None]
+    if errors:
+        raise errors[0]
+    tx.merge([f for f, _, _ in results])
+    return [r for _, r, _ in results]
+
+
 def _write_product_block(
-    prepared: PreparedProduct, *, cube: str, grid: Grid, cube_window: Window, obs_index: int, block: Window
+    store, prepared: PreparedProduct, *, grid: Grid, cube_window: Window, obs_index: int, block: Window
 ) -> np.ndarray | None:
     """Warp every layer of one product onto its tiles in one block and write them.
 
@@ -191,7 +216,7 @@ def _write_product_block(
             layers[key] = sub
     if "dem" not in layers:
         return None
-    cubeio.write_block(cube, obs_index=obs_index, block=tiles, cube_window=cube_window, layers=layers)
+    cubeio.write_block(store, obs_index=obs_index, block=tiles, cube_window=cube_window, layers=layers)
     counts = tile_valid_counts(layers["dem"], row=tiles.row, col=tiles.col, tile=grid.tile_size)
     return np.column_stack([np.full(len(counts), obs_index), counts])
 
@@ -209,36 +234,8 @@ def _obs_coords(prepared: Sequence[PreparedProduct]) -> dict[str, np.ndarray]:
     }
 
 
-def _index_complete(cube: Path, n_obs: int) -> bool:
-    return (footprints.indexed_count(cube) or 0) >= n_obs
-
-
-def _committed(cube: Path) -> int | None:
-    group = zarr.open_group(str(cube), mode="r", zarr_format=3)
-    value = group.attrs.get(COMMITTED_ATTR)
-    return None if value is None else int(value)
-
-
-def _set_committed(cube: Path, n: int) -> None:
-    group = zarr.open_group(str(cube), mode="r+", zarr_format=3)
-    group.attrs[COMMITTED_ATTR] = int(n)
-
-
-def recover_cube(cube: str | Path) -> bool:
-    """Undo an ingest that was killed before it committed; True if there was one.
-
-    An existing cube is restored from its pending backup (byte-identical); a
-    cube whose very first ingest never committed is removed.
-    """
-    cube = Path(cube)
-    recovered = transaction.recover(cube)
-    committed = _committed(cube)
-    group = zarr.open_group(str(cube), mode="r", zarr_format=3)
-    if committed is not None and committed < group["product_id"].shape[0]:
-        cubeio.truncate_obs(cube, committed)
-        log.warning("%s: removed the uncommitted observations of an interrupted ingest", cube)
-        recovered = True
-    return recovered
+def _index_complete(store, n_obs: int) -> bool:
+    return (footprints.indexed_count(store) or 0) >= n_obs
 
 
 def ingest(
@@ -289,8 +286,11 @@ def ingest(
     Writers of one cube (ingests, masks, reference DEMs) take turns: each holds
     the cube's lock (a directory beside it, safe on NFS and Lustre) from its
     first read to its commit, so concurrent ingests of different products all
-    land, one after the other. A lock left by a dead process is taken over and
-    its half-done ingest rolled back.
+    land, one after the other. A lock left by a dead process is taken over;
+    its uncommitted writes never reached the cube and are cleared.
+
+    The new version's commit records the command, and per product its id,
+    sidecar and content hash (``rtsflow cube log``).
     """
     with cube_lock(cube, wait=wait):
         return _ingest_locked(products, cube=cube, grid=grid, region=region, scheduler=scheduler, progress=progress)
@@ -302,17 +302,19 @@ def _ingest_locked(products: Sequence[str | Path], *, cube, grid: Grid, region, 
     report = IngestReport(cube=cube)
     if not products:
         raise ValueError("no products given")
-    if (cube / "zarr.json").exists() and recover_cube(cube):
-        report.notes.append("rolled back the observations of an interrupted ingest")
-    exists = (cube / "zarr.json").exists()
+    # A repository without a version is what a first ingest killed before its commit left: start it anew.
+    exists = cube.exists() and any(cube.iterdir()) and not (cuberepo.is_repo(cube) and not cuberepo.has_versions(cube))
     if exists:
-        migrated = migrate_cube(cube)  # older rtsflow: fixed-length strings (zarr warns on every write)
-        if migrated:
-            report.notes.append(f"migrated the string coordinates {', '.join(migrated)} to variable-length strings")
-        info = cubeio.cube_info(cube)
+        try:
+            repo = cuberepo.open_repo(cube)
+        except cuberepo.NotACubeError as e:
+            raise ProductError(cube, None, str(e).removeprefix(f"{cube}: ")) from None
+        stale = cuberepo.cleanup(cube, repo=repo)
+        if stale:
+            report.notes.append(f"cleared {len(stale)} unfinished write(s) of a writer that is gone")
+        base = cuberepo.CubeRef(str(cube), repo.lookup_branch(cuberepo.BRANCH))
+        info = cubeio.cube_info(base)
         grid = info.grid
-    elif cube.exists() and any(cube.iterdir()):
-        raise ProductError(cube, None, "exists and is not an rtsflow cube; refusing to overwrite it")
 
     # 1. Check every product (in parallel); nothing is written before all pass.
     existing: dict[str, str] = {}
@@ -379,61 +381,43 @@ def _ingest_locked(products: Sequence[str | Path], *, cube, grid: Grid, region, 
             warnings.warn(msg, stacklevel=2)
             report.notes.append(msg)
 
-    # 4. Metadata first (uncommitted), then block writes, then commit.
+    # 4. One transaction: metadata, block writes (forked sessions on the workers), footprint index, commit.
     n_before = info.n_obs if exists else 0
     coords = _obs_coords(new)
-    # A cube from an older rtsflow has no index: it is not extended half-way (rtsflow cube footprints builds it).
-    indexed = not exists or _index_complete(cube, n_before)
-    if not indexed:
-        report.notes.append(f"the cube has no complete footprint index; build it with "
-                            f"`{footprints.REBUILD_HINT.format(cube=cube)}`")  # fmt: skip
-    tx = transaction.CubeTransaction(cube) if exists else None
+    message = f"ingest {len(new)} product(s): " + ", ".join(p.product.id for p in new[:20]) + \
+        (", …" if len(new) > 20 else "")
     try:
-        if tx is not None:
-            tx.begin(n_obs=n_before)
-            obs_slice = cubeio.append_obs_template(cube, grid=grid, window=window, obs=coords)
-        else:
-            cubeio.create_cube(cube, grid=grid, window=window, obs=coords)
-            _set_committed(cube, 0)
-            obs_slice = slice(0, len(new))
-        tasks = []
-        for i, p in zip(range(obs_slice.start, obs_slice.stop), new, strict=True):
-            for _, part in grid.blocks(p.footprint.intersection(window)):
-                block = grid.snap(part, to="block")
-                tasks.append(
-                    dask.delayed(_catch)(
-                        _write_product_block,
-                        p,
-                        cube=str(cube),
-                        grid=grid,
-                        cube_window=window,
-                        obs_index=i,
-                        block=block,
-                    )
-                )
-        results = _compute(tasks, scheduler=scheduler, desc="ingest: writing", unit="block", progress=progress)
-        errors = [e for _, e in results if e is not None]
-        if errors:
-            raise errors[0]
-        written = [r for r, _ in results if r is not None]
-        report.blocks_written = len(written)
-        if indexed:
-            entries = np.concatenate(written) if written else np.zeros((0, 4), dtype=np.int64)
-            footprints.append_footprints(cube, entries, n_obs=n_before + len(new))
-        _set_committed(cube, n_before + len(new))
+        with cuberepo.transaction(cube, command="ingest", message=message, create=not exists) as tx:
+            # A cube from an older rtsflow without index is not extended half-way (rtsflow cube footprints builds it).
+            indexed = not exists or _index_complete(tx.store, n_before)
+            if not indexed:
+                report.notes.append(f"the cube has no complete footprint index; build it with "
+                                    f"`{footprints.REBUILD_HINT.format(cube=cube)}`")  # fmt: skip
+            if exists:
+                obs_slice = cubeio.append_obs_template(tx.store, grid=grid, window=window, obs=coords)
+            else:
+                cubeio.create_cube(tx.store, grid=grid, window=window, obs=coords)
+                obs_slice = slice(0, len(new))
+            calls = [(_write_product_block, (p,), dict(grid=grid, cube_window=window, obs_index=i,
+                                                       block=grid.snap(part, to="block")))
+                     for i, p in zip(range(obs_slice.start, obs_slice.stop), new, strict=True)
+                     for _, part in grid.blocks(p.footprint.intersection(window))]  # fmt: skip
+            results = _write_forked(tx, calls, scheduler=scheduler, desc="ingest: writing", progress=progress)
+            written = [r for r in results if r is not None]
+            report.blocks_written = len(written)
+            if indexed:
+                entries = np.concatenate(written) if written else np.zeros((0, 4), dtype=np.int64)
+                footprints.append_footprints(tx.store, entries, n_obs=n_before + len(new))
+            tx.metadata = {"products": [{"id": p.product.id, "sidecar": str(p.product.sidecar),
+                                         "content_sha256": p.content_hash, "obs": i}
+                                        for i, p in zip(range(obs_slice.start, obs_slice.stop), new, strict=True)]}
     except BaseException as e:
-        if tx is not None:
-            tx.rollback()
-        else:
-            shutil.rmtree(cube, ignore_errors=True)
         if _no_space(e):
             free, need = shutil.disk_usage(cube.parent).free, _pixel_bytes(new, window, grid)
             raise ProductError(cube, None, f"no space left on its device while writing ({_gib(free)} free now; "
                                f"these products hold up to {_gib(need)} of pixels before compression). "
                                f"The cube is as it was; free space and ingest again.") from e  # fmt: skip
         raise
-    if tx is not None:
-        tx.commit()
     report.added = [p.product.id for p in new]
     report.input_bytes = sum(lay.path.stat().st_size for p in new for lay in p.layers.values())
     return report
@@ -455,6 +439,8 @@ def _no_space(e: BaseException | None) -> bool:
     """Whether an error (or one it was raised from) is "no space left on device"."""
     while e is not None:
         if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+            return True
+        if "os error 28" in str(e) or "No space left on device" in str(e):  # Icechunk's (Rust) I/O errors
             return True
         e = e.__cause__ or e.__context__
     return False
@@ -497,9 +483,13 @@ def ingest_mask(
     what = long_name.removesuffix(" mask")
     attrs = {"long_name": long_name, "units": "1", "flag_values": [0, 1],
              "description": f"1 = {what}, 0 = clear (nearest neighbour)."}  # fmt: skip
+    raster = Path(raster).resolve()
     with cube_lock(cube):
-        return _ingest_static(raster, cube=cube, name=name, rule="water", dtype="uint8", attrs=attrs,
-                              scheduler=scheduler)  # fmt: skip
+        static = _check_static(raster, cube=cube, name=name, rule="water")
+        with cuberepo.transaction(cube, command="mask", message=f"add mask {name!r}") as tx:
+            n = _write_static(tx, static, name=name, dtype="uint8", attrs=attrs, scheduler=scheduler)
+            tx.metadata = {"files": [_file_record(raster, variable=name)]}
+    return n
 
 
 def ingest_reference_dem(
@@ -521,61 +511,76 @@ def ingest_reference_dem(
     """
     attrs = {"long_name": "reference surface elevation", "units": "m",
              "description": "External reference DEM (bilinear) used to co-register observations."}  # fmt: skip
-    if sigma is not None:  # check both before writing either
-        check_layer_values(inspect_raster(Path(sigma).resolve(), sidecar=Path(sigma), key="sigma"), key="sigma")
-    with cube_lock(cube):
-        n = _ingest_static(raster, cube=cube, name=name, rule="dem", dtype="float32", attrs=attrs,
-                           scheduler=scheduler)  # fmt: skip
-        if sigma is not None:
-            sattrs = {"long_name": "reference elevation error (1 sigma)", "units": "m",
-                      "description": f"1σ error of {name} (bilinear)."}  # fmt: skip
-            try:
-                _ingest_static(sigma, cube=cube, name=f"{name}_sigma", rule="sigma", dtype="float32", attrs=sattrs,
-                               scheduler=scheduler)  # fmt: skip
-            except BaseException:
-                shutil.rmtree(Path(cube) / name, ignore_errors=True)
-                raise
-    return n
-
-
-def _ingest_static(raster, *, cube, name: str, rule: str, dtype: str, attrs: dict, scheduler) -> int:
-    cube = Path(cube)
     raster = Path(raster).resolve()
+    sattrs = {"long_name": "reference elevation error (1 sigma)", "units": "m",
+              "description": f"1σ error of {name} (bilinear)."}  # fmt: skip
+    with cube_lock(cube):
+        # Both checked (every pixel) before either is written.
+        parts = [(_check_static(raster, cube=cube, name=name, rule="dem"), name, attrs)]
+        if sigma is not None:
+            sigma = Path(sigma).resolve()
+            parts.append((_check_static(sigma, cube=cube, name=f"{name}_sigma", rule="sigma"), f"{name}_sigma", sattrs))
+        with cuberepo.transaction(cube, command="reference", message=f"add reference DEM {name!r}") as tx:
+            counts = [_write_static(tx, st, name=nm, dtype="float32", attrs=at, scheduler=scheduler)
+                      for st, nm, at in parts]  # fmt: skip
+            tx.metadata = {"files": [_file_record(st.layer.path, variable=nm) for st, nm, _ in parts]}
+    return counts[0]
+
+
+def _file_record(path: Path, *, variable: str) -> dict:
+    """What ``cube log`` shows of a raster a commit added: its path, size and sha256."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return {"variable": variable, "path": str(path), "bytes": path.stat().st_size, "sha256": h.hexdigest()}
+
+
+def _write_static_block(store, layer: RasterInfo, *, grid: Grid, footprint: Window, window: Window, name: str,
+                        resampling, block: Window) -> bool:  # fmt: skip
+    """Warp one block of a static raster onto the grid and write it (a task of :func:`_ingest_static`)."""
+    tiles = grid.snap(footprint.intersection(block), to="tile").intersection(block)
+    values = warp_to_window(layer, grid=grid, window=tiles, resampling=resampling)
+    cubeio.write_static_window(store, name=name, window=tiles, cube_window=window, values=values)
+    return True
+
+
+@dataclass(frozen=True)
+class _Static:
+    """A static raster that passed every check, and where it goes in the cube."""
+
+    layer: RasterInfo
+    grid: Grid
+    window: Window  # the cube's
+    footprint: Window
+    resampling: object
+
+
+def _check_static(raster: Path, *, cube, name: str, rule: str) -> _Static:
+    """Check a static raster completely (reads every pixel) against the cube, writing nothing."""
     info_cube = cubeio.cube_info(cube)
     grid, window = info_cube.grid, info_cube.window
     layer = inspect_raster(raster, sidecar=raster, key=rule)
-    if Path(cube, name).exists():  # before reading pixels: say it at once
+    if name in cubeio.cube_group(cube):  # before reading pixels: say it at once
         raise ProductError(raster, rule, f"{cube} already has a variable {name!r}; choose another --name")
     if check_layer_values(layer, key=rule) == 0:
         raise ProductError(raster, rule, "has no valid pixels (all nodata or NaN)")
-    try:
-        bounds = layer.grid_bounds()
-        if not all(map(math.isfinite, bounds)):
-            raise ValueError(f"non-finite bounds {bounds}")
-    except Exception as e:  # PROJ/GDAL raise several types
-        raise ProductError(raster, rule, f"its bounds {layer.bounds} cannot be placed in {GRID_CRS} with its CRS "
-                           f"{layer.crs.to_string()} ({e}); is the CRS right?") from e  # fmt: skip
+    bounds = layer.checked_grid_bounds(key=rule)
     footprint = grid.window_from_bounds(bounds).intersection(window)
     if footprint is None:
         where = f"footprint {tuple(round(b) for b in bounds)} in {GRID_CRS}"
         raise ProductError(raster, rule, f"{where} lies outside the cube extent {grid.bounds(window)}; "
                            f"is the CRS ({layer.crs.to_string()}) right?")  # fmt: skip
-    cubeio.create_static(cube, name=name, dtype=dtype, attributes={**attrs, "source": str(raster)})
-    resampling = LAYER_RULES[rule].resampling
+    return _Static(layer, grid, window, footprint, LAYER_RULES[rule].resampling)
 
-    def write(block: Window) -> bool:
-        tiles = grid.snap(footprint.intersection(block), to="tile").intersection(block)
-        values = warp_to_window(layer, grid=grid, window=tiles, resampling=resampling)
-        cubeio.write_static_window(cube, name=name, window=tiles, cube_window=window, values=values)
-        return True
 
-    tasks = [dask.delayed(_catch)(write, grid.snap(part, to="block")) for _, part in grid.blocks(footprint)]
-    try:
-        results = dask.compute(*tasks, scheduler=scheduler)
-        errors = [e for _, e in results if e is not None]
-        if errors:
-            raise errors[0]
-    except BaseException:
-        shutil.rmtree(cube / name, ignore_errors=True)
-        raise
-    return len(tasks)
+def _write_static(tx: cuberepo.Transaction, st: _Static, *, name: str, dtype: str, attrs: dict, scheduler) -> int:
+    """Add a checked static raster to the cube in transaction ``tx``; returns the blocks written."""
+    cubeio.create_static(tx.store, name=name, dtype=dtype, attributes={**attrs, "source": str(st.layer.path)})
+    common = dict(grid=st.grid, footprint=st.footprint, window=st.window, name=name, resampling=st.resampling)
+    calls = [(_write_static_block, (st.layer,), {**common, "block": st.grid.snap(part, to="block")})
+             for _, part in st.grid.blocks(st.footprint)]  # fmt: skip
+    _write_forked(tx, calls, scheduler=scheduler, desc=f"{name}: writing", progress=False)
+    return len(calls)

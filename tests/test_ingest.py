@@ -16,6 +16,7 @@ from rtsflow.grid import DEFAULT_GRID, Window
 from rtsflow.ingest import ingest
 from rtsflow.io import cube as cubeio
 from rtsflow.io.cube import CUBE_VARIABLES, open_cube
+from rtsflow.io.repo import head, open_repo
 from rtsflow.products import ProductError, write_sidecar
 
 from .conftest import shared, tree_digest
@@ -199,7 +200,7 @@ def test_cube_layout_chunks_attrs_and_crs(tmp_path):
     # Zarr layout: inner chunk = tile, shard = block.
     import zarr
 
-    arr = zarr.open_group(str(cube), mode="r")["dem"]
+    arr = zarr.open_group(cubeio.cube_store(cube), mode="r")["dem"]
     assert arr.shards == (1, GRID.block_size, GRID.block_size)
     assert arr.chunks == (1, GRID.tile_size, GRID.tile_size)
     # Values landed where the product is (it sits exactly on the grid: no resampling change).
@@ -234,18 +235,14 @@ def test_adding_a_product_only_writes_its_blocks(tmp_path):
     cube = tmp_path / "cube.zarr"
     region = BLOCK_A.union(BLOCK_B)
     ingest([a], cube=cube, region=region, scheduler="sync")
-    before = tree_digest(cube)
+    v1 = head(cube)
     report = ingest([b], cube=cube, scheduler="sync")
     assert report.blocks_written == 1
-    after = tree_digest(cube)
-    changed = {k for k in after if before.get(k) != after[k]}
-    shard_files = {k for k in changed if "/c/" in k and k.split("/")[0] in CUBE_VARIABLES}
-    # Every pixel shard written belongs to the new observation (obs index 1) and block B.
+    diff = open_repo(cube).diff(from_snapshot_id=v1, to_snapshot_id=head(cube))
+    pixels = {k.strip("/"): v for k, v in diff.updated_chunks.items() if k.strip("/") in CUBE_VARIABLES}
+    # Every pixel shard written belongs to the new observation (obs index 1) and block B; product a's are untouched.
     bcol = (BLOCK_B.col - region.col) // GRID.block_size
-    assert shard_files and all(k.split("/")[2] == "1" and k.split("/")[4] == str(bcol) for k in shard_files)
-    # Product a's shards are byte-identical.
-    a_shards = {k for k in before if "/c/0/" in k and k.split("/")[0] in CUBE_VARIABLES}
-    assert a_shards and all(after[k] == before[k] for k in a_shards)
+    assert pixels and all(tuple(c) == (1, 0, bcol) for chunks in pixels.values() for c in chunks), pixels
 
 
 def test_product_outside_cube_is_refused_and_partial_is_clipped(tmp_path):
@@ -325,6 +322,25 @@ def _bad_products(root: Path) -> dict[str, tuple[Path, str]]:
     (root / "broken.json").write_text('{"id": "broken", ')
     cases["invalid JSON"] = (root / "broken.json", r"broken\.json: not valid JSON")
 
+    write_tif(root / "nan_dem.tif", np.full((50, 50), np.nan, "float32"), transform=t)
+    cases["NaN-only DEM"] = (write_sidecar_unchecked(root / "nan.json", id="nan", dem="nan_dem.tif"),
+                             r"nan_dem\.tif: field 'dem': has no valid pixels")  # fmt: skip
+    write_tif(root / "inf_dem.tif", np.full((50, 50), np.inf, "float32"), transform=t)
+    cases["infinite DEM"] = (write_sidecar_unchecked(root / "inf.json", id="inf", dem="inf_dem.tif"),
+                             r"inf_dem\.tif: field 'dem': contains infinite values")  # fmt: skip
+    whole = write_tif(root / "whole_dem.tif", np.random.default_rng(0).normal(100, 5, (400, 400)).astype("float32"),
+                      transform=t)  # fmt: skip
+    (root / "truncated_dem.tif").write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    cases["truncated GeoTIFF"] = (write_sidecar_unchecked(root / "trunc.json", id="trunc", dem="truncated_dem.tif"),
+                                  r"truncated_dem\.tif: field 'dem': pixels from row 0 cannot be read")  # fmt: skip
+    write_tif(root / "geo_dem.tif", dem, transform=t, crs="EPSG:4326")  # metre coordinates labelled as degrees
+    cases["wrong CRS"] = (write_sidecar_unchecked(root / "geo.json", id="geo", dem="geo_dem.tif"),
+                          r"geo_dem\.tif: field 'dem': .* cannot be placed in EPSG:3413 with its CRS EPSG:4326")
+    (root / "noacq.json").write_text(json.dumps({"id": "noacq", "dem": "ok_dem.tif"}))
+    cases["missing sidecar key 'acquired'"] = (root / "noacq.json", r"noacq\.json: field 'acquired': expected")
+    (root / "noid.json").write_text(json.dumps({"acquired": "2011-02-01T00:00:00Z", "dem": "ok_dem.tif"}))
+    cases["missing sidecar key 'id'"] = (root / "noid.json", r"noid\.json: field 'id': expected a non-empty string")
+
     write_tif(root / "dup_dem.tif", dem + 1, transform=t)
     cases["duplicate id, other content"] = (
         write_sidecar_unchecked(root / "dup.json", id="a", dem="dup_dem.tif", acquired="2012-01-01T00:00:00Z"),
@@ -351,6 +367,12 @@ BAD_CASES = [
     "missing file",
     "invalid JSON",
     "duplicate id, other content",
+    "NaN-only DEM",
+    "infinite DEM",
+    "truncated GeoTIFF",
+    "wrong CRS",
+    "missing sidecar key 'acquired'",
+    "missing sidecar key 'id'",
 ]
 
 
@@ -433,30 +455,6 @@ def test_failed_write_rolls_back_new_observations(tmp_path, monkeypatch):
     assert after == before
     monkeypatch.undo()
     assert ingest([b, c], cube=cube, scheduler="sync").added == ["b", "c"]
-
-
-def test_interrupted_ingest_is_hidden_then_rolled_back(tmp_path):
-    a = make_product(tmp_path / "p", "a")
-    cube = tmp_path / "cube.zarr"
-    ingest([a], cube=cube, scheduler="sync")
-    before = tree_digest(cube)
-    # What a process killed mid-ingest leaves behind: appended obs metadata and some shards, no commit.
-    from rtsflow.ingest import _obs_coords, prepare_product
-    from rtsflow.io.transaction import CubeTransaction
-
-    b = make_product(tmp_path / "p", "b", seed=1)
-    pb = prepare_product(b)
-    info = cubeio.cube_info(cube)
-    CubeTransaction(cube).begin(n_obs=1)
-    cubeio.append_obs_template(cube, grid=GRID, window=info.window, obs=_obs_coords([pb]))
-    block = GRID.snap(pb.footprint, to="block")
-    cubeio.write_block(
-        cube, obs_index=1, block=block, cube_window=info.window, layers={"dem": np.ones(block.shape, "float32")}
-    )
-    assert open_cube(cube).sizes["obs"] == 1  # readers never see uncommitted observations
-    report = ingest([a], cube=cube, scheduler="sync")  # next ingest recovers first
-    assert any("interrupted" in n for n in report.notes)
-    assert tree_digest(cube) == before
 
 
 # -- parallel -------------------------------------------------------------------------------
@@ -675,33 +673,69 @@ def _as_old_cube(cube: Path) -> list[str]:
     return sorted(names)
 
 
-def test_old_cube_string_coordinates_are_migrated_losslessly(tmp_path):
-    from zarr.errors import UnstableSpecificationWarning
+def _plain_copy(cube: Path, dest: Path) -> None:
+    """The cube's current version as a plain Zarr store: the layout of rtsflow <= 0.2."""
+    from zarr.core.buffer import default_buffer_prototype
+    from zarr.core.sync import sync
+    from zarr.storage import LocalStore
 
+    source, target, proto = cubeio.cube_store(cube), LocalStore(str(dest)), default_buffer_prototype()
+
+    async def copy():
+        async for key in source.list():
+            await target.set(key, await source.get(key, prototype=proto))
+
+    sync(copy())
+
+
+def test_old_plain_zarr_cube_is_migrated_losslessly(tmp_path):
+    import zarr
+
+    from rtsflow.io.footprints import read_footprints
     from rtsflow.io.migrate import fixed_length_strings
+    from rtsflow.io.repo import CubeRef, history
 
     cube = tmp_path / "cube.zarr"
-    ingest([make_product(tmp_path / "p", "a")], cube=cube, scheduler="threads")
-    old = _as_old_cube(cube)
-    assert {"product_id", "kind", "sensor"} <= set(old) and fixed_length_strings(cube) == old
-    before = open_cube(cube)
-    r = CliRunner().invoke(main, ["cube", "migrate", str(cube)])
-    assert r.exit_code == 0 and "rewrote" in r.output and "product_id" in r.output, r.output
-    assert fixed_length_strings(cube) == []
-    after = open_cube(cube)
-    for name in old:
-        assert list(after[name].values) == list(before[name].values), name
-    assert not [p for p in cube.iterdir() if p.name.startswith(".") and ".old" in p.name]
-    # An old cube written to by ingest is migrated first: no zarr warning on the way.
-    _as_old_cube(cube)
-    import warnings
+    a, b = make_product(tmp_path / "p", "a"), make_product(tmp_path / "p", "b", seed=1, acquired="2012-01-15T10:00:00Z")
+    ingest([a], cube=cube, scheduler="threads")
+    v1 = head(cube)
+    ingest([b], cube=cube, scheduler="threads")
+    # An old cube: text as fixed-length UTF-32, and b's ingest was interrupted (written, never committed).
+    old = tmp_path / "old.zarr"
+    _plain_copy(cube, old)
+    strings = _as_old_cube(old)
+    assert {"product_id", "kind", "sensor"} <= set(strings) and fixed_length_strings(old) == strings
+    zarr.open_group(str(old), mode="r+").attrs[cubeio.COMMITTED_ATTR] = 1
+    (old / ".rtsflow-pending").mkdir()
+    (old / ".rtsflow-pending" / "manifest.json").write_text('{"n_obs": 1}')
+    original = tree_digest(old)
+    # Writers and readers refuse the old layout and say what to run; nothing is touched.
+    with pytest.raises(ProductError, match=r"older rtsflow .*`rtsflow cube migrate"):
+        ingest([b], cube=old, scheduler="sync")
+    r = CliRunner().invoke(main, ["info", str(old)])
+    assert r.exit_code == 2 and "rtsflow cube migrate" in r.output, r.output
+    assert tree_digest(old) == original
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", UnstableSpecificationWarning)
-        report = ingest([make_product(tmp_path / "p", "b", acquired="2011-02-15T10:00:00Z", seed=1)], cube=cube,
-                        scheduler="threads")  # fmt: skip
-    assert any("migrated the string coordinates" in n for n in report.notes)
-    assert list(open_cube(cube).product_id.values) == ["a", "b"]
+    r = CliRunner().invoke(main, ["cube", "migrate", str(old)])
+    assert r.exit_code == 0, r.output
+    assert "left out 1 observation" in r.output and "product_id" in r.output, r.output
+    new, ref = open_cube(old), open_cube(CubeRef(str(cube), v1))
+    assert new.sizes["obs"] == 1
+    for name in CUBE_VARIABLES:
+        np.testing.assert_array_equal(new[name].values, ref[name].values)
+    for name in cubeio.OBS_COORDS:
+        assert list(new[name].values) == list(ref[name].values), name
+    np.testing.assert_array_equal(read_footprints(old, grid=GRID, n_obs=1).entries,
+                                  read_footprints(CubeRef(str(cube), v1), grid=GRID, n_obs=1).entries)  # fmt: skip
+    assert history(old)[0].command == "migrate"
+    # Nothing the user had is lost: the old store is kept, byte for byte.
+    (backup,) = tmp_path.glob("old.zarr.plain-zarr-*")
+    assert tree_digest(backup) == original
+    # The converted cube takes ingests (b again, now committed), and is not converted twice.
+    assert ingest([b], cube=old, scheduler="sync").added == ["b"]
+    assert list(open_cube(old).product_id.values) == ["a", "b"]
+    r = CliRunner().invoke(main, ["cube", "migrate", str(old)])
+    assert r.exit_code == 2 and "already an Icechunk cube" in r.output, r.output
 
 
 @pytest.fixture

@@ -28,10 +28,11 @@ from rtsflow.graph.densities import regional_densities
 from rtsflow.graph.features import MODEL_BANDS, pair_features
 from rtsflow.grid import Grid
 from rtsflow.ingest import ingest, ingest_mask, ingest_reference_dem
-from rtsflow.io.cube import cube_info, open_cube
+from rtsflow.io.cube import cube_info, cube_store, open_cube
 from rtsflow.io.features import open_features
 from rtsflow.io.footprints import FootprintIndexError, build_footprints, read_footprints
 from rtsflow.io.probability import open_probability, write_probability
+from rtsflow.io.repo import head, transaction
 from rtsflow.kernels.coreg import FIT_FIELDS, STATUS
 from rtsflow.kernels.footprint import tile_valid_counts
 from rtsflow.model.checkpoint import save_checkpoint
@@ -189,11 +190,42 @@ def test_one_task_per_block_and_stage(region, run):
     assert sum(run["tasks"].values()) == (status.status == "done").sum() - 1, str(run["tasks"])  # reduce runs here
 
 
+def test_run_reads_one_cube_version_and_records_it(region, run, tmp_path):
+    """A run records the cube version it read; resumed after a later ingest, it keeps reading that version."""
+    from pipelines.region import _cube_version
+    from rtsflow.io.vectors import read_metadata
+    from rtsflow.products import read_product, write_sidecar
+    from rtsflow.runs import RunDirectory
+
+    recorded = yaml.safe_load((run["out"] / "cube_version.json").read_text())
+    assert recorded["version"] == head(region["cube"])
+    meta = read_metadata(run["out"] / f"rts_{KEY}.parquet")
+    assert meta["cube_version"] == recorded["version"] and meta["cube"] == str(region["cube"])
+    # A copy of the cube, a run directory on it, then one more product ingested.
+    cube = tmp_path / "cube.zarr"
+    shutil.copytree(region["cube"], cube)
+    config = parse_config({**region["doc"], "cube": str(cube), "output": str(tmp_path / "run")}, base=region["root"])
+    rd = RunDirectory(tmp_path / "run")
+    rd.start(config.to_dict())
+    said = []
+    v1 = _cube_version(rd, config, force=False, say=lambda *a, **k: said.append(a[0]))
+    p = read_product(region["synth"].products[0])
+    extra = write_sidecar(tmp_path / "extra.json", id="extra", acquired="2016-12-24T10:00:00Z", hoa_m=p.hoa,
+                          **p.rasters)  # fmt: skip
+    ingest([extra], cube=cube, scheduler="threads")
+    assert head(cube) != v1
+    assert _cube_version(rd, config, force=False, say=lambda *a, **k: said.append(a[0])) == v1
+    assert "keeps reading its own version" in said[-1]
+    n = cube_info(cube).n_obs
+    assert len(plan_region(config, version=v1).selection) == n - 1 and len(plan_region(config).selection) == n
+    assert _cube_version(rd, config, force=True, say=print) == head(cube)  # --force: start over on the new one
+
+
 def test_footprint_index_matches_the_pixels_and_rebuilds(region, tmp_path):
     cube = region["cube"]
     info = cube_info(cube)
     index = read_footprints(cube, grid=GRID, n_obs=info.n_obs)
-    dem = zarr.open_group(str(cube), mode="r")["dem"]
+    dem = zarr.open_group(cube_store(cube), mode="r")["dem"]
     expected = []
     for obs in range(info.n_obs):
         counts = tile_valid_counts(dem[obs], row=info.window.row, col=info.window.col, tile=GRID.tile_size)
@@ -203,7 +235,7 @@ def test_footprint_index_matches_the_pixels_and_rebuilds(region, tmp_path):
     assert all(len(index.blocks_of(o)) >= 1 for o in range(info.n_obs))
     copy = tmp_path / "cube.zarr"
     shutil.copytree(cube, copy)
-    shutil.rmtree(copy / "footprint")
+    _drop_footprints(copy)
     with pytest.raises(FootprintIndexError, match="rtsflow cube footprints"):
         read_footprints(copy, grid=GRID, n_obs=info.n_obs)
     r = subprocess.run([sys.executable, "-m", "rtsflow.cli", "cube", "footprints", str(copy)], capture_output=True,
@@ -212,6 +244,12 @@ def test_footprint_index_matches_the_pixels_and_rebuilds(region, tmp_path):
     rebuilt = read_footprints(copy, grid=GRID, n_obs=info.n_obs).entries
     np.testing.assert_array_equal(_sorted(rebuilt), _sorted(index.entries))
     assert build_footprints(copy, grid=GRID, window=info.window, n_obs=info.n_obs) == len(index.entries)
+
+
+def _drop_footprints(cube) -> None:
+    """Remove the footprint index (as a cube of rtsflow 0.1, converted by `rtsflow cube migrate`, has none)."""
+    with transaction(cube, command="test", message="drop the footprint index") as tx:
+        del zarr.open_group(tx.store, mode="r+")["footprint"]
 
 
 def _sorted(entries: np.ndarray) -> np.ndarray:
@@ -226,7 +264,7 @@ def test_cli_run_on_a_cube_without_index_builds_it_same_answer_no_dask_warning(r
     """
     cube = tmp_path / "cube.zarr"
     shutil.copytree(region["cube"], cube)
-    shutil.rmtree(cube / "footprint")  # as a cube of rtsflow 0.1 has none
+    _drop_footprints(cube)
     out = tmp_path / "cli_run"
     cfg = tmp_path / "run.yaml"
     cfg.write_text(yaml.safe_dump({**region["doc"], "cube": str(cube), "output": str(out), "report": True}))

@@ -26,17 +26,23 @@ class GridStore:
     Parameters
     ----------
     path
-        The store.
+        The store: a stage store's path, or a cube (its path, or a
+        :class:`~rtsflow.io.repo.CubeRef` for one version: what stage tasks get).
     grid
         Its grid.
     domain
         Pixels outside this window read as missing (default: the store's window).
     """
 
-    def __init__(self, path: str | Path, *, grid: Grid, domain: Window | None = None) -> None:
-        self.path = Path(path)
+    def __init__(self, path, *, grid: Grid, domain: Window | None = None) -> None:
+        from rtsflow.io.cube import cube_store
+        from rtsflow.io.repo import CubeRef, is_repo
+
+        cube = isinstance(path, CubeRef) or is_repo(path)
+        self.path = Path(path.path) if isinstance(path, CubeRef) else Path(path)
         self.grid = grid
-        self.ds = xr.open_zarr(str(path), consolidated=False, chunks=None, decode_coords=False)
+        store = cube_store(path) if cube else str(path)
+        self.ds = xr.open_zarr(store, consolidated=False, chunks=None, decode_coords=False)
         self.window = grid.window_from_coords(self.ds["x"].values, self.ds["y"].values)
         self.domain = self.window if domain is None else (domain.intersection(self.window) or Window(0, 0, 0, 0))
 

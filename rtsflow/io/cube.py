@@ -5,12 +5,14 @@ Blosc-zstd compressed. Pixels no product covered are never stored (reading
 them gives the fill value, NaN, or 255 for the layover/shadow mask).
 
 The cube is created by the first ingest and grows along ``obs``; its spatial
-window (block-aligned) is fixed at creation.
+window (block-aligned) is fixed at creation. It lives in an Icechunk repository
+(:mod:`rtsflow.io.repo`): readers take a *cube* (a path: the current version,
+or a :class:`~rtsflow.io.repo.CubeRef`: one version); writers take the
+writable *store* of a transaction.
 """
 
 from __future__ import annotations
 
-import shutil
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -26,20 +28,27 @@ from zarr.codecs import BloscCodec
 
 from rtsflow import __version__
 from rtsflow.grid import GRID_CRS, Grid, Window
-from rtsflow.io.footprints import create_footprints, truncate_footprints
+from rtsflow.io.footprints import create_footprints
+from rtsflow.io.repo import CubeRef, NotACubeError, read_store
 
 __all__ = [
     "CUBE_VARIABLES",
     "OBS_COORDS",
+    "Cube",
     "CubeInfo",
     "append_obs_template",
     "create_cube",
+    "cube_group",
     "cube_info",
+    "cube_store",
     "obs_coords",
     "open_cube",
-    "truncate_obs",
     "write_block",
 ]
+
+#: What readers accept: a cube's path (its current version) or one version of it.
+Cube = str | Path | CubeRef
+
 
 
 @dataclass(frozen=True)
@@ -102,7 +111,7 @@ OBS_COORDS: dict[str, tuple[str, str, str]] = {
     "content_hash": ("content hash", "", "sha256 of the sidecar metadata and raster bytes."),
 }
 
-#: Group attribute: how many observations are committed (readers ignore the rest).
+#: Group attribute of plain-Zarr cubes (rtsflow ≤ 0.2): how many observations were committed.
 COMMITTED_ATTR = "rtsflow_committed_obs"
 
 #: Obs coordinates are tiny; long chunks keep the file count low as obs grows.
@@ -189,7 +198,25 @@ def _encoding(grid: Grid) -> dict[str, dict[str, Any]]:
     return enc
 
 
-def create_cube(path: str | Path, *, grid: Grid, window: Window, obs: Mapping[str, np.ndarray]) -> None:
+def cube_store(cube: Cube):
+    """A read-only Zarr store of ``cube`` (a path: its current version; a :class:`CubeRef`: that version)."""
+    return cube.store() if isinstance(cube, CubeRef) else read_store(cube)
+
+
+def cube_group(cube: Cube) -> zarr.Group:
+    """The cube's root Zarr group, read-only."""
+    try:
+        return zarr.open_group(cube_store(cube), mode="r", zarr_format=3)
+    except zarr.errors.GroupNotFoundError:
+        raise NotACubeError(f"{_cube_path(cube)}: has no committed version yet (its first ingest did not finish; "
+                            "ingest again)") from None
+
+
+def _group(store, mode: str = "r+") -> zarr.Group:
+    return zarr.open_group(str(store) if isinstance(store, Path) else store, mode=mode, zarr_format=3)
+
+
+def create_cube(store, *, grid: Grid, window: Window, obs: Mapping[str, np.ndarray]) -> None:
     """Create the store's metadata and obs coordinates for the first batch of observations.
 
     No pixel is written here; :func:`write_block` fills the blocks each product
@@ -207,26 +234,27 @@ def create_cube(path: str | Path, *, grid: Grid, window: Window, obs: Mapping[st
             "grid_window": [window.row, window.col, window.height, window.width],
         }
     )
-    ds.to_zarr(str(path), mode="w-", encoding=_encoding(grid), compute=False, zarr_format=3, consolidated=False,
+    ds.to_zarr(store, mode="w-", encoding=_encoding(grid), compute=False, zarr_format=3, consolidated=False,
                safe_chunks=False)
-    create_footprints(path)
+    create_footprints(store)
 
 
-def append_obs_template(path: str | Path, *, grid: Grid, window: Window, obs: Mapping[str, np.ndarray]) -> slice:
+def append_obs_template(store, *, grid: Grid, window: Window, obs: Mapping[str, np.ndarray]) -> slice:
     """Grow the cube by ``len(obs['time'])`` observations (metadata and coordinates only).
 
     Returns the ``obs`` index slice of the new observations.
     """
-    n_before = cube_info(path).n_obs
+    group = _group(store, "r")
+    n_before = group["product_id"].shape[0]
     ds = _obs_dataset(grid, window, obs).drop_vars(["x", "y", "spatial_ref"])
     # xarray rewrites the group attributes on append: carry the existing ones over.
-    ds.attrs = dict(zarr.open_group(str(path), mode="r", zarr_format=3).attrs)
-    ds.to_zarr(str(path), append_dim="obs", compute=False, consolidated=False, safe_chunks=False)
+    ds.attrs = dict(group.attrs)
+    ds.to_zarr(store, append_dim="obs", compute=False, consolidated=False, safe_chunks=False)
     return slice(n_before, n_before + len(obs["time"]))
 
 
 def write_block(
-    path: str | Path, *, obs_index: int, block: Window, cube_window: Window, layers: Mapping[str, np.ndarray]
+    store, *, obs_index: int, block: Window, cube_window: Window, layers: Mapping[str, np.ndarray]
 ) -> None:
     """Write one observation's layers into ``block`` (a tile-aligned window inside one shard).
 
@@ -234,7 +262,7 @@ def write_block(
     not stored. Callers must not write the same shard concurrently (ingest
     gives each (observation, block) to exactly one task).
     """
-    group = zarr.open_group(str(path), mode="r+", zarr_format=3)
+    group = _group(store)
     grid_tile = group.attrs["grid_tile_size"]
     if block.row % grid_tile or block.col % grid_tile or block.height % grid_tile or block.width % grid_tile:
         raise ValueError(f"{block} is not aligned to {grid_tile}-px tiles")
@@ -250,15 +278,15 @@ def write_block(
         group[name][obs_index, ys, xs] = out
 
 
-def create_static(path: str | Path, *, name: str, dtype: str, attributes: dict) -> None:
+def create_static(store, *, name: str, dtype: str, attributes: dict) -> None:
     """Add an empty ``y × x`` static layer (a water mask, a reference DEM) to a cube.
 
     uint8 layers use 255 and float layers NaN for "no data".
     """
-    info = cube_info(path)
-    group = zarr.open_group(str(path), mode="r+", zarr_format=3)
+    group = _group(store)
+    info = _info(group, path=Path("."))
     if name in group:
-        raise ValueError(f"{path}: the cube already has a variable {name!r}")
+        raise ValueError(f"the cube already has a variable {name!r}")
     t, b = info.grid.tile_size, info.grid.block_size
     fill = 255 if dtype == "uint8" else np.nan
     group.create_array(
@@ -269,11 +297,9 @@ def create_static(path: str | Path, *, name: str, dtype: str, attributes: dict) 
     )  # fmt: skip
 
 
-def write_static_window(
-    path: str | Path, *, name: str, window: Window, cube_window: Window, values: np.ndarray
-) -> None:
+def write_static_window(store, *, name: str, window: Window, cube_window: Window, values: np.ndarray) -> None:
     """Write a tile-aligned window of a static layer (NaN → the layer's no-data value)."""
-    group = zarr.open_group(str(path), mode="r+", zarr_format=3)
+    group = _group(store)
     arr = group[name]
     ys, xs = window.relative_to(cube_window)
     if arr.dtype == np.uint8:
@@ -282,27 +308,16 @@ def write_static_window(
         arr[ys, xs] = values.astype(arr.dtype)
 
 
-def truncate_obs(path: str | Path, n_obs: int) -> None:
-    """Shrink every obs-dimensioned array back to ``n_obs`` (drops their chunks).
-
-    This is the rollback of a failed ingest; with ``n_obs == 0`` on a cube
-    created by that ingest, the whole store is removed instead.
-    """
-    if n_obs == 0:
-        shutil.rmtree(path, ignore_errors=True)
-        return
-    group = zarr.open_group(str(path), mode="r+", zarr_format=3)
-    for _, arr in group.arrays():
-        names = arr.metadata.dimension_names or ()
-        if names and names[0] == "obs" and arr.shape[0] != n_obs:
-            arr.resize((n_obs, *arr.shape[1:]))
-    truncate_footprints(path, n_obs)
-
-
-def cube_info(path: str | Path) -> CubeInfo:
+def cube_info(cube: Cube) -> CubeInfo:
     """Read a cube's grid, window and product ids without touching pixel data."""
-    path = Path(path)
-    group = zarr.open_group(str(path), mode="r", zarr_format=3)
+    return _info(cube_group(cube), path=_cube_path(cube))
+
+
+def _cube_path(cube: Cube) -> Path:
+    return Path(cube.path) if isinstance(cube, CubeRef) else Path(cube)
+
+
+def _info(group: zarr.Group, *, path: Path) -> CubeInfo:
     a = group.attrs
     try:
         grid = Grid.from_attrs(a)
@@ -314,32 +329,38 @@ def cube_info(path: str | Path) -> CubeInfo:
     return CubeInfo(path=path, grid=grid, window=window, n_obs=len(ids), product_ids=ids, content_hashes=hashes)
 
 
-def obs_coords(path: str | Path) -> xr.Dataset:
-    """The committed observations' coordinates (``time``, ``hoa``, ``product_id``, …), read in this process.
+def obs_coords(cube: Cube) -> xr.Dataset:
+    """The observations' coordinates (``time``, ``hoa``, ``product_id``, …), read in this process.
 
     A dataset without data variables, in store order: what selection needs, without
     opening the pixel arrays.
     """
+    return _obs_coords(_open(cube_store(cube), chunks=None))
+
+
+def _open(store, *, chunks) -> xr.Dataset:
     with warnings.catch_warnings():
+        # The small obs coordinates are stored in long chunks and loaded right away.
         warnings.filterwarnings("ignore", "The specified chunks separate", UserWarning)
-        ds = xr.open_zarr(str(path), consolidated=False, chunks=None, decode_coords="all")
-    committed = ds.attrs.get(COMMITTED_ATTR)
-    n = ds.sizes["obs"] if committed is None else min(int(committed), ds.sizes["obs"])
+        return xr.open_zarr(store, consolidated=False, chunks=chunks, decode_coords="all")
+
+
+def _obs_coords(ds: xr.Dataset) -> xr.Dataset:
     text = ("orbit", "sensor", "product_id", "kind", "source", "content_hash")
     values = {}
     for name in OBS_COORDS:
-        v = ds[name].isel(obs=slice(0, n)).load()
+        v = ds[name].load()
         values[name] = v.astype(object) if name in text else v
     return xr.Dataset(coords=values, attrs=dict(ds.attrs))
 
 
-def open_cube(path: str | Path, *, sort_by_time: bool = True, chunk: int | None = None) -> xr.Dataset:
+def open_cube(cube: Cube, *, sort_by_time: bool = True, chunk: int | None = None) -> xr.Dataset:
     """Open an observation cube lazily, with dask chunks equal to blocks.
 
     Parameters
     ----------
-    path
-        The cube store.
+    cube
+        The cube's path (its current version) or a :class:`~rtsflow.io.repo.CubeRef` (one version).
     sort_by_time
         Return observations in acquisition order (the store keeps ingest order).
     chunk
@@ -350,18 +371,14 @@ def open_cube(path: str | Path, *, sort_by_time: bool = True, chunk: int | None 
     xarray.Dataset
         Dask-backed; obs coordinates are loaded (they are small).
     """
-    info = cube_info(path)
+    group = cube_group(cube)  # one snapshot for metadata and pixels
+    store = group.store
+    info = _info(group, path=_cube_path(cube))
     b = info.grid.block_size if chunk is None else int(chunk)
     if info.grid.block_size % b:
         raise ValueError(f"chunk {b} must divide the block size {info.grid.block_size}")
-    with warnings.catch_warnings():
-        # The small obs coordinates are stored in long chunks and loaded right away.
-        warnings.filterwarnings("ignore", "The specified chunks separate", UserWarning)
-        ds = xr.open_zarr(str(path), consolidated=False, chunks={"obs": 1, "y": b, "x": b}, decode_coords="all")
-    coords = obs_coords(path)
-    # Observations of an ingest that has not committed (or was killed) are not shown.
-    if coords.sizes["obs"] < ds.sizes["obs"]:
-        ds = ds.isel(obs=slice(0, coords.sizes["obs"]))
+    ds = _open(store, chunks={"obs": 1, "y": b, "x": b})
+    coords = _obs_coords(ds)
     ds = ds.assign_coords({name: coords[name] for name in OBS_COORDS})
     if sort_by_time and ds.sizes["obs"] > 1:
         order = np.argsort(ds["time"].values, kind="stable")

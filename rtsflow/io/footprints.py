@@ -4,8 +4,8 @@ A small table beside the pixels, in the cube's ``footprint`` group: one entry
 per (observation, tile) with at least one finite DEM pixel, as four 1-D arrays
 ``obs`` (the observation's position in the store), ``tile_row``, ``tile_col``
 (global grid tile indices) and ``n_valid`` (finite pixels in the tile). Ingest
-appends the entries of the tiles it wrote, before it commits; readers see the
-entries of committed observations only. With it, "which observations of epoch
+appends the entries of the tiles it wrote in the same transaction as the
+pixels, so every version of the cube has the index of its observations. With it, "which observations of epoch
 E have data in block B (plus a halo)" is answered without reading a pixel.
 
 ``xarray.open_zarr`` of the cube ignores the group, so the cube stays a normal
@@ -33,7 +33,6 @@ __all__ = [
     "create_footprints",
     "indexed_count",
     "read_footprints",
-    "truncate_footprints",
 ]
 
 log = logging.getLogger(__name__)
@@ -50,17 +49,21 @@ class FootprintIndexError(ValueError):
     """The cube has no (or an incomplete) footprint index; the message says how to build it."""
 
 
-def indexed_count(cube: str | Path) -> int | None:
-    """How many observations the cube's footprint index covers (``None``: the cube has no index)."""
-    root = zarr.open_group(str(cube), mode="r", zarr_format=3)
+def _root(store, mode: str = "r") -> zarr.Group:
+    return zarr.open_group(str(store) if isinstance(store, Path) else store, mode=mode, zarr_format=3)
+
+
+def indexed_count(store) -> int | None:
+    """How many observations the footprint index of a cube's store covers (``None``: the cube has no index)."""
+    root = _root(store)
     if GROUP not in root:
         return None
     return int(root[GROUP].attrs.get(INDEXED_ATTR, 0))
 
 
-def create_footprints(cube: str | Path, *, n_obs: int = 0) -> None:
+def create_footprints(store, *, n_obs: int = 0) -> None:
     """Create an empty footprint group (replacing an existing one) that claims ``n_obs`` indexed observations."""
-    root = zarr.open_group(str(cube), mode="r+", zarr_format=3)
+    root = _root(store, "r+")
     group = root.require_group(GROUP)
     for name in FIELDS:
         if name in group:
@@ -73,17 +76,17 @@ def create_footprints(cube: str | Path, *, n_obs: int = 0) -> None:
     })  # fmt: skip
 
 
-def append_footprints(cube: str | Path, entries: np.ndarray, *, n_obs: int) -> None:
+def append_footprints(store, entries: np.ndarray, *, n_obs: int) -> None:
     """Append ``(obs, tile_row, tile_col, n_valid)`` rows and mark observations ``< n_obs`` as indexed.
 
     Entries must belong to observations not yet indexed (ingest appends the new
     observations' tiles just before it commits them).
     """
-    group = zarr.open_group(str(cube), mode="r+", zarr_format=3)[GROUP]
+    group = _root(store, "r+")[GROUP]
     entries = np.asarray(entries, dtype=np.int64).reshape(-1, len(FIELDS))
     before = int(group.attrs[INDEXED_ATTR])
     if len(entries) and entries[:, 0].min() < before:
-        raise ValueError(f"{cube}: footprint entries for observations already indexed (< {before})")
+        raise ValueError("footprint entries for observations already indexed (< {before})")
     order = np.lexsort((entries[:, 2], entries[:, 1], entries[:, 0]))
     entries = entries[order]
     n0 = group["obs"].shape[0]
@@ -93,26 +96,6 @@ def append_footprints(cube: str | Path, entries: np.ndarray, *, n_obs: int) -> N
         if len(entries):
             arr[n0:] = entries[:, k].astype(np.int32)
     group.attrs[INDEXED_ATTR] = int(n_obs)
-
-
-def truncate_footprints(cube: str | Path, n_obs: int) -> None:
-    """Drop the entries of observations ``>= n_obs`` (the rollback of an ingest that did not commit)."""
-    root = zarr.open_group(str(cube), mode="r+", zarr_format=3)
-    if GROUP not in root:
-        return
-    group = root[GROUP]
-    obs = group["obs"][:]
-    keep = int(np.searchsorted(obs, n_obs, side="left")) if np.all(np.diff(obs) >= 0) else None
-    if keep is None:  # never written out of order by rtsflow; be safe anyway
-        mask = obs < n_obs
-        data = {name: group[name][:][mask] for name in FIELDS}
-        for name in FIELDS:
-            group[name].resize((int(mask.sum()),))
-            group[name][:] = data[name]
-    elif keep < len(obs):
-        for name in FIELDS:
-            group[name].resize((keep,))
-    group.attrs[INDEXED_ATTR] = min(int(group.attrs[INDEXED_ATTR]), int(n_obs))
 
 
 @dataclass
@@ -208,8 +191,8 @@ class FootprintIndex:
         return int(self.entries[self.entries[:, 0] == obs, 3].sum())
 
 
-def read_footprints(cube: str | Path, *, grid: Grid, n_obs: int) -> FootprintIndex:
-    """The footprint index of the first ``n_obs`` (committed) observations.
+def read_footprints(cube, *, grid: Grid, n_obs: int) -> FootprintIndex:
+    """The footprint index of the first ``n_obs`` observations of a cube (a path or a ``CubeRef``).
 
     Raises
     ------
@@ -217,7 +200,10 @@ def read_footprints(cube: str | Path, *, grid: Grid, n_obs: int) -> FootprintInd
         If the cube has no index or it covers fewer observations (a cube from an
         older rtsflow): the message gives the command that builds it.
     """
-    root = zarr.open_group(str(cube), mode="r", zarr_format=3)
+    from rtsflow.io.cube import cube_store
+
+    root = _root(cube_store(cube))
+    cube = getattr(cube, "path", cube)
     hint = REBUILD_HINT.format(cube=cube)
     if GROUP not in root:
         raise FootprintIndexError(f"{cube}: the cube has no footprint index; build it with `{hint}`")
@@ -233,11 +219,9 @@ def read_footprints(cube: str | Path, *, grid: Grid, n_obs: int) -> FootprintInd
     return FootprintIndex(grid=grid, entries=entries, n_obs=n_obs)
 
 
-def _stored_obs_blocks(cube: Path, variable: str = "dem") -> dict[tuple[int, int], list[int]]:
+def _stored_obs_blocks(store, variable: str = "dem") -> dict[tuple[int, int], list[int]]:
     """``{(block_y, block_x) in the cube window: [obs, …]}`` of the shards the store holds (no pixel read)."""
     from zarr.core.sync import sync
-
-    store = zarr.open_group(str(cube), mode="r", zarr_format=3).store
 
     async def keys():
         return [k async for k in store.list_prefix(f"{variable}/c/")]
@@ -252,11 +236,12 @@ def _stored_obs_blocks(cube: Path, variable: str = "dem") -> dict[tuple[int, int
     return out
 
 
-def _block_entries(cube: str, *, obs: list[int], block: tuple[int, int], window: Window, grid: Grid) -> np.ndarray:
+def _block_entries(cube, *, obs: list[int], block: tuple[int, int], window: Window, grid: Grid) -> np.ndarray:
     """Footprint entries of the listed observations in one block of the cube (reads their DEM shards)."""
+    from rtsflow.io.cube import cube_store
     from rtsflow.kernels.footprint import tile_valid_counts
 
-    dem = zarr.open_group(cube, mode="r", zarr_format=3)["dem"]
+    dem = _root(cube_store(cube))["dem"]
     b = grid.block_size
     ys, xs = slice(block[0] * b, (block[0] + 1) * b), slice(block[1] * b, (block[1] + 1) * b)
     rows = []
@@ -267,21 +252,36 @@ def _block_entries(cube: str, *, obs: list[int], block: tuple[int, int], window:
     return np.concatenate(rows) if rows else np.zeros((0, len(FIELDS)), dtype=np.int64)
 
 
-def build_footprints(cube: str | Path, *, grid: Grid, window: Window, n_obs: int, scheduler=None) -> int:
-    """(Re)build the footprint index of a cube from its stored DEM shards; returns the number of entries.
+def footprint_entries(cube, *, grid: Grid, window: Window, n_obs: int, scheduler=None) -> np.ndarray:
+    """The footprint entries of observations ``< n_obs`` of a cube version, from its stored DEM shards.
 
-    Only shards the store holds are read (one task per block, on the active
-    Dask scheduler); the index then covers the ``n_obs`` committed observations.
+    Only shards the store holds are read (one task per block, on the active Dask scheduler).
     """
     import dask
 
-    cube = Path(cube)
-    todo = {blk: [i for i in obs if i < n_obs] for blk, obs in _stored_obs_blocks(cube).items()}
-    tasks = [dask.delayed(_block_entries)(str(cube), obs=obs, block=blk, window=window, grid=grid)
+    from rtsflow.io.cube import cube_store
+
+    todo = {blk: [i for i in obs if i < n_obs] for blk, obs in _stored_obs_blocks(cube_store(cube)).items()}
+    tasks = [dask.delayed(_block_entries)(cube, obs=obs, block=blk, window=window, grid=grid)
              for blk, obs in sorted(todo.items()) if obs]  # fmt: skip
     parts = dask.compute(*tasks, scheduler=scheduler) if tasks else []
-    entries = np.concatenate(parts) if parts else np.zeros((0, len(FIELDS)), dtype=np.int64)
-    create_footprints(cube, n_obs=0)
-    append_footprints(cube, entries, n_obs=n_obs)
+    return np.concatenate(parts) if parts else np.zeros((0, len(FIELDS)), dtype=np.int64)
+
+
+def build_footprints(cube: str | Path, *, grid: Grid, window: Window, n_obs: int, scheduler=None) -> int:
+    """(Re)build the footprint index of a cube from its stored DEM shards, as one transaction.
+
+    Takes the cube's lock; returns the number of entries.
+    """
+    from rtsflow.ingest import cube_lock
+    from rtsflow.io.repo import CubeRef, head, transaction
+
+    cube = Path(cube)
+    with cube_lock(cube):
+        ref = CubeRef(str(cube), head(cube))
+        entries = footprint_entries(ref, grid=grid, window=window, n_obs=n_obs, scheduler=scheduler)
+        with transaction(cube, command="footprints", message=f"footprint index rebuilt ({len(entries)} entries)") as tx:
+            create_footprints(tx.store, n_obs=0)
+            append_footprints(tx.store, entries, n_obs=n_obs)
     log.info("%s: footprint index rebuilt (%d entries, %d observations)", cube, len(entries), n_obs)
     return len(entries)

@@ -94,6 +94,17 @@ class RasterInfo:
             return self.bounds
         return transform_bounds(self.crs, GRID_CRS, *self.bounds, densify_pts=64)
 
+    def checked_grid_bounds(self, *, key: str) -> tuple[float, float, float, float]:
+        """:meth:`grid_bounds`, or a :class:`ProductError` saying the CRS cannot place the raster."""
+        try:
+            bounds = self.grid_bounds()
+            if not all(map(math.isfinite, bounds)):
+                raise ValueError(f"non-finite bounds {bounds}")
+        except Exception as e:  # PROJ/GDAL raise several types
+            raise ProductError(self.path, key, f"its bounds {self.bounds} cannot be placed in {GRID_CRS} with its "
+                               f"CRS {self.crs.to_string()} ({e}); is the CRS right?") from e  # fmt: skip
+        return bounds
+
 
 def inspect_raster(path: Path, *, sidecar: Path, key: str) -> RasterInfo:
     """Open a GeoTIFF and read its georeferencing.
@@ -160,7 +171,11 @@ def check_layer_values(info: RasterInfo, *, key: str, rows_per_read: int = 2048)
     bad_flags = False
     for row in range(0, info.height, rows_per_read):
         h = min(rows_per_read, info.height - row)
-        a = read_layer(info, RioWindow(0, row, info.width, h))
+        try:
+            a = read_layer(info, RioWindow(0, row, info.width, h))
+        except rasterio.errors.RasterioIOError as e:
+            raise ProductError(info.path, key, f"pixels from row {row} cannot be read (a truncated or damaged "
+                               f"GeoTIFF?): {e}") from e  # fmt: skip
         finite = a[np.isfinite(a)]
         if np.isinf(a).any():
             raise ProductError(info.path, key, f"contains infinite values; expected {rule.expected}")

@@ -47,10 +47,9 @@ def patch_cube(
 
     Returns the cube's window.
     """
-    import zarr
-
     from rtsflow.io import cube as cubeio
     from rtsflow.io.footprints import append_footprints
+    from rtsflow.io.repo import transaction
     from rtsflow.kernels.error import sigma_h
     from rtsflow.kernels.footprint import tile_valid_counts
 
@@ -68,31 +67,33 @@ def patch_cube(
            "product_id": np.array([f"patch{i:04d}" for i in range(n)], dtype=object),
            "kind": np.array(["insar"] * n, dtype=object), "source": np.array(["synthetic patch"] * n, dtype=object),
            "content_hash": np.array([f"{i:064d}" for i in range(n)], dtype=object)}  # fmt: skip
-    cubeio.create_cube(path, grid=grid, window=window, obs=obs)
-    entries = []
-    for i in range(n):
-        br, bc = rng.integers(0, blocks - cover + 1, 2)
-        dx, dy = rng.uniform(-max_shift_px, max_shift_px, 2) * grid.resolution
-        tilt = rng.normal(0, 2e-5, 2)
-        for j in range(br, br + cover):
-            for k in range(bc, bc + cover):
-                w = Window(window.row + j * b, window.col + k * b, b, b)
-                x, y = grid.coords(w)
-                xx, yy = np.meshgrid(x, y)
-                coh = (0.55 + 0.35 * np.cos(xx / 2300.0) * np.sin(yy / 1700.0 + i)).astype(np.float32)
-                dem = terrain(xx - dx, yy - dy) + tilt[0] * (xx - PATCH_CENTRE[0]) + tilt[1] * (yy - PATCH_CENTRE[1])
-                dem = (dem + rng.normal(0, 1, dem.shape) * sigma_h(coh, np.float32(hoa[i]))).astype(np.float32)
-                layers = {"dem": dem, "coherence": coh, "layover_shadow": np.zeros(w.shape, np.float32),
-                          "incidence": np.full(w.shape, 0.6, np.float32)}  # fmt: skip
-                cubeio.write_block(path, obs_index=i, block=w, cube_window=window, layers=layers)
-                counts = tile_valid_counts(dem, row=w.row, col=w.col, tile=grid.tile_size)
-                entries.append(np.column_stack([np.full(len(counts), i), counts]))
-    append_footprints(path, np.concatenate(entries), n_obs=n)
-    zarr.open_group(str(path), mode="r+").attrs[cubeio.COMMITTED_ATTR] = n
-    cubeio.create_static(path, name="reference_dem", dtype="float32", attributes={"long_name": "reference DEM"})
-    for _, part in grid.blocks(window):
-        x, y = grid.coords(part)
-        xx, yy = np.meshgrid(x, y)
-        cubeio.write_static_window(path, name="reference_dem", window=part, cube_window=window,
-                                   values=terrain(xx, yy))  # fmt: skip
+    with transaction(path, command="synth", message=f"synthetic patch cube ({n} observations)", create=True) as tx:
+        store = tx.store
+        cubeio.create_cube(store, grid=grid, window=window, obs=obs)
+        entries = []
+        for i in range(n):
+            br, bc = rng.integers(0, blocks - cover + 1, 2)
+            dx, dy = rng.uniform(-max_shift_px, max_shift_px, 2) * grid.resolution
+            tilt = rng.normal(0, 2e-5, 2)
+            for j in range(br, br + cover):
+                for k in range(bc, bc + cover):
+                    w = Window(window.row + j * b, window.col + k * b, b, b)
+                    x, y = grid.coords(w)
+                    xx, yy = np.meshgrid(x, y)
+                    coh = (0.55 + 0.35 * np.cos(xx / 2300.0) * np.sin(yy / 1700.0 + i)).astype(np.float32)
+                    ramp = tilt[0] * (xx - PATCH_CENTRE[0]) + tilt[1] * (yy - PATCH_CENTRE[1])
+                    dem = terrain(xx - dx, yy - dy) + ramp
+                    dem = (dem + rng.normal(0, 1, dem.shape) * sigma_h(coh, np.float32(hoa[i]))).astype(np.float32)
+                    layers = {"dem": dem, "coherence": coh, "layover_shadow": np.zeros(w.shape, np.float32),
+                              "incidence": np.full(w.shape, 0.6, np.float32)}  # fmt: skip
+                    cubeio.write_block(store, obs_index=i, block=w, cube_window=window, layers=layers)
+                    counts = tile_valid_counts(dem, row=w.row, col=w.col, tile=grid.tile_size)
+                    entries.append(np.column_stack([np.full(len(counts), i), counts]))
+        append_footprints(store, np.concatenate(entries), n_obs=n)
+        cubeio.create_static(store, name="reference_dem", dtype="float32", attributes={"long_name": "reference DEM"})
+        for _, part in grid.blocks(window):
+            x, y = grid.coords(part)
+            xx, yy = np.meshgrid(x, y)
+            cubeio.write_static_window(store, name="reference_dem", window=part, cube_window=window,
+                                       values=terrain(xx, yy))  # fmt: skip
     return window
