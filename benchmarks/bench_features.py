@@ -24,7 +24,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import zarr
 from common import print_header
 from distributed import Client
 from pyproj import Transformer
@@ -34,7 +33,7 @@ from rtsflow.graph.coreg import CoregConfig
 from rtsflow.graph.features import pair_features
 from rtsflow.grid import DEFAULT_GRID as GRID
 from rtsflow.ingest import ingest, ingest_mask
-from rtsflow.io.cube import cube_info, open_cube
+from rtsflow.io.cube import cube_group, cube_info, open_cube
 from rtsflow.kernels.composite import weighted_composite
 from rtsflow.kernels.coreg import apply_fit, fit_block
 from rtsflow.kernels.ddem import ddem_norm
@@ -48,7 +47,7 @@ from rtsflow.synth.generator import SynthConfig, synthesize
 def numpy_reference(cube: Path, earlier: int, later: int, config: CoregConfig) -> dict[str, np.ndarray]:
     """The whole feature computation in one process on whole arrays."""
     info = cube_info(cube)
-    group = zarr.open_group(str(cube), mode="r")
+    group = cube_group(cube)
     sel = select_observations(open_cube(cube, sort_by_time=False))
     comps = {}
     for w in (earlier, later):

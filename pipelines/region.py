@@ -121,6 +121,18 @@ def plan_region(config: RunConfig, *, version: str | None = None, build_index: b
                       selection=selection, epochs=epochs, selected=selected, water=water, reference=reference)
 
 
+def _ensure_index(config: RunConfig, *, say) -> None:
+    """Build the cube's footprint index if its current version has none (one new version; reads each DEM shard)."""
+    from rtsflow.io.cube import cube_info, cube_store
+    from rtsflow.io.footprints import REBUILD_HINT, build_footprints, indexed_count
+
+    info = cube_info(config.cube)
+    if (indexed_count(cube_store(config.cube)) or 0) < info.n_obs:
+        say(f"{config.cube}: the cube has no complete footprint index (`{REBUILD_HINT.format(cube=config.cube)}`); "
+            "building it now (reads each stored DEM shard once)", flush=True)  # fmt: skip
+        build_footprints(config.cube, grid=info.grid, window=info.window, n_obs=info.n_obs)
+
+
 def _cube_version(rd, config: RunConfig, *, force: bool, say) -> str:
     """The cube version this run reads: recorded in ``cube_version.json`` by its first session and kept.
 
@@ -224,6 +236,7 @@ def _run_locked(config: RunConfig, rd: RunDirectory, identity: dict, *, client, 
             rep = ingest(list(config.products), cube=config.cube, progress=progress)
             rd.timing("ingest", time.perf_counter() - t0)
             say(f"ingest: {len(rep.added)} added, {len(rep.skipped)} already present", flush=True)
+        _ensure_index(config, say=say)
         plan = plan_region(config, version=_cube_version(rd, config, force=force, say=say), say=say)
         say(f"cube {config.cube} at version {plan.cube.version}", flush=True)
         say(f"domain: {len(plan.blocks)} block(s) of {plan.grid.block_size}² px; epochs "

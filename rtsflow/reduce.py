@@ -28,7 +28,9 @@ def probability_on_grid(path, *, like: xr.DataArray, grid: Grid) -> xr.DataArray
     path = Path(path)
     window = grid.window_from_coords(like["x"].values, like["y"].values)
     if path.is_dir():
-        ds = xr.open_zarr(str(path), consolidated=False, chunks={})
+        from rtsflow.io.repo import zarr_store
+
+        ds = xr.open_zarr(zarr_store(path), consolidated=False, chunks={})
         prob = ds["probability"]
         if prob.sizes != like.sizes or not np.allclose(prob["x"], like["x"]) or not np.allclose(prob["y"], like["y"]):
             raise ValueError(f"{path}: 'probability' is not on the features' grid")

@@ -252,8 +252,7 @@ def test_failing_block_keeps_the_others_and_is_redone(setup, reference, tmp_path
     """A corrupt cube shard fails the blocks that read it; the others finish; after repair only those are redone."""
     cube = tmp_path / "cube.zarr"
     shutil.copytree(setup["cube"], cube)
-    shards = sorted(p for p in (cube / "dem" / "c").rglob("*") if p.is_file() and p.stat().st_size > 1000)
-    shard = shards[0]  # a corner block of the first observation: blocks 3 or more away do not read it
+    shard = _chunk_object(cube, "dem/c/0/0/0")  # a corner block of the first observation: blocks 3+ away do not read it
     original = shard.read_bytes()
     shard.write_bytes(b"not a zarr shard" * 10)
     run = tmp_path / "failing"
@@ -276,6 +275,19 @@ def test_failing_block_keeps_the_others_and_is_redone(setup, reference, tmp_path
         if stage in ("composite", "features", "probability"):
             assert result.computed[f"{stage} {key}"] == len(part), (stage, key)  # only those were redone
     _assert_same_outputs(run, reference.run)
+
+
+def _chunk_object(cube, key: str):
+    """The file in the cube's repository that holds the chunk (shard) ``key``: found by its bytes."""
+    from zarr.core.buffer import default_buffer_prototype
+    from zarr.core.sync import sync
+
+    from rtsflow.io.cube import cube_store
+
+    data = sync(cube_store(cube).get(key, prototype=default_buffer_prototype())).to_bytes()
+    assert len(data) > 1000, key
+    (path,) = [p for p in (cube / "chunks").iterdir() if p.stat().st_size == len(data) and p.read_bytes() == data]
+    return path
 
 
 def _slurm_available() -> str | None:

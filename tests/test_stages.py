@@ -32,7 +32,7 @@ from rtsflow.io.cube import cube_info, cube_store, open_cube
 from rtsflow.io.features import open_features
 from rtsflow.io.footprints import FootprintIndexError, build_footprints, read_footprints
 from rtsflow.io.probability import open_probability, write_probability
-from rtsflow.io.repo import head, transaction
+from rtsflow.io.repo import head, transaction, zarr_store
 from rtsflow.kernels.coreg import FIT_FIELDS, STATUS
 from rtsflow.kernels.footprint import tile_valid_counts
 from rtsflow.model.checkpoint import save_checkpoint
@@ -143,7 +143,7 @@ def test_the_lazy_graph_fits_each_block_once(lazy):
 def test_composites_equal_the_lazy_graph(run, lazy):
     _, comps = lazy
     for epoch in PAIR:
-        store = xr.open_zarr(run["out"] / f"composite_{epoch}.zarr", consolidated=False)
+        store = xr.open_zarr(zarr_store(run["out"] / f"composite_{epoch}.zarr"), consolidated=False)
         for name in ("dem", "sigma", "n_obs"):
             np.testing.assert_array_equal(store[name].values, comps[name].sel(winter=epoch).values, err_msg=name)
         assert np.isfinite(store["dem"].values).sum() > 50_000

@@ -10,6 +10,9 @@ decoded by xarray (fill values → NaN, scale factors), as the lazy API sees the
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +20,35 @@ import xarray as xr
 
 from rtsflow.grid import Grid, Window
 
-__all__ = ["GridStore", "block_region", "write_block"]
+__all__ = ["GridStore", "block_region", "write_block", "write_target", "writing_into"]
+
+# Stage stores are Icechunk repositories: a block task writes into a forked session the stage runner
+# gives it (see rtsflow.stages.base), registered here for the task's thread.
+_FORKS = threading.local()
+
+
+@contextmanager
+def writing_into(path: str | Path, fork) -> Iterator[None]:
+    """Within the block, writes to the store at ``path`` go to ``fork`` (an Icechunk fork session)."""
+    forks = _FORKS.__dict__.setdefault("by_path", {})
+    key = str(Path(path).absolute())
+    forks[key] = fork
+    try:
+        yield
+    finally:
+        forks.pop(key, None)
+
+
+def write_target(path: str | Path):
+    """The Zarr store a block write to ``path`` goes to: the task's fork, or the plain store at ``path``."""
+    fork = getattr(_FORKS, "by_path", {}).get(str(Path(path).absolute()))
+    if fork is not None:
+        return fork.store
+    from rtsflow.io.repo import is_repo
+
+    if is_repo(path):
+        raise RuntimeError(f"{path}: a versioned store is written only by a stage task (given a fork by run_stage)")
+    return str(path)
 
 
 class GridStore:
@@ -35,13 +66,11 @@ class GridStore:
     """
 
     def __init__(self, path, *, grid: Grid, domain: Window | None = None) -> None:
-        from rtsflow.io.cube import cube_store
-        from rtsflow.io.repo import CubeRef, is_repo
+        from rtsflow.io.repo import CubeRef, zarr_store
 
-        cube = isinstance(path, CubeRef) or is_repo(path)
         self.path = Path(path.path) if isinstance(path, CubeRef) else Path(path)
         self.grid = grid
-        store = cube_store(path) if cube else str(path)
+        store = path.store() if isinstance(path, CubeRef) else zarr_store(path)
         self.ds = xr.open_zarr(store, consolidated=False, chunks=None, decode_coords=False)
         self.window = grid.window_from_coords(self.ds["x"].values, self.ds["y"].values)
         self.domain = self.window if domain is None else (domain.intersection(self.window) or Window(0, 0, 0, 0))
@@ -105,4 +134,4 @@ def write_block(path: str | Path, data: dict[str, tuple[tuple[str, ...], np.ndar
     slices (block-aligned in ``y``/``x``, so every task writes whole shards).
     """
     ds = xr.Dataset({name: (dims, values) for name, (dims, values) in data.items()})
-    ds.to_zarr(str(path), region=region, mode="r+", zarr_format=3, consolidated=False)
+    ds.to_zarr(write_target(path), region=region, mode="r+", zarr_format=3, consolidated=False)

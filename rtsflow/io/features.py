@@ -101,6 +101,9 @@ def open_features(path: str | Path, *, chunk: int | None = None) -> xr.Dataset:
     """Open a feature store lazily with dask chunks = blocks (or ``chunk``)."""
     import zarr
 
-    attrs = zarr.open_group(str(path), mode="r", zarr_format=3).attrs
+    from rtsflow.io.repo import zarr_store
+
+    store = zarr_store(path)  # a stage store (versioned) or the lazy API's output (plain Zarr)
+    attrs = zarr.open_group(store, mode="r", zarr_format=3).attrs
     b = Grid.from_attrs(attrs).block_size if chunk is None else int(chunk)
-    return xr.open_zarr(str(path), consolidated=False, chunks={"y": b, "x": b, "winter": 1}, decode_coords="all")
+    return xr.open_zarr(store, consolidated=False, chunks={"y": b, "x": b, "winter": 1}, decode_coords="all")

@@ -224,7 +224,8 @@ def _stored_obs_blocks(store, variable: str = "dem") -> dict[tuple[int, int], li
     from zarr.core.sync import sync
 
     async def keys():
-        return [k async for k in store.list_prefix(f"{variable}/c/")]
+        # Icechunk lists by array ("dem"), not by chunk folder; chunk keys are "dem/c/<obs>/<y>/<x>".
+        return [k async for k in store.list_prefix(variable) if k.startswith(f"{variable}/c/")]
 
     out: dict[tuple[int, int], list[int]] = {}
     for key in sync(keys()):

@@ -66,11 +66,14 @@ def open_probability(path: str | Path, *, chunk: int | None = None) -> xr.DataAr
     """Open a probability store lazily (float, NaN where no data; chunks = blocks or ``chunk``)."""
     import zarr
 
-    attrs = zarr.open_group(str(path), mode="r", zarr_format=3).attrs
+    from rtsflow.io.repo import zarr_store
+
+    store = zarr_store(path)  # a stage store (versioned) or the lazy API's output (plain Zarr)
+    attrs = zarr.open_group(store, mode="r", zarr_format=3).attrs
     if "model_sha256" not in attrs:
         raise ValueError(f"{path}: not an rtsflow probability store (no 'model_sha256' attribute)")
     b = Grid.from_attrs(attrs).block_size if chunk is None else int(chunk)
-    ds = xr.open_zarr(str(path), consolidated=False, chunks={"y": b, "x": b})
+    ds = xr.open_zarr(store, consolidated=False, chunks={"y": b, "x": b})
     prob = ds["probability"].astype("float32")
     prob.attrs.update(model_sha256=attrs["model_sha256"])
     return prob

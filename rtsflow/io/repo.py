@@ -45,9 +45,24 @@ import icechunk as ic
 from rtsflow import __version__
 
 __all__ = [
-    "BRANCH", "CubeRef", "CubeVersion", "NotACubeError", "Transaction", "cleanup", "has_versions", "head", "history",
+    "BRANCH",
+    "CubeRef",
+    "CubeVersion",
+    "NotACubeError",
+    "Transaction",
+    "cleanup",
+    "commit_forks",
+    "has_versions",
+    "head",
+    "history",
     "is_plain_zarr",
-    "is_repo", "open_repo", "read_store", "resolve_version", "rollback", "transaction",
+    "is_repo",
+    "open_repo",
+    "read_store",
+    "resolve_version",
+    "rollback",
+    "transaction",
+    "zarr_store",
 ]  # fmt: skip
 
 BRANCH = "main"
@@ -122,6 +137,23 @@ def has_versions(path: str | Path) -> bool:
 def head(path: str | Path) -> str:
     """The snapshot id ``main`` points at: the cube's current version."""
     return open_repo(path).lookup_branch(BRANCH)
+
+
+def zarr_store(path: str | Path):
+    """What ``zarr``/``xarray`` should open for reading any rtsflow store: a repository's current
+    version (cube, stage stores), or the path of a plain Zarr store (outputs of the lazy API)."""
+    return read_store(path) if is_repo(path) else str(path)
+
+
+def commit_forks(path: str | Path, forks: list, *, message: str, metadata: dict[str, Any] | None = None) -> str:
+    """Merge forked sessions (block writes of Dask tasks) into ``main`` as one commit; returns the version.
+
+    For stage stores, written by one run at a time (the run directory's lock).
+    """
+    repo = open_repo(path)
+    session = repo.writable_session(BRANCH)
+    session.merge(*forks)
+    return session.commit(message, metadata={COMMAND_KEY: "stage", **(metadata or {})})
 
 
 def read_store(path: str | Path, *, version: str | None = None) -> ic.IcechunkStore:

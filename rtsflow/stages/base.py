@@ -14,6 +14,14 @@ so nothing is shared between submissions and the dashboard groups tasks by
 stage), GPU routing by resources, failure isolation (a failing block is
 recorded with its error; the others go on), per-block timings, the worker a
 block ran on, and progress.
+
+Stage stores are Icechunk repositories. Each block task writes into its own
+fork of the store's session; finished blocks are committed in batches (every
+:data:`COMMIT_BLOCKS` blocks or :data:`COMMIT_SECONDS` seconds, and at the
+end), and a block is recorded ``done`` only once its commit is made. A reader
+therefore sees whole blocks only, and a run killed at any point loses at most
+the blocks since its last commit: the status table has them as not done, and
+the next run computes them again.
 """
 
 from __future__ import annotations
@@ -26,6 +34,10 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["BlockJob", "Stage", "StageOutcome", "block_name", "neighbourhood", "run_stage"]
+
+#: A stage commits its finished blocks after this many blocks or seconds (whichever comes first) and at its end.
+COMMIT_BLOCKS = 64
+COMMIT_SECONDS = 30.0
 
 
 def block_name(block: tuple[int, int]) -> str:
@@ -123,10 +135,22 @@ class StageOutcome:
         return not self.failed and not self.blocked
 
 
-def _run_block(job: BlockJob, *, function: Callable[..., dict], params: dict) -> dict:
-    """The task: run a stage's function on one block, with its wall time and the worker it ran on."""
+def _run_block(job: BlockJob, fork=None, *, function: Callable[..., dict], params: dict,
+               output: str | None = None) -> dict:  # fmt: skip
+    """The task: run a stage's function on one block, with its wall time and the worker it ran on.
+
+    With a ``fork`` (a session of the versioned ``output`` store), the block's writes go into it and it
+    is returned under ``"_fork"`` for the runner to commit.
+    """
+    from contextlib import nullcontext
+
+    from rtsflow.io.blocks import writing_into
+
     t0 = time.perf_counter()
-    out = dict(function(job.block, **params, **job.args) or {})
+    with writing_into(output, fork) if fork is not None else nullcontext():
+        out = dict(function(job.block, **params, **job.args) or {})
+    if fork is not None:
+        out["_fork"] = fork
     out["seconds"] = time.perf_counter() - t0
     try:
         from distributed import get_worker
@@ -155,6 +179,57 @@ def _failure(client, err: BaseException) -> str:
                 f"{limit / 2**30:.2f} GiB allowed; raise workers.memory_limit or run fewer workers)")  # fmt: skip
     return (f"killed: worker {worker} died while running this block ({err.allowed_failures + 1} tries); "
             f"see the worker's log")  # fmt: skip
+
+
+class _CommitBatch:
+    """Finished blocks of a stage waiting for their commit (versioned output), then recorded as done."""
+
+    def __init__(self, stage: Stage, run, out: StageOutcome) -> None:
+        from rtsflow.io.repo import is_repo, open_repo
+
+        self.stage, self.run, self.out = stage, run, out
+        self.versioned = stage.output is not None and is_repo(stage.output)
+        self.session = open_repo(stage.output).writable_session("main") if self.versioned else None
+        self.pending: list[tuple[str, dict]] = []
+        self.since = time.perf_counter()
+
+    def forks(self, n: int) -> list:
+        return [self.session.fork() for _ in range(n)] if self.versioned else [None] * n
+
+    def add(self, name: str, res: dict) -> None:
+        self.pending.append((name, res))
+
+    def flush(self, *, force: bool) -> None:
+        due = len(self.pending) >= COMMIT_BLOCKS or time.perf_counter() - self.since >= COMMIT_SECONDS
+        if not self.pending or not (force or due):
+            return
+        from rtsflow.io.repo import commit_forks
+
+        forks = [res.pop("_fork") for _, res in self.pending if "_fork" in res]
+        stage, error = self.stage, ""
+        if forks:
+            names = [n for n, _ in self.pending]
+            try:
+                commit_forks(stage.output, forks, message=f"{stage.title}: {len(names)} block(s)",
+                             metadata={"blocks": names[:1000]})  # fmt: skip
+            except Exception as e:  # a full disk, a store gone: these blocks are not done
+                error = f"commit of the block's store failed: {type(e).__name__}: {e}"
+        for name, res in self.pending:
+            skipped = res.get("status") == "skipped"
+            if error:
+                self.run.record(stage=stage.name, key=stage.key, block=name, status="failed", seconds=res["seconds"],
+                                error=error)  # fmt: skip
+                self.out.failed.append(f"{stage.title} block {name}: {error}")
+                continue
+            self.run.record(stage=stage.name, key=stage.key, block=name, status="skipped" if skipped else "done",
+                            seconds=res["seconds"], error=res.get("reason", ""), n_valid=res.get("n_valid"),
+                            worker=str(res.get("worker", "")))  # fmt: skip
+            self.out.results[name] = res
+            if skipped:
+                self.out.skipped += 1
+            else:
+                self.out.computed += 1
+        self.pending, self.since = [], time.perf_counter()
 
 
 def _blocked_by(stage: Stage, job: BlockJob, done: dict[tuple[str, str], set[str]],
@@ -225,8 +300,11 @@ def run_stage(client, run, stage: Stage, *, progress: bool = False, block_set: I
     if todo:
         token = uuid.uuid4().hex[:8]
         keys = [f"{stage.name}-{stage.key}-{block_name(j.block)}-{token}" for j in todo]
-        futures = client.map(_run_block, todo, key=keys, function=stage.function, params=stage.params,
-                             resources=stage.resources, pure=False)  # fmt: skip
+        batch = _CommitBatch(stage, run, out)
+        forks = batch.forks(len(todo))
+        futures = client.map(_run_block, todo, forks, key=keys, function=stage.function, params=stage.params,
+                             output=str(stage.output) if stage.output else None, resources=stage.resources,
+                             pure=False)  # fmt: skip
         by_future = dict(zip(futures, todo, strict=True))
         submitted = time.perf_counter()
         with progress_bar(total=len(futures), desc=stage.title, unit="block", enabled=progress) as bar:
@@ -240,18 +318,10 @@ def run_stage(client, run, stage: Stage, *, progress: bool = False, block_set: I
                                seconds=time.perf_counter() - submitted, error=msg)  # fmt: skip
                     out.failed.append(f"{stage.title} block {name}: {msg}")
                 else:
-                    res = fut.result()
-                    skipped = res.get("status") == "skipped"
-                    run.record(stage=stage.name, key=stage.key, block=name,
-                               status="skipped" if skipped else "done", seconds=res["seconds"],
-                               error=res.get("reason", ""), n_valid=res.get("n_valid"),
-                               worker=str(res.get("worker", "")))  # fmt: skip
-                    out.results[name] = res
-                    if skipped:
-                        out.skipped += 1
-                    else:
-                        out.computed += 1
+                    batch.add(name, fut.result())
                 fut.release()
+                batch.flush(force=False)
+        batch.flush(force=True)
     run.compact()
     out.seconds = time.perf_counter() - t0
     run.timing(stage.title, out.seconds)

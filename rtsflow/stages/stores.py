@@ -3,10 +3,17 @@
 A template holds every variable's metadata, the ``x``/``y`` coordinates and the
 attributes, but no pixel: each block task then writes its own shard (region
 writes, so the encoding — dtype, fill value, scale factor — is the template's).
+
+Stage stores are Icechunk repositories, like the cube: block tasks write into
+forked sessions and the stage runner commits them in batches
+(:func:`rtsflow.stages.base.run_stage`), so a reader sees whole committed
+blocks only and a crash loses at most the blocks since the last commit.
 """
 
 from __future__ import annotations
 
+import shutil
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +24,8 @@ import rioxarray  # noqa: F401 - registers the .rio accessor
 import xarray as xr
 
 from rtsflow.grid import Grid, Window
+from rtsflow.io.blocks import write_target
+from rtsflow.io.repo import is_repo, transaction, zarr_store
 from rtsflow.kernels.coreg import FIT_FIELDS
 
 __all__ = ["FitStore", "GridVariable", "create_fit_store", "create_grid_store"]
@@ -51,7 +60,7 @@ def create_grid_store(
     from rtsflow.io.features import grid_encoding
 
     path = Path(path)
-    if (path / "zarr.json").exists():
+    if is_repo(path):
         return
     x, y = grid.coords(window)
     data_vars, coords = {}, {"x": ("x", x, _XY_ATTRS["x"]), "y": ("y", y, _XY_ATTRS["y"])}
@@ -71,9 +80,22 @@ def create_grid_store(
     if extra is not None:
         ds = ds.merge(extra)
         enc.update(extra_encoding or {})
-    tmp = path.with_name(f".{path.name}.template")
-    ds.to_zarr(str(tmp), mode="w", compute=False, encoding=enc, zarr_format=3, consolidated=False, safe_chunks=False)
-    tmp.rename(path)  # a store appears complete or not at all
+    _create(path, ds, enc)
+
+
+def _create(path: Path, ds: xr.Dataset, enc: dict) -> None:
+    """Write the template as the first version of a new repository; it appears complete or not at all."""
+    if path.exists():
+        raise RuntimeError(f"{path}: a stage store of an older rtsflow (plain Zarr); run again with --force "
+                           "(or another output directory) to recompute it")  # fmt: skip
+    tmp = path.with_name(f".{path.name}.template-{uuid.uuid4().hex[:8]}")
+    try:
+        with transaction(tmp, command="stage", message=f"template of {path.name}", create=True) as tx:
+            ds.to_zarr(tx.store, mode="w", compute=False, encoding=enc, zarr_format=3, consolidated=False,
+                       safe_chunks=False)  # fmt: skip
+        tmp.rename(path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 _XY_ATTRS = {
@@ -88,7 +110,7 @@ def create_fit_store(path: str | Path, *, grid: Grid, window: Window, members: l
     One chunk per block (all members), so each block task writes exactly one chunk.
     """
     path = Path(path)
-    if (path / "zarr.json").exists():
+    if is_repo(path):
         return
     b = grid.block_size
     by = np.arange(window.row // b, window.row_stop // b)
@@ -104,9 +126,7 @@ def create_fit_store(path: str | Path, *, grid: Grid, window: Window, members: l
         attrs={**attrs, **grid.to_attrs()},
     )  # fmt: skip
     enc = {"fit": {"chunks": (len(members), 1, 1, len(FIT_FIELDS))}}
-    tmp = path.with_name(f".{path.name}.template")
-    ds.to_zarr(str(tmp), mode="w", compute=False, encoding=enc, zarr_format=3, consolidated=False, safe_chunks=False)
-    tmp.rename(path)
+    _create(path, ds, enc)
 
 
 class FitStore:
@@ -116,7 +136,7 @@ class FitStore:
         import zarr
 
         self.path = Path(path)
-        group = zarr.open_group(str(path), mode="r", zarr_format=3)
+        group = zarr.open_group(zarr_store(path), mode="r", zarr_format=3)
         self.members = [str(m) for m in group["member"][:]]
         self.by0 = int(group["block_y"][0])
         self.bx0 = int(group["block_x"][0])
@@ -130,7 +150,7 @@ class FitStore:
         values = np.full((len(self.members), len(FIT_FIELDS)), np.nan)
         for member, fit in fits.items():
             values[self._index[member]] = fit
-        arr = zarr.open_array(str(self.path / "fit"), mode="r+", zarr_format=3)
+        arr = zarr.open_group(write_target(self.path), mode="r+", zarr_format=3)["fit"]
         i, j = block[0] - self.by0, block[1] - self.bx0
         arr[:, i, j, :] = values
 
@@ -144,7 +164,7 @@ class FitStore:
 
         from rtsflow.kernels.coreg import STATUS
 
-        arr = zarr.open_array(str(self.path / "fit"), mode="r", zarr_format=3)
+        arr = zarr.open_group(zarr_store(self.path), mode="r", zarr_format=3)["fit"]
         i, j = block[0] - self.by0, block[1] - self.bx0
         r0, r1 = max(i - 1, 0), min(i + 2, self.shape[0])
         c0, c1 = max(j - 1, 0), min(j + 2, self.shape[1])
