@@ -256,7 +256,14 @@ def test_read_stack_equals_stacked_reads_inside_across_and_outside_the_domain(tm
     rng = np.random.default_rng(1)
     data = {b: rng.normal(0, 3, window.shape).astype("float32") for b in BANDS}
     data["ddem"][5:40, 7:70] = np.nan
-    write_block(path, {b: (("y", "x"), v) for b, v in data.items()}, region={"y": slice(0, 128), "x": slice(0, 192)})
+    from rtsflow.io.blocks import writing_into
+    from rtsflow.io.repo import commit_forks, open_repo
+
+    fork = open_repo(path).writable_session("main").fork()  # as the stage runner gives a block task
+    with writing_into(path, fork):
+        write_block(path, {b: (("y", "x"), v) for b, v in data.items()},
+                    region={"y": slice(0, 128), "x": slice(0, 192)})  # fmt: skip
+    commit_forks(path, [fork], message="test block")
     domain = Window(640, 1280, 128, 128)  # the run's blocks: the last block column is outside
     store = GridStore(path, grid=grid, domain=domain)
     for part in (Window(650, 1290, 50, 60), Window(600, 1250, 200, 250), Window(700, 1420, 20, 30),
