@@ -104,15 +104,13 @@ def _read_every_shard(root: zarr.Group, report: CheckReport, *, names: list[str]
     """Decode every stored shard (catches missing or corrupt chunk objects)."""
     for name in names:
         arr = root[name]
-        sy, sx = (arr.shards or arr.chunks)[1:]
-        for i in range(arr.shape[0]):
-            for y0 in range(0, arr.shape[1], sy):
-                for x0 in range(0, arr.shape[2], sx):
-                    try:
-                        values = arr[i, y0:y0 + sy, x0:x0 + sx]
-                    except Exception as e:  # what the store says is the finding
-                        report.problems.append(f"{name}[{i}, {y0}:{y0 + sy}, {x0}:{x0 + sx}] cannot be read: {e}")
-                        continue
-                    if values.dtype.kind == "f" and np.isinf(values).any():
-                        report.problems.append(f"{name}[{i}, {y0}:, {x0}:] holds infinite values")
-                    report.shards_read += 1
+        for i, ys, xs in cuberepo.shard_slices(arr):
+            where = f"{name}[{i}, {ys.start}:{ys.stop}, {xs.start}:{xs.stop}]"
+            try:
+                values = arr[i, ys, xs]
+            except Exception as e:  # what the store says is the finding
+                report.problems.append(f"{where} cannot be read: {e}")
+                continue
+            if values.dtype.kind == "f" and np.isinf(values).any():
+                report.problems.append(f"{where} holds infinite values")
+            report.shards_read += 1

@@ -139,6 +139,15 @@ def head(path: str | Path) -> str:
     return open_repo(path).lookup_branch(BRANCH)
 
 
+def shard_slices(arr) -> Iterator[tuple[int, slice, slice]]:
+    """``(obs, rows, cols)`` of every shard of an ``obs × y × x`` array (what check and migrate read one at a time)."""
+    sy, sx = (arr.shards or arr.chunks)[1:]
+    for i in range(arr.shape[0]):
+        for y0 in range(0, arr.shape[1], sy):
+            for x0 in range(0, arr.shape[2], sx):
+                yield i, slice(y0, y0 + sy), slice(x0, x0 + sx)
+
+
 def zarr_store(path: str | Path):
     """What ``zarr``/``xarray`` should open for reading any rtsflow store: a repository's current
     version (cube, stage stores), or the path of a plain Zarr store (outputs of the lazy API)."""
@@ -241,7 +250,7 @@ def transaction(path: str | Path, *, command: str, message: str, create: bool = 
         repo = ic.Repository.create(_storage(p))
     else:
         repo = open_repo(p)
-        cleanup(p, repo=repo)
+        cleanup(p, repo=repo)  # cheap when a caller (ingest, to report it) has cleared already
     base = repo.lookup_branch(BRANCH)
     branch = f"{TX_PREFIX}{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
     repo.create_branch(branch, base)
