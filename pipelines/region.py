@@ -48,6 +48,7 @@ class RegionResult:
     pairs: dict[str, dict] = field(default_factory=dict)  # per pair: paths, counts, rates, metrics
     computed: dict[str, int] = field(default_factory=dict)  # blocks computed in this session, per stage
     failed: list[str] = field(default_factory=list)
+    history: dict | None = None  # with several pairs: paths of rts_history.parquet and rts_periods.csv
 
 
 @dataclass
@@ -256,6 +257,14 @@ def _run_locked(config: RunConfig, rd: RunDirectory, identity: dict, *, client, 
                     if ppath is not None:
                         result.pairs[_pair_key(p)] = _reduce_pair(cl, rd, config, plan, p, features[p], ppath, say,
                                                                   progress, result)  # fmt: skip
+                done = [p for p in config.pairs if result.pairs.get(_pair_key(p))]
+                if len(config.pairs) > 1 and len(done) == len(config.pairs):
+                    result.history = _write_history(rd, config, plan, say)
+                    if config.report:  # again, now with the histories (new RTS per cell, period totals)
+                        from rtsflow.report import write_report
+
+                        for p in config.pairs:
+                            write_report(rd.path, pair=_pair_key(p))
     if result.failed:
         raise RunIncomplete(
             f"{len(result.failed)} block(s) failed or wait for failed blocks (see {rd.status_path}); "
@@ -352,6 +361,29 @@ def _run_probability(client, rd, config: RunConfig, plan: RegionPlan, pair, fpat
     return ppath if len(rd.done("probability", key)) == len(plan.blocks) else None
 
 
+def _write_history(rd: RunDirectory, config: RunConfig, plan: RegionPlan, say) -> dict:
+    """Link the pairs' RTS into histories (:mod:`rtsflow.history`): ``rts_history.parquet``, ``rts_periods.csv``."""
+    import geopandas as gpd
+
+    from rtsflow.history import Period, link_periods, period_totals
+    from rtsflow.io.vectors import run_metadata, write_vectors
+
+    periods = []
+    for pair in config.pairs:
+        rts = gpd.read_parquet(rd.path / f"rts_{_pair_key(pair)}.parquet")
+        periods.append(Period(key=_pair_key(pair), start=int(pair[0]), end=int(pair[1]), rts=rts[rts.kept]))
+    history = link_periods(periods)
+    years = {_pair_key(p): _years(plan, p, config.epoch) for p in config.pairs}
+    totals = period_totals(history, years=years)
+    meta = run_metadata(command="run", run=str(rd.path), pairs=[_pair_key(p) for p in config.pairs],
+                        cube=plan.cube.path, cube_version=plan.cube.version)  # fmt: skip
+    path = write_vectors(history, rd.path / "rts_history.parquet", metadata=meta)
+    totals.to_csv(rd.path / "rts_periods.csv", index=False)
+    counts = ", ".join(f"{s} {n}" for s, n in history.status.value_counts().items())
+    say(f"history: {history.history_id.nunique()} RTS across {len(periods)} periods ({counts}); {path}", flush=True)
+    return {"history": str(path), "periods": str(rd.path / "rts_periods.csv")}
+
+
 def _density_specs(config: RunConfig, plan: RegionPlan):
     import geopandas as gpd
     import shapely
@@ -392,7 +424,8 @@ def _reduce_pair(client, rd: RunDirectory, config: RunConfig, plan: RegionPlan, 
         client, rd, key=key, probability=ppath, features=fpath, grid=plan.grid, domain=plan.domain,
         blocks=plan.blocks, threshold=config.threshold, filters=config.filters,
         correlation_length=config.correlation_length, densities=_density_specs(config, plan), years=years,
-        period=(int(pair[0]), int(pair[1])), progress=progress,
+        period=(int(pair[0]), int(pair[1])), carbon=config.carbon, progress=progress,
+        terrain=rd.path / f"composite_{pair[0]}.zarr",
     )  # fmt: skip
     if rts is None:
         result.failed += failed
@@ -418,6 +451,9 @@ def _reduce_pair(client, rd: RunDirectory, config: RunConfig, plan: RegionPlan, 
         "volume_change_rate_m3_per_yr_km2": float(region.volume_change_rate_m3_per_yr_km2),
         "area_density_m2_per_km2": float(kept.area_m2.sum() / region.valid_area_km2) if len(kept) else 0.0,
     }
+    if config.carbon is not None:
+        summary |= {k: float(region[k]) for k in ("carbon_kg", "carbon_sigma_kg", "carbon_rate_pg_per_yr",
+                                                  "carbon_rate_sigma_pg_per_yr")}  # fmt: skip
     if config.truth is not None:
         truth = read_labels(config.truth.path, where=config.truth.where)
         metrics = evaluate_polygons(kept.to_crs(truth.crs), truth)

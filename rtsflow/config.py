@@ -21,6 +21,11 @@ after the features)::
     densities: {cell_size: [10000], sites: sites.gpkg, site_name: name}
     truth: {path: truth.parquet, where: "winter_start == 2010"}
     workers: {spill_directory: null, max_spill: 4GiB, memory_limit: null, profile: false}
+    carbon:                          # soil organic carbon mobilised (rtsflow.carbon); `carbon: false` turns it off
+      profile:                       # default: rtsflow.carbon.DEFAULT_PROFILE (Maier et al. 2025, Ellesmere)
+        - {top_m: 0, bottom_m: 1, soc_kg_m3: 40, soc_sigma_kg_m3: 7, excess_ice: 0.2, excess_ice_sigma: 0.1}
+        - {top_m: 1, bottom_m: .inf, bulk_density_kg_m3: 1300, carbon_fraction: 0.02}
+      regions: {Fosheim: [...]}      # per site of densities.sites (by name), same layer form
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from typing import Any
 
 import yaml
 
+from rtsflow.carbon import CarbonError, CarbonModel, profile_from_doc
 from rtsflow.postprocess import FilterConfig
 
 __all__ = ["ConfigError", "Densities", "Inference", "RunConfig", "Truth", "Workers", "load_config", "parse_config"]
@@ -110,6 +116,7 @@ class RunConfig:
     truth: Truth | None = None
     report: bool = True
     workers: Workers = field(default_factory=Workers)
+    carbon: CarbonModel | None = field(default_factory=CarbonModel)
 
     def to_dict(self) -> dict:
         return _plain(dataclasses.asdict(self))
@@ -278,12 +285,45 @@ def parse_config(doc: Any, *, base: str | Path = ".", source: str = "run config"
             where = f"{source}: workers.spill_directory"
             w = dataclasses.replace(w, spill_directory=_path(w.spill_directory, base, where, must_exist=False))
         kw["workers"] = w
+    if "carbon" in doc:
+        kw["carbon"] = _carbon(doc["carbon"], source=source, sites=kw.get("densities", Densities()).sites)
     for key in ("report", "coregister"):
         if key in doc:
             if not isinstance(doc[key], bool):
                 raise ConfigError(f"{source}: {key}: expected true or false, got {doc[key]!r}")
             kw[key] = doc[key]
     return RunConfig(**kw)
+
+
+def _carbon(doc: Any, *, source: str, sites: str | None) -> CarbonModel | None:
+    if doc is False or doc is None:
+        return None
+    if doc is True:
+        return CarbonModel()
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{source}: carbon: expected a mapping (profile, regions) or false, got {doc!r}")
+    _check_keys(doc, _CarbonDoc, f"{source}: carbon")
+    try:
+        model = CarbonModel()
+        if doc.get("profile") is not None:
+            model = CarbonModel(profile=profile_from_doc(doc["profile"], where=f"{source}: carbon.profile"))
+        if doc.get("regions"):
+            if not isinstance(doc["regions"], dict):
+                raise ConfigError(f"{source}: carbon.regions: expected a mapping of site name to layers")
+            if not sites:
+                raise ConfigError(f"{source}: carbon.regions: needs densities.sites (the sites they name)")
+            regions = {str(k): profile_from_doc(v, where=f"{source}: carbon.regions.{k}")
+                       for k, v in doc["regions"].items()}  # fmt: skip
+            model = CarbonModel(profile=model.profile, regions=regions)
+    except CarbonError as e:
+        raise ConfigError(str(e)) from None
+    return model
+
+
+@dataclass(frozen=True)
+class _CarbonDoc:
+    profile: Any = None
+    regions: Any = None
 
 
 def _bytes(value: str) -> int:

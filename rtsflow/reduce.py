@@ -53,6 +53,8 @@ def detect_rts(
     threshold: float | None = 0.5,
     filters: FilterConfig = DEFAULT_FILTERS,
     correlation_length: float = 200.0,
+    carbon=None,
+    dem: xr.DataArray | None = None,
 ) -> Delayed:
     """Threshold, vectorise and stitch, measure mass wasting, and apply the post-processing filters.
 
@@ -62,6 +64,11 @@ def detect_rts(
         Model probability on the features' grid (or a 0/1 mask with ``threshold=None``).
     features
         Pair features (``ddem``, ``ddem_sigma``, ``water``, ``quality``).
+    dem
+        The pre-disturbance surface (the earlier composite): adds each polygon's elevation, slope,
+        aspect and distance to water (:func:`rtsflow.graph.rts_terrain.rts_terrain`).
+    carbon
+        A :class:`rtsflow.carbon.CarbonModel`: add the carbon each RTS mobilised (``carbon_kg`` ± σ).
 
     Returns
     -------
@@ -70,4 +77,15 @@ def detect_rts(
     """
     polygons = vectorize(probability, grid=grid, threshold=threshold)
     measured = measure(polygons, features, grid=grid, correlation_length=correlation_length)
-    return dask.delayed(apply_filters)(measured, config=filters)
+    if dem is not None:
+        from rtsflow.graph.rts_terrain import rts_terrain
+
+        water = features["water"] if "water" in features else None
+        terrain = rts_terrain(polygons, dem, water=water, grid=grid)
+        measured = dask.delayed(lambda m, t: m.join(t))(measured, terrain)
+    filtered = dask.delayed(apply_filters)(measured, config=filters)
+    if carbon is None:
+        return filtered
+    from rtsflow.carbon import add_carbon
+
+    return dask.delayed(add_carbon)(filtered, model=carbon)

@@ -127,6 +127,8 @@ def write_report(run: str | Path, *, pair: str) -> Path:
     fig.savefig(dist_png)
     plt.close(fig)
 
+    char_png = _characteristics(run, out, pair, kept)
+
     lines = [f"# rtsflow run report: {run.name}, pair {pair.replace('_', ' → ')}", ""]
     lines += ["| quantity | value |", "|---|---|"]
     years = summary["years"]
@@ -138,7 +140,24 @@ def write_report(run: str | Path, *, pair: str) -> Path:
         ("volume-change density", f"{summary['volume_change_rate_m3_per_yr_km2']:.1f} m³/yr/km²"),
         ("RTS area density", f"{summary['area_density_m2_per_km2']:.1f} m²/km²"),
     ]
+    if "carbon_kg" in summary:
+        rows += [
+            ("soil organic carbon mobilised",
+             f"{summary['carbon_kg'] / 1e6:.3f} ± {summary['carbon_sigma_kg'] / 1e6:.3f} Gg C over {years:g} yr"),
+            ("carbon mobilisation rate", f"{summary['carbon_rate_pg_per_yr']:.3g} ± "
+                                         f"{summary['carbon_rate_sigma_pg_per_yr']:.2g} Pg C yr⁻¹"),
+        ]  # fmt: skip
     lines += [f"| {k} | {v} |" for k, v in rows]
+    sites = run / f"densities_{pair}_sites.parquet"
+    if sites.exists():
+        table = gpd.read_parquet(sites)
+        cols = ["region", "n_rts", "valid_area_km2", "volume_change_rate_m3_per_yr_km2", "carbon_rate_pg_per_yr",
+                "carbon_rate_sigma_pg_per_yr"]  # fmt: skip
+        table = pd.DataFrame(table[[c for c in cols if c in table]])
+        for c in ("carbon_rate_pg_per_yr", "carbon_rate_sigma_pg_per_yr"):
+            if c in table:
+                table[c] = table[c].map(lambda v: f"{v:.3g}")
+        lines += ["", "## Per site", "", _md_table(table)]
     if "metrics" in summary:
         m = summary["metrics"]
         lines += ["", "## Accuracy against the reference", "", "| metric | pixel | detection |", "|---|---|---|"]
@@ -146,11 +165,20 @@ def write_report(run: str | Path, *, pair: str) -> Path:
             lines.append(f"| {k} | {m[f'pixel_{k}']:.3f} | {m[f'detection_{k}']:.3f} |")
         lines.append(f"| objects (predicted / reference) | {m['n_predicted']} | {m['n_reference']} |")
     lines += ["", f"![map](map_{pair}.png)", "", f"![distributions](distributions_{pair}.png)", ""]
+    if char_png is not None:
+        lines += ["## Where the RTS are", "", f"![characteristics]({char_png.name})", ""]
     if len(kept):
         cols = ["rts_id", "area_m2", "volume_m3", "volume_sigma_m3", "volume_per_year_m3", "max_abs_dh_m"]
         cols = [c for c in cols if c in kept]
         top = kept.sort_values("volume_m3").head(10)[cols]
         lines += ["## Largest volume losses", "", _md_table(top), ""]
+    if (run / "rts_periods.csv").exists():
+        periods = pd.read_csv(run / "rts_periods.csv")
+        cols = ["period", "n_rts", "n_new", "n_grew", "n_active", "n_reactivated", "n_stabilised", "n_merged",
+                "volume_per_year_m3", "volume_sigma_per_year_m3", "rate_change_m3_per_yr",
+                "rate_change_sigma_m3_per_yr"]  # fmt: skip
+        lines += ["## Across periods (rts_history.parquet)", "", _md_table(periods[[c for c in cols if c in periods]]),
+                  ""]  # fmt: skip
     from rtsflow.runs import RunDirectory
 
     status = RunDirectory(run).status()
@@ -165,6 +193,62 @@ def write_report(run: str | Path, *, pair: str) -> Path:
     md = out / f"report_{pair}.md"
     md.write_text("\n".join(lines) + "\n")
     return md
+
+
+def _characteristics(run: Path, out: Path, pair: str, kept) -> Path | None:
+    """Elevation, slope, distance to water and aspect of the RTS, and per-cell density maps (area, volume, new RTS)."""
+    import geopandas as gpd
+    import matplotlib.pyplot as plt
+
+    if "slope_deg" not in kept:
+        return None
+    fig = plt.figure(figsize=(17, 7.6), dpi=110)
+    bins = min(30, max(5, len(kept) // 3))
+    panels = (("elevation_m", "elevation (m)", "tab:brown"), ("slope_deg", "slope (°)", "tab:olive"),
+              ("distance_to_water_m", "distance to water (m)", "tab:blue"))  # fmt: skip
+    for k, (col, label, colour) in enumerate(panels):
+        ax = fig.add_subplot(2, 4, k + 1)
+        values = kept[col].dropna()
+        if len(values):
+            ax.hist(values, bins=bins, color=colour)
+        if col == "distance_to_water_m":
+            label += f"\n({int(kept[col].isna().sum())} RTS farther than the search radius)"
+        ax.set_xlabel(label)
+        ax.set_ylabel("RTS")
+    ax = fig.add_subplot(2, 4, 4, projection="polar")
+    ax.set_theta_zero_location("N")
+    ax.set_theta_direction(-1)
+    aspect = kept["aspect_deg"].dropna().to_numpy()
+    edges = np.radians(np.arange(0, 361, 22.5))
+    counts, _ = np.histogram(np.radians(aspect), bins=edges)
+    ax.bar(edges[:-1] + np.diff(edges) / 2, counts, width=np.diff(edges), color="tab:green", edgecolor="white")
+    ax.set_title("aspect (direction the slope faces, true north)", fontsize=9)
+    cells = sorted(run.glob(f"densities_{pair}_cells_*.parquet"))
+    dens = gpd.read_parquet(cells[0]) if cells else None
+    maps = [("area_change_rate_m2_per_yr_km2", "RTS area (m²/yr/km²)", "Oranges"),
+            ("volume_change_rate_m3_per_yr_km2", "volume change (m³/yr/km²)", "Reds_r")]  # fmt: skip
+    history = run / "rts_history.parquet"
+    if dens is not None and history.exists():
+        h = gpd.read_parquet(history)
+        new = h[(h.period == pair) & (h.status == "new")]
+        joined = gpd.sjoin(dens[["geometry"]], gpd.GeoDataFrame(geometry=new.geometry.centroid, crs=new.crs),
+                           predicate="contains")  # fmt: skip
+        dens = dens.assign(new_rts=joined.groupby(level=0).size().reindex(dens.index, fill_value=0))
+        maps.append(("new_rts", "RTS first active this period (count)", "Purples"))
+    for k, (col, label, cmap) in enumerate(maps):
+        ax = fig.add_subplot(2, 4, 5 + k)
+        if dens is not None and len(dens[dens.valid_area_km2 > 0]):
+            d = dens[dens.valid_area_km2 > 0]
+            d.plot(ax=ax, column=col, cmap=cmap, legend=True, legend_kwds={"shrink": 0.8})
+        ax.set_title(label, fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle(f"{pair.replace('_', ' → ')}: where the {len(kept)} RTS are")
+    fig.tight_layout()
+    path = out / f"characteristics_{pair}.png"
+    fig.savefig(path)
+    plt.close(fig)
+    return path
 
 
 def _md_table(df: pd.DataFrame) -> str:

@@ -22,6 +22,7 @@ import zarr
 from distributed import Client, LocalCluster, get_task_stream
 
 from pipelines.region import plan_region, run_region
+from rtsflow.carbon import CarbonModel
 from rtsflow.config import parse_config
 from rtsflow.graph.dem import seasonal_composites
 from rtsflow.graph.densities import regional_densities
@@ -157,7 +158,7 @@ def test_features_equal_the_lazy_graph(run, lazy):
     assert store.attrs["years"] == feats.attrs["years"] == 6.0
 
 
-def test_probability_polygons_and_densities_equal_the_lazy_api(model, run, tmp_path):
+def test_probability_polygons_and_densities_equal_the_lazy_api(model, run, lazy, tmp_path):
     feats = open_features(run["out"] / f"features_{KEY}.zarr")
     prob = predict(feats, spec=model, bands=list(MODEL_BANDS), halo=32, tile=64, grid=GRID)
     with _cluster() as lc, Client(lc):
@@ -165,14 +166,20 @@ def test_probability_polygons_and_densities_equal_the_lazy_api(model, run, tmp_p
     expected = open_probability(tmp_path / "lazy.zarr")
     got = open_probability(run["out"] / f"probability_{KEY}.zarr")
     np.testing.assert_array_equal(got.values, expected.values)
-    rts = detect_rts(expected, feats, grid=GRID).compute(scheduler="threads")
+    # The run's default carbon model: the lazy API computes the same carbon columns when given it.
+    # and the terrain under each RTS from the earlier composite.
+    dem = lazy[1]["dem"].sel(winter=PAIR[0])
+    rts = detect_rts(expected, feats, grid=GRID, carbon=CarbonModel(), dem=dem).compute(scheduler="threads")
+    assert (rts.carbon_kg[rts.kept] > 0).all()
+    assert rts.slope_deg.notna().all() and rts.aspect_deg.between(0, 360).all()
     stage = gpd.read_parquet(run["out"] / f"rts_{KEY}.parquet")
     assert len(stage) == len(rts) > 20
     assert list(stage.geometry.to_wkb()) == list(rts.geometry.to_wkb())
     assert stage.blocks.str.contains(";").any()  # some polygons were stitched across blocks
     cols = [c for c in rts.columns if c not in ("geometry", "blocks")]
     pd.testing.assert_frame_equal(pd.DataFrame(stage[cols]), pd.DataFrame(rts[cols]))
-    dens = regional_densities(rts[rts.kept], feats, grid=GRID, cell_size=1000).compute(scheduler="threads")
+    dens = regional_densities(rts[rts.kept], feats, grid=GRID, cell_size=1000,
+                              carbon=CarbonModel()).compute(scheduler="threads")  # fmt: skip
     got_dens = gpd.read_parquet(run["out"] / f"densities_{KEY}_cells_1000m.parquet")
     pd.testing.assert_frame_equal(pd.DataFrame(got_dens.drop(columns="geometry")),
                                   pd.DataFrame(dens.drop(columns="geometry")))  # fmt: skip

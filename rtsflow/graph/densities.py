@@ -18,7 +18,7 @@ from rtsflow.graph.chunks import chunk_windows
 from rtsflow.grid import GRID_CRS, GRID_ORIGIN, Grid, Window
 from rtsflow.kernels import gdal
 
-__all__ = ["assemble_densities", "regional_densities", "valid_area"]
+__all__ = ["assemble_densities", "regional_densities", "site_of", "valid_area"]
 
 
 def _zone_labels(window: Window, *, grid: Grid, regions: gpd.GeoDataFrame | None, cell_size: float | None):
@@ -55,7 +55,7 @@ def valid_area(ddem, quality, water, *, window: Window, grid: Grid, regions, cel
 
 
 def assemble_densities(
-    rts: gpd.GeoDataFrame, parts, *, regions, cell_size, years: float, name: str
+    rts: gpd.GeoDataFrame, parts, *, regions, cell_size, years: float, name: str, carbon=None
 ) -> gpd.GeoDataFrame:
     if regions is not None:
         valid = np.sum(parts, axis=0) if parts else np.zeros(len(regions))
@@ -114,6 +114,26 @@ def assemble_densities(
             geometry=list(geoms),
             crs=GRID_CRS,
         )
+    if carbon is not None:
+        from rtsflow.carbon import KG_PER_PG, zone_carbon
+
+        kg, sigma = zone_carbon(rts, idx, n_zones=n, model=carbon)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            out["carbon_kg"], out["carbon_sigma_kg"] = kg, sigma
+            out["carbon_rate_kg_per_yr_km2"] = kg / years / km2
+            out["carbon_rate_pg_per_yr"] = kg / years / KG_PER_PG
+            out["carbon_rate_sigma_pg_per_yr"] = sigma / years / KG_PER_PG
+    return out
+
+
+def site_of(rts: gpd.GeoDataFrame, regions: gpd.GeoDataFrame, *, name: str) -> np.ndarray:
+    """Name of the region holding each RTS's centroid (``""`` outside every region), as densities count them."""
+    zones = regions.to_crs(GRID_CRS).reset_index(drop=True)
+    names = zones[name].astype(str).to_numpy() if name in zones else zones.index.astype(str).to_numpy()
+    out = np.full(len(rts), "", dtype=object)
+    if len(rts):
+        ci, zi = zones.sindex.query(rts.geometry.centroid.values, predicate="within")
+        out[ci] = names[zi]
     return out
 
 
@@ -125,6 +145,7 @@ def regional_densities(
     regions: gpd.GeoDataFrame | None = None,
     cell_size: float | None = None,
     name: str = "name",
+    carbon=None,
 ) -> Delayed:
     """RTS count and area/volume-change rates per km² of valid ground, per region or per grid cell.
 
@@ -146,7 +167,8 @@ def regional_densities(
     dask.delayed.Delayed
         A GeoDataFrame of regions with ``valid_area_km2``, ``n_rts``,
         ``area_change_rate_m2_per_yr_km2``, ``volume_change_rate_m3_per_yr_km2``
-        and its ``_sigma``.
+        and its ``_sigma``; with ``carbon`` (a :class:`rtsflow.carbon.CarbonModel`) also
+        ``carbon_kg`` ± ``carbon_sigma_kg`` and ``carbon_rate_pg_per_yr`` ± σ.
     """
     if (regions is None) == (cell_size is None):
         raise ValueError("give exactly one of regions= or cell_size=")
@@ -162,4 +184,5 @@ def regional_densities(
         blocks = [a[i, j] if a is not None else None for a in arrays]
         parts.append(dask.delayed(valid_area)(*blocks, window=w, grid=grid, regions=regions, cell_size=cell_size))
     years = float(features.attrs.get("years", 1.0))
-    return dask.delayed(assemble_densities)(rts, parts, regions=regions, cell_size=cell_size, years=years, name=name)
+    return dask.delayed(assemble_densities)(rts, parts, regions=regions, cell_size=cell_size, years=years, name=name,
+                                            carbon=carbon)  # fmt: skip

@@ -14,23 +14,30 @@ from rtsflow.kernels import gdal
 from rtsflow.kernels.masswasting import mass_wasting_table
 from rtsflow.kernels.zonal import MAX_FIELDS, ZONAL_FIELDS, combine_zonal, zonal_sums
 
-__all__ = ["assemble_measures", "block_sums", "measure"]
+__all__ = ["assemble_measures", "block_sums", "measure", "polygon_labels"]
+
+
+def polygon_labels(polygons: gpd.GeoDataFrame, *, grid: Grid, window: Window) -> np.ndarray | None:
+    """Row position + 1 of the polygon under each pixel of ``window`` (0 = none); ``None`` if none overlaps."""
+    if len(polygons) == 0:
+        return None
+    box = grid.bounds(window)
+    sub = polygons.cx[box[0] : box[2], box[1] : box[3]]
+    if len(sub) == 0:
+        return None
+    index = polygons.index.get_indexer(sub.index)
+    return gdal.rasterize(
+        zip(sub.geometry, index + 1, strict=True), out_shape=window.shape, transform=grid.transform(window),
+        fill=0, dtype="int32",
+    )  # fmt: skip
 
 
 def block_sums(polygons: gpd.GeoDataFrame, ddem, sigma, water, quality, *, grid: Grid, window: Window):
     """Zonal sums of the polygons that overlap one block (rasterised once, all polygons together)."""
     n = len(polygons)
-    if n == 0:
-        return np.zeros((0, len(ZONAL_FIELDS))), np.zeros((0, len(MAX_FIELDS)))
-    box = grid.bounds(window)
-    sub = polygons.cx[box[0] : box[2], box[1] : box[3]]
-    if len(sub) == 0:
+    labels = polygon_labels(polygons, grid=grid, window=window)
+    if labels is None:
         return np.zeros((n, len(ZONAL_FIELDS))), np.zeros((n, len(MAX_FIELDS)))
-    index = polygons.index.get_indexer(sub.index)
-    labels = gdal.rasterize(
-        zip(sub.geometry, index + 1, strict=True), out_shape=window.shape, transform=grid.transform(window),
-        fill=0, dtype="int32",
-    )  # fmt: skip
     area = grid.pixel_ground_area(window, step=16)
     return zonal_sums(labels, n_labels=n, ddem=ddem, sigma=sigma, pixel_area=area, water=water, quality=quality)
 

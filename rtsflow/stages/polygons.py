@@ -20,16 +20,19 @@ import geopandas as gpd
 import numpy as np
 import shapely
 
-from rtsflow.graph.densities import assemble_densities, valid_area
+from rtsflow.graph.densities import assemble_densities, site_of, valid_area
 from rtsflow.graph.masswasting import assemble_measures, block_sums
 from rtsflow.graph.polygons import _block_pieces, polygons_from_mask
+from rtsflow.graph.rts_terrain import assemble_terrain, block_terrain
 from rtsflow.grid import Grid, Window
 from rtsflow.io.blocks import GridStore
+from rtsflow.kernels.rts_terrain import TERRAIN_FIELDS, WATER_SEARCH_PX
 from rtsflow.kernels.zonal import MAX_FIELDS, ZONAL_FIELDS
 from rtsflow.postprocess import DEFAULT_FILTERS, FilterConfig, apply_filters
 from rtsflow.stages.base import BlockJob, Stage, Upstream, block_name, run_stage
 
-__all__ = ["DensitySpec", "polygons_block", "polygons_stage", "reduce_pair", "zonal_block", "zonal_stage"]
+__all__ = ["DensitySpec", "polygons_block", "polygons_stage", "reduce_pair", "with_carbon", "zonal_block",
+           "zonal_stage"]
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,18 @@ class DensitySpec:
     name: str = "name"
 
 
+def with_carbon(rts: gpd.GeoDataFrame, *, carbon, densities: Sequence[DensitySpec] = ()) -> gpd.GeoDataFrame:
+    """``rts`` with its ``site`` (from a ``sites`` density spec) and, with a carbon model, its carbon columns."""
+    sites = [d for d in densities if d.label == "sites" and d.regions is not None]
+    if sites:
+        rts = rts.assign(site=site_of(rts, sites[0].regions, name=sites[0].name))
+    if carbon is None:
+        return rts
+    from rtsflow.carbon import add_carbon
+
+    return add_carbon(rts, model=carbon)
+
+
 def polygons_block(block: tuple[int, int], *, probability: str, grid: Grid, domain: Window,
                    threshold: float | None) -> dict:  # fmt: skip
     """Trace the RTS regions of one block (interior polygons and pieces that continue next door)."""
@@ -52,8 +67,12 @@ def polygons_block(block: tuple[int, int], *, probability: str, grid: Grid, doma
 
 
 def zonal_block(block: tuple[int, int], *, features: str, grid: Grid, domain: Window, densities: list[DensitySpec],
-                polygons: gpd.GeoDataFrame) -> dict:  # fmt: skip
-    """Zonal sums under the polygons overlapping one block, and the valid ground of every density zone."""
+                polygons: gpd.GeoDataFrame, terrain: str | None = None) -> dict:  # fmt: skip
+    """Zonal sums under the polygons overlapping one block, and the valid ground of every density zone.
+
+    With ``terrain`` (the earlier composite's store) also the polygons' terrain sums
+    (:func:`rtsflow.graph.rts_terrain.block_terrain`).
+    """
     win = grid.block_window(*block)
     store = GridStore(features, grid=grid, domain=domain)
     ddem, sigma = store.read("ddem", win), store.read("ddem_sigma", win)
@@ -62,8 +81,17 @@ def zonal_block(block: tuple[int, int], *, features: str, grid: Grid, domain: Wi
     sums, maxima = block_sums(polygons, ddem, sigma, water, quality, grid=grid, window=win)
     valid = {d.label: valid_area(ddem, quality, water, window=win, grid=grid, regions=d.regions,
                                  cell_size=d.cell_size) for d in densities}  # fmt: skip
-    return {"rows": polygons["_row"].to_numpy(), "sums": sums, "maxima": maxima, "valid": valid,
-            "n_valid": len(polygons)}  # fmt: skip
+    out = {"rows": polygons["_row"].to_numpy(), "sums": sums, "maxima": maxima, "valid": valid,
+           "n_valid": len(polygons)}  # fmt: skip
+    if terrain is not None:
+        dem = GridStore(terrain, grid=grid, domain=domain).read("dem", _grow(win, 1), dtype=np.float64)
+        wet = store.read("water", _grow(win, WATER_SEARCH_PX)) if water is not None else None
+        out["terrain"] = block_terrain(polygons, dem, wet, grid=grid, window=win)
+    return out
+
+
+def _grow(window: Window, px: int) -> Window:
+    return Window(window.row - px, window.col - px, window.height + 2 * px, window.width + 2 * px)
 
 
 def polygons_stage(*, key: str, probability: Path, grid: Grid, domain: Window, blocks: Sequence[tuple[int, int]],
@@ -75,7 +103,8 @@ def polygons_stage(*, key: str, probability: Path, grid: Grid, domain: Window, b
 
 
 def zonal_stage(*, key: str, polygons: gpd.GeoDataFrame, features: Path, grid: Grid, domain: Window,
-                blocks: Sequence[tuple[int, int]], densities: Sequence[DensitySpec]) -> Stage:  # fmt: skip
+                blocks: Sequence[tuple[int, int]], densities: Sequence[DensitySpec],
+                terrain: Path | None = None) -> Stage:  # fmt: skip
     """Zonal sums per block; each job carries only the polygons that overlap its block (``_row``: their index)."""
     tree = polygons.sindex
     jobs = []
@@ -84,7 +113,8 @@ def zonal_stage(*, key: str, polygons: gpd.GeoDataFrame, features: Path, grid: G
         hit = np.sort(tree.query(box)) if len(polygons) else np.zeros(0, dtype=int)
         jobs.append(BlockJob(b, args={"polygons": polygons.iloc[hit]}))
     return Stage(name="zonal", key=key, function=zonal_block, jobs=jobs, resume=False,
-                 params=dict(features=str(features), grid=grid, domain=domain, densities=list(densities)),
+                 params=dict(features=str(features), grid=grid, domain=domain, densities=list(densities),
+                             terrain=str(terrain) if terrain is not None else None),
                  upstream=[Upstream("features", key)])  # fmt: skip
 
 
@@ -104,11 +134,17 @@ def reduce_pair(
     densities: Sequence[DensitySpec] = (),
     years: float,
     period: tuple[int, int],
+    carbon=None,
+    terrain: Path | None = None,
     progress: bool = False,
 ) -> tuple[gpd.GeoDataFrame | None, dict[str, gpd.GeoDataFrame], list[str]]:
     """Polygons, mass wasting, filters and densities of one pair (two stages of one task per block each).
 
     Returns ``(rts, densities by label, failures)``; ``rts`` is ``None`` when blocks failed.
+    With ``terrain`` (the earlier composite's store) each RTS also gets its elevation, slope, aspect and
+    distance to water (:func:`rtsflow.graph.rts_terrain.rts_terrain`). With ``carbon`` (a
+    :class:`rtsflow.carbon.CarbonModel`) every RTS and density zone also gets the soil organic carbon
+    it mobilised; RTS are named by the ``sites`` density zone holding them (``site``).
     """
     blocks = sorted(blocks)
     poly_stage = polygons_stage(key=key, probability=probability, grid=grid, domain=domain, blocks=blocks,
@@ -119,7 +155,7 @@ def reduce_pair(
     polygons = polygons_from_mask([out.results[block_name(b)]["pieces"] for b in blocks], grid=grid)
     polygons = polygons.assign(_row=np.arange(len(polygons)))
     zonal = zonal_stage(key=key, polygons=polygons, features=features, grid=grid, domain=domain, blocks=blocks,
-                        densities=densities)  # fmt: skip
+                        densities=densities, terrain=terrain)  # fmt: skip
     out = run_stage(client, run, zonal, progress=progress)
     if not out.complete:
         return None, {}, out.failed + out.blocked
@@ -136,9 +172,17 @@ def reduce_pair(
     polygons = polygons.drop(columns="_row")
     measured = assemble_measures(polygons, [(sums, maxima)], years=years, nominal_area=grid.pixel_area_nominal,
                                  correlation_length=correlation_length)  # fmt: skip
+    if terrain is not None:
+        t_sums, t_min = np.zeros((n, len(TERRAIN_FIELDS))), np.full((n, 1), np.inf)
+        for b in blocks:
+            res = out.results[block_name(b)]
+            t_sums[res["rows"]] += res["terrain"][0]
+            t_min[res["rows"]] = np.minimum(t_min[res["rows"]], res["terrain"][1])
+        measured = measured.join(assemble_terrain(polygons, [(t_sums, t_min)]))
     measured = measured.assign(period_start=period[0], period_end=period[1])
     rts = apply_filters(measured, config=filters)
+    rts = with_carbon(rts, carbon=carbon, densities=densities)
     kept = rts[rts.kept]
     tables = {d.label: assemble_densities(kept, parts[d.label], regions=d.regions, cell_size=d.cell_size,
-                                          years=years, name=d.name) for d in densities}  # fmt: skip
+                                          years=years, name=d.name, carbon=carbon) for d in densities}  # fmt: skip
     return rts, tables, []
