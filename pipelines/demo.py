@@ -247,6 +247,11 @@ def run_demo(
         f"volume:   {summary['volume_m3']:.0f} ± {summary['volume_sigma_m3']:.0f} m³ = "
         f"{summary['volume_m3'] / years:.0f} m³/yr = {summary['volume_change_rate_m3_per_yr_km2']:.0f} m³/yr/km²"
     )
+    if "carbon_kg" in summary:
+        print(
+            f"carbon:   {summary['carbon_kg'] / 1e3:.0f} ± {summary['carbon_sigma_kg'] / 1e3:.0f} t C mobilised = "
+            f"{summary['carbon_rate_pg_per_yr']:.2e} Pg C/yr (default SOC profile, rtsflow.carbon)"
+        )
     if m:
         print(
             f"accuracy against the synthetic truth ({m['n_reference']} slumps): "

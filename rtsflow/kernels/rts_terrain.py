@@ -17,8 +17,8 @@ __all__ = ["TERRAIN_FIELDS", "WATER_SEARCH_PX", "terrain_sums", "terrain_table"]
 
 TERRAIN_FIELDS = ("n_dem", "sum_elevation", "sum_slope", "sum_dzdx", "sum_dzdn")
 
-#: Distance to water is searched this many pixels around each block (1 km at 10 m); farther is reported as NaN.
-WATER_SEARCH_PX = 100
+#: Distance to water is searched this many pixels around each block (3 km at 10 m); farther is reported as NaN.
+WATER_SEARCH_PX = 300
 
 
 def terrain_sums(
