@@ -790,5 +790,52 @@ def report(run_dir, pair) -> None:
         click.echo(f"wrote {write_report(run_dir, pair=key)}")
 
 
+@main.command()
+@click.argument("run_dir", metavar="RUN", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--pair", required=True, help="EARLIER_LATER: the period whose RTS are reviewed.")
+@click.option("--labels", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Current label set (RTS polygons; `label` 0 rows are known negatives). Default: none.")
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Folder for candidates.gpkg and chips/.")  # fmt: skip
+def candidates(run_dir, pair, labels, out) -> None:
+    """Export a run's new detections (not in the label set) with quick-look chips, for a person to review.
+
+    Open OUT/candidates.gpkg in QGIS, set each `label` to RTS, not RTS or unsure,
+    then `rtsflow labels merge OUT/candidates.gpkg --labels LABELS --out NEW_LABELS`.
+    """
+    from rtsflow.candidates import LabelError, export_candidates
+
+    try:
+        cand = export_candidates(run_dir, pair=pair, labels=labels, out=out)
+    except LabelError as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(f"{len(cand)} candidate(s) → {out / 'candidates.gpkg'} (chips in {out / 'chips'})")
+
+
+@main.group()
+def labels() -> None:
+    """Label sets of the iterative mapping loop."""
+
+
+@labels.command(name="merge")
+@click.argument("candidates_path", metavar="CANDIDATES", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--labels", "labels_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="The label set the candidates were exported against.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="New label set.")
+@click.option("--iterations", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Iteration log (default: iterations.csv beside --out).")  # fmt: skip
+def labels_merge(candidates_path, labels_path, out, iterations) -> None:
+    """Add reviewed candidates to the labels (RTS → positives, not RTS → negatives) and log the iteration."""
+    from rtsflow.candidates import LabelError, merge_labels
+
+    try:
+        row = merge_labels(candidates_path, labels=labels_path, out=out, iterations=iterations).iloc[0]
+    except LabelError as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(f"iteration {row.iteration}: {row.confirmed_rts} RTS confirmed, {row.rejected} rejected, "
+               f"{row.unsure} unsure, {row.unreviewed} not reviewed → {out} "
+               f"({row.training_polygons_after} RTS, {row.negatives_after} negatives)")  # fmt: skip
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -127,7 +127,11 @@ class TrainingArea:
 
 
 def read_labels(path: str | Path, *, where: str | None = None):
-    """Label polygons from GeoParquet, GeoPackage, GeoJSON or any OGR format; ``where`` is a pandas query."""
+    """Label polygons from GeoParquet, GeoPackage, GeoJSON or any OGR format; ``where`` is a pandas query.
+
+    Only RTS polygons are returned: rows with ``label == 0`` (rejected candidates that
+    ``rtsflow labels merge`` keeps as negatives) are background and are left out.
+    """
     import geopandas as gpd
 
     path = Path(path)
@@ -141,6 +145,8 @@ def read_labels(path: str | Path, *, where: str | None = None):
             gdf = gdf.query(where)
         except Exception as e:  # pandas raises several types for a bad expression
             raise ValueError(f"labels: --where {where!r} is not a valid filter for {path}: {e}") from e
+    if "label" in gdf:
+        gdf = gdf[gdf["label"] != 0]
     return gdf
 
 
