@@ -284,6 +284,8 @@ def features(cube, pair, out, water, reference, weighting, epoch, all_months, ho
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
 @click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True)
 @click.option("--max-minutes", type=float, default=None, help="Stop after the epoch that crosses this wall time.")
+@click.option("--init-from", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="Continue from this checkpoint (its architecture, bands and tile size are used).")
 @click.option("--overwrite", is_flag=True)
 def train(
     features_paths,
@@ -302,6 +304,7 @@ def train(
     device,
     precision,
     max_minutes,
+    init_from,
     overwrite,
 ) -> None:
     """Train a segmentation model on feature stores and RTS label polygons; keep the best checkpoint."""
@@ -331,10 +334,18 @@ def train(
         ).items()
         if v is not None
     }
+    if init_from is not None:
+        from rtsflow.model.checkpoint import read_record
+        from rtsflow.model.train import config_like
+
+        base = config_like(read_record(init_from), base)
     config = dataclasses.replace(base, device=device, precision=precision, **overrides)
     labels = [read_labels(p, where=where) for p in labels_paths]
     areas = [load_area(f, labels[min(i, len(labels) - 1)], config=config) for i, f in enumerate(features_paths)]
-    result = train_model(areas, out=out, config=config, overwrite=overwrite)
+    try:
+        result = train_model(areas, out=out, config=config, overwrite=overwrite, init_from=init_from)
+    except ValueError as e:
+        raise click.ClickException(str(e)) from None
     m = result.metrics
     click.echo(f"best epoch {result.best_epoch}: validation IoU {m['val_iou']:.3f}, F1 {m['val_f1']:.3f}")
     click.echo(f"checkpoint: {out} (sha256 {result.spec.sha256[:12]}…); log: {result.log}")

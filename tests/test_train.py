@@ -195,3 +195,22 @@ def _coords(rows, cols):
     from rtsflow.grid import GRID_ORIGIN
 
     return GRID_ORIGIN[0] + (cols + 0.5) * 10.0, GRID_ORIGIN[1] - (rows + 0.5) * 10.0
+
+
+def test_training_continues_from_a_checkpoint(trained, tmp_path):
+    """The next round of the mapping loop starts from the previous model, not from scratch."""
+    first = pd.read_csv(trained.log)
+    one_epoch = dataclasses.replace(TINY, epochs=1, seed=1)
+    scratch = train([_blobs()], out=tmp_path / "scratch", config=one_epoch, progress=False)
+    resumed = train([_blobs()], out=tmp_path / "resumed", config=one_epoch, progress=False,
+                    init_from=trained.spec.path)  # fmt: skip
+    iou_scratch = pd.read_csv(scratch.log).val_iou.iloc[0]
+    iou_resumed = pd.read_csv(resumed.log).val_iou.iloc[0]
+    # After one epoch the continued model is about where the first one ended, far above a fresh start.
+    assert iou_resumed > iou_scratch + 0.1 and iou_resumed > first.val_iou.max() - 0.1
+    origin = read_record(resumed.spec.path)["training"]["initialised_from"]
+    assert origin["weights_sha256"] == trained.spec.sha256
+    other = dataclasses.replace(one_epoch, encoder_depth=TINY.encoder_depth - 1,
+                                decoder_channels=TINY.decoder_channels[:-1] if TINY.decoder_channels else None)
+    with pytest.raises(ValueError, match=r"encoder_depth is .* in the checkpoint but"):
+        train([_blobs()], out=tmp_path / "other", config=other, progress=False, init_from=trained.spec.path)

@@ -15,7 +15,7 @@ import csv
 import logging
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -290,8 +290,13 @@ def train(
     config: TrainConfig = TrainConfig(),
     progress: bool = True,
     overwrite: bool = False,
+    init_from: str | Path | None = None,
 ) -> TrainResult:
     """Train a model; keep the checkpoint with the best validation IoU in ``out``.
+
+    ``init_from``: a checkpoint to continue from (the next round of the iterative mapping loop); its
+    architecture, encoder, bands and normalisation must be the config's. Its path and sha256 go into the
+    new record (``training.initialised_from``).
 
     ``out`` becomes a checkpoint directory (``model.safetensors``,
     ``rtsflow_model.json``) with ``training_log.csv`` (one row per epoch). The
@@ -352,6 +357,7 @@ def train(
         encoder_depth=config.encoder_depth,
         decoder_channels=config.decoder_channels,
     ).to(device)
+    initialised_from = _initialise(model, init_from, config) if init_from is not None else None
     if device == "cuda":
         model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
@@ -375,6 +381,8 @@ def train(
         "config": config.to_dict(),
         "tiles": {"train_positive": n_pos, "train_negative": n_neg, "validation": n_val_tiles},
     }
+    if initialised_from:
+        training_info["initialised_from"] = initialised_from
     with progress_bar(total=config.epochs, desc="training", unit="epoch", enabled=progress) as bar:
         for epoch in range(config.epochs):
             model.train()
@@ -451,6 +459,36 @@ def train(
 
     spec = ModelSpec(path=str(out.resolve()), sha256=read_record(out)["weights_sha256"])
     return TrainResult(spec=spec, log=out / LOG_NAME, best_epoch=best_epoch, metrics=best, history=history)
+
+
+def _initialise(model, path: str | Path, config: TrainConfig) -> dict:
+    """Load a checkpoint's weights (sha256 checked) into ``model``; refuse one of another shape."""
+    import safetensors.torch
+
+    from rtsflow.model.checkpoint import WEIGHTS, verify_checkpoint
+
+    record = verify_checkpoint(path)
+    ours = {"architecture": config.architecture, "encoder": config.encoder, "encoder_depth": config.encoder_depth,
+            "decoder_channels": list(config.decoder_channels) if config.decoder_channels else None,
+            "bands": list(config.bands), "normalisation": [s.to_dict() for s in config.normalisation]}  # fmt: skip
+    for key, value in ours.items():
+        if record.get(key) != value:
+            raise ValueError(f"init_from {path}: {key} is {record.get(key)!r} in the checkpoint but {value!r} in "
+                             "the training config")  # fmt: skip
+    model.load_state_dict(safetensors.torch.load_file(str(Path(path) / WEIGHTS), device="cpu"), strict=True)
+    return {"path": str(Path(path).resolve()), "weights_sha256": record["weights_sha256"]}
+
+
+def config_like(record: dict, base: TrainConfig) -> TrainConfig:
+    """``base`` with the model shape (architecture, encoder, bands, normalisation, tile) of a checkpoint record."""
+    from rtsflow.model.normalise import BandScaling
+
+    return replace(base, architecture=record["architecture"], encoder=record["encoder"],
+                   encoder_depth=record.get("encoder_depth", 5),
+                   decoder_channels=tuple(record["decoder_channels"]) if record.get("decoder_channels") else None,
+                   bands=tuple(record["bands"]),
+                   normalisation=tuple(BandScaling(**d) for d in record["normalisation"]),
+                   tile=int(record.get("tile_size", base.tile)))  # fmt: skip
 
 
 def _write_log(path: Path, rows: list[dict]) -> None:
