@@ -26,6 +26,6 @@ def run_training(
     """
     if len(labels) not in (1, len(features)):
         raise ValueError(f"labels: give one file for all feature stores or one per store ({len(features)})")
-    polygons = [read_labels(p, where=where) for p in labels]
+    polygons = [read_labels(p, where=where, negatives=True) for p in labels]
     areas = [load_area(f, polygons[min(i, len(polygons) - 1)], config=config) for i, f in enumerate(features)]
     return train(areas, out=out, config=config, overwrite=overwrite, progress=progress)

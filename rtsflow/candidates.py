@@ -7,9 +7,10 @@
 2. The person sets ``label`` to ``RTS``, ``not RTS`` or ``unsure``.
 3. :func:`merge_labels`: confirmed RTS join the labels as positives
    (``label = 1``), rejected ones as negatives (``label = 0``, which training
-   treats as background), unsure and unreviewed ones are left out; one row is
+   draws as hard negatives), unsure and unreviewed ones are left out; one row is
    added to ``iterations.csv`` (Xia et al.'s Table 1: training polygons,
-   predictions, new RTS confirmed and rejected per iteration).
+   predictions, new RTS confirmed and rejected per iteration), plotted beside it
+   (``iterations.png``; ``rtsflow report RUN --iterations`` puts both in the report).
 4. ``rtsflow train`` on the new labels (continuing from the previous model) and
    ``rtsflow run`` again.
 
@@ -196,4 +197,7 @@ def merge_labels(candidates: str | Path, *, labels: str | Path | None, out: str 
     tmp.replace(out)
     table = pd.concat([previous, pd.DataFrame([row])], ignore_index=True)[ITERATION_COLUMNS]
     table.to_csv(log, index=False)
+    from rtsflow.report import iterations_figure
+
+    iterations_figure(table, log.with_suffix(".png"))
     return pd.DataFrame([row])

@@ -37,17 +37,33 @@ spread (/3.29). Those attributes come from a spatially varying SOC map, so a
 single profile reproduces the regional total, not each RTS (benchmarks/RESULTS.md).
 Excess ice defaults to 0 (Maier et al. report 40 % and 80 % scenarios; set
 ``excess_ice`` to use one).
+
+SOC from a map
+--------------
+With a :class:`~rtsflow.io.soc_raster.SocRaster` (one band per layer of the
+profile) each RTS takes ρ_l and σ_ρ,l at its centroid instead of the
+profile's (kept in the RTS table as ``soc_*_kg_m3`` columns; ``soc_source``
+says which RTS fell back to the profile). A map's error is spatially
+correlated, so it is treated like a profile's: one standard-normal error per
+layer shared by every RTS, ρ_{r,l} = μ_{r,l} + σ_{r,l} z_l. For a zone with
+A_l = Σ_r V_{r,l} μ_{r,l} and B_l = Σ_r V_{r,l} σ_{r,l}, the parameter part of
+Var C is Σ_l (1 − μ_e)² B_l² + σ_e² (A_l² + B_l²), which is the formula above
+when μ and σ are the same for every RTS.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from rtsflow.kernels.zonal import DEPTH_LAYERS
+
+if TYPE_CHECKING:
+    from rtsflow.io.soc_raster import SocRaster
 
 __all__ = [
     "DEFAULT_PROFILE",
@@ -58,6 +74,7 @@ __all__ = [
     "add_carbon",
     "loss_layer_columns",
     "rts_carbon",
+    "soc_columns",
     "zone_carbon",
 ]
 
@@ -187,11 +204,18 @@ DEFAULT_PROFILE = SocProfile(
 
 @dataclass(frozen=True)
 class CarbonModel:
-    """A default profile and, optionally, profiles per named region (a site of the run's ``densities.sites``)."""
+    """A default profile and, optionally, profiles per named region (a site of the run's ``densities.sites``)
+    or SOC densities from a map (``raster``: one band per layer of ``profile``, which gives depths, excess ice
+    and the values where the map has none)."""
 
     profile: SocProfile = DEFAULT_PROFILE
     regions: Mapping[str, SocProfile] | None = None
     region_column: str = "site"
+    raster: SocRaster | None = None
+
+    def __post_init__(self) -> None:
+        if self.raster is not None and self.regions:
+            raise CarbonError("carbon: give SOC per region (regions) or from a map (raster), not both")
 
     def profiles(self) -> list[SocProfile]:
         return [self.profile, *(self.regions or {}).values()]
@@ -205,6 +229,49 @@ class CarbonModel:
             for k, name in enumerate(names, start=1):
                 idx[where == name] = k
         return idx
+
+
+def soc_columns(profile: SocProfile) -> list[tuple[str, str]]:
+    """``(soc, soc_sigma)`` column names of the RTS table, one pair per layer of ``profile``."""
+    out = []
+    for layer in profile.layers:
+        d = f"{layer.top_m:g}_{layer.bottom_m:g}m" if np.isfinite(layer.bottom_m) else f"below_{layer.top_m:g}m"
+        out.append((f"soc_{d}_kg_m3", f"soc_sigma_{d}_kg_m3"))
+    return out
+
+
+def sample_soc(rts: pd.DataFrame, *, model: CarbonModel) -> pd.DataFrame:
+    """Per RTS the SOC density (± σ) of each layer from ``model.raster``, or the profile's where it has none.
+
+    Returns the ``soc_*`` columns and ``soc_source`` (``"raster"`` or ``"profile"``). Reads the raster.
+    """
+    prof = model.profile
+    mu, sd = model.raster.sample(rts)
+    from_map = np.isfinite(mu).all(axis=1) & np.isfinite(sd).all(axis=1)
+    mu[~from_map] = [layer.soc_kg_m3 for layer in prof.layers]
+    sd[~from_map] = [layer.soc_sigma_kg_m3 for layer in prof.layers]
+    cols = {}
+    for k, (c_mu, c_sd) in enumerate(soc_columns(prof)):
+        cols[c_mu], cols[c_sd] = mu[:, k], sd[:, k]
+    cols["soc_source"] = np.where(from_map, "raster", "profile")
+    return pd.DataFrame(cols, index=rts.index)
+
+
+def _soc_arrays(rts: pd.DataFrame, model: CarbonModel, prof: SocProfile) -> tuple[np.ndarray, np.ndarray]:
+    """``(μ_ρ, σ_ρ)``, each ``(n_rts, n_layers)``: the profile's values, or each RTS's own from the map."""
+    n = len(rts)
+    if model.raster is not None and prof is model.profile:
+        names = soc_columns(prof)
+        if all(c in rts for pair in names for c in pair):
+            mu = np.column_stack([rts[c].to_numpy(np.float64) for c, _ in names]) if n else np.zeros((0, len(names)))
+            sd = np.column_stack([rts[c].to_numpy(np.float64) for _, c in names]) if n else np.zeros((0, len(names)))
+        else:
+            soc = sample_soc(rts, model=model)
+            return _soc_arrays(rts.join(soc.drop(columns=[c for c in soc if c in rts])), model, prof)
+        return mu, sd
+    mu = np.broadcast_to([layer.soc_kg_m3 for layer in prof.layers], (n, len(prof.layers)))
+    sd = np.broadcast_to([layer.soc_sigma_kg_m3 for layer in prof.layers], (n, len(prof.layers)))
+    return mu, sd
 
 
 def _layer_volumes(rts: pd.DataFrame, profile: SocProfile) -> np.ndarray:
@@ -225,21 +292,24 @@ def _relative_volume_sigma(rts: pd.DataFrame) -> np.ndarray:
 
 
 def _terms(rts: pd.DataFrame, model: CarbonModel):
-    """Per RTS: E C, the E[(a·g)²] term, its profile, and layer volumes per profile."""
+    """Per RTS: E C and the E[(a·g)²] term; per profile the layer volumes and parameter moments."""
     profiles = model.profiles()
     which = model.profile_index(rts)
     n = len(rts)
     mean = np.zeros(n)
     second = np.zeros(n)  # E[(Σ_l V_l g_l)²]
-    volumes = []
+    groups = []
     for p, prof in enumerate(profiles):
         v = _layer_volumes(rts, prof) * (which == p)[:, None]
-        mu = np.array([layer.mean for layer in prof.layers])
-        var = np.array([layer.variance for layer in prof.layers])
-        mean += v @ mu
-        second += (v @ mu) ** 2 + (v**2) @ var
-        volumes.append((v, var))
-    return mean, second, volumes
+        mu_r, sd_r = _soc_arrays(rts, model, prof)
+        mu_e = np.array([layer.excess_ice for layer in prof.layers])
+        sd_e = np.array([layer.excess_ice_sigma for layer in prof.layers])
+        mu_g = mu_r * (1.0 - mu_e)
+        var_g = mu_r**2 * sd_e**2 + (1.0 - mu_e) ** 2 * sd_r**2 + sd_r**2 * sd_e**2
+        mean += (v * mu_g).sum(axis=1)
+        second += (v * mu_g).sum(axis=1) ** 2 + (v**2 * var_g).sum(axis=1)
+        groups.append((v, mu_r, sd_r, mu_e, sd_e, var_g))
+    return mean, second, groups
 
 
 def rts_carbon(rts: pd.DataFrame, *, model: CarbonModel = CarbonModel()) -> pd.DataFrame:
@@ -252,9 +322,9 @@ def rts_carbon(rts: pd.DataFrame, *, model: CarbonModel = CarbonModel()) -> pd.D
     model
         SOC profile(s); see the module docstring for the formula and the error model.
     """
-    mean, second, volumes = _terms(rts, model)
+    mean, second, groups = _terms(rts, model)
     eps = _relative_volume_sigma(rts)
-    var = sum((v**2) @ var_g for v, var_g in volumes) + eps**2 * second
+    var = sum((v**2 * g[-1]).sum(axis=1) for v, *g in groups) + eps**2 * second
     years = rts["years"].to_numpy(dtype=np.float64) if "years" in rts else np.ones(len(rts))
     sigma = np.sqrt(var)
     return pd.DataFrame({"carbon_kg": mean, "carbon_sigma_kg": sigma, "carbon_per_year_kg": mean / years,
@@ -262,7 +332,10 @@ def rts_carbon(rts: pd.DataFrame, *, model: CarbonModel = CarbonModel()) -> pd.D
 
 
 def add_carbon(rts: pd.DataFrame, *, model: CarbonModel = CarbonModel()) -> pd.DataFrame:
-    """``rts`` with the columns of :func:`rts_carbon` joined."""
+    """``rts`` with the columns of :func:`rts_carbon` joined (and, with a SOC map, the densities it gave)."""
+    if model.raster is not None:
+        soc = sample_soc(rts, model=model)
+        rts = rts.drop(columns=[c for c in soc if c in rts]).join(soc)
     return rts.join(rts_carbon(rts, model=model))
 
 
@@ -275,14 +348,17 @@ def zone_carbon(rts: pd.DataFrame, zone: Sequence[int] | np.ndarray, *, n_zones:
     """
     zone = np.asarray(zone, dtype=int)
     sel = zone >= 0
-    mean, second, volumes = _terms(rts, model)
+    mean, second, groups = _terms(rts, model)
     eps = _relative_volume_sigma(rts)
     total = np.bincount(zone[sel], weights=mean[sel], minlength=n_zones)
     var = np.bincount(zone[sel], weights=(eps**2 * second)[sel], minlength=n_zones)
-    for v, var_g in volumes:
-        w = np.zeros((n_zones, v.shape[1]))
-        np.add.at(w, zone[sel], v[sel])
-        var += (w**2) @ var_g
+    for v, mu_r, sd_r, mu_e, sd_e, _ in groups:
+        # Parameter errors shared by the zone's RTS: A = Σ V μ_ρ, B = Σ V σ_ρ per layer (module docstring).
+        a = np.zeros((n_zones, v.shape[1]))
+        b = np.zeros((n_zones, v.shape[1]))
+        np.add.at(a, zone[sel], (v * mu_r)[sel])
+        np.add.at(b, zone[sel], (v * sd_r)[sel])
+        var += ((1.0 - mu_e) ** 2 * b**2 + sd_e**2 * (a**2 + b**2)).sum(axis=1)
     return total, np.sqrt(var)
 
 

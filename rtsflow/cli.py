@@ -262,7 +262,8 @@ def features(cube, pair, out, water, reference, weighting, epoch, all_months, ho
     multiple=True,
     required=True,
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="RTS polygons (GeoParquet/GeoPackage/GeoJSON, any CRS): one for all stores, or one per --features.",
+    help="RTS polygons (GeoParquet/GeoPackage/GeoJSON, any CRS): one for all stores, or one per --features. "
+    "Rows with label = 0 (rejected candidates, as `rtsflow labels merge` writes) are hard negatives.",
 )
 @click.option("--where", default=None, help="pandas query selecting label rows, e.g. 'winter_start == 2010'.")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Checkpoint directory.")
@@ -340,7 +341,7 @@ def train(
 
         base = config_like(read_record(init_from), base)
     config = dataclasses.replace(base, device=device, precision=precision, **overrides)
-    labels = [read_labels(p, where=where) for p in labels_paths]
+    labels = [read_labels(p, where=where, negatives=True) for p in labels_paths]
     areas = [load_area(f, labels[min(i, len(labels) - 1)], config=config) for i, f in enumerate(features_paths)]
     try:
         result = train_model(areas, out=out, config=config, overwrite=overwrite, init_from=init_from)
@@ -790,7 +791,9 @@ def run_cmd(config_path, output, force, until, cluster) -> None:
 @main.command()
 @click.argument("run_dir", metavar="RUN", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--pair", default=None, help="EARLIER_LATER (default: every pair of the run).")
-def report(run_dir, pair) -> None:
+@click.option("--iterations", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="iterations.csv of a mapping loop (`rtsflow labels merge`): tabulated and plotted.")
+def report(run_dir, pair, iterations) -> None:
     """(Re)write the report of a finished run: quick-look map, distributions, Markdown summary."""
     from rtsflow.report import write_report
 
@@ -798,7 +801,7 @@ def report(run_dir, pair) -> None:
     if not pairs:
         raise click.BadParameter(f"{run_dir} has no finished pair (no summary_*.json)", param_hint="RUN")
     for key in pairs:
-        click.echo(f"wrote {write_report(run_dir, pair=key)}")
+        click.echo(f"wrote {write_report(run_dir, pair=key, iterations=iterations)}")
 
 
 @main.command()

@@ -26,6 +26,9 @@ after the features)::
         - {top_m: 0, bottom_m: 1, soc_kg_m3: 40, soc_sigma_kg_m3: 7, excess_ice: 0.2, excess_ice_sigma: 0.1}
         - {top_m: 1, bottom_m: .inf, bulk_density_kg_m3: 1300, carbon_fraction: 0.02}
       regions: {Fosheim: [...]}      # per site of densities.sites (by name), same layer form
+      # or SOC from a map: one band per profile layer (kg C m⁻³), σ from a raster or relative
+      # raster: soc.tif
+      # sigma_raster: soc_sigma.tif    # or relative_sigma: 0.25
 """
 
 from __future__ import annotations
@@ -286,7 +289,7 @@ def parse_config(doc: Any, *, base: str | Path = ".", source: str = "run config"
             w = dataclasses.replace(w, spill_directory=_path(w.spill_directory, base, where, must_exist=False))
         kw["workers"] = w
     if "carbon" in doc:
-        kw["carbon"] = _carbon(doc["carbon"], source=source, sites=kw.get("densities", Densities()).sites)
+        kw["carbon"] = _carbon(doc["carbon"], source=source, sites=kw.get("densities", Densities()).sites, base=base)
     for key in ("report", "coregister"):
         if key in doc:
             if not isinstance(doc[key], bool):
@@ -295,13 +298,13 @@ def parse_config(doc: Any, *, base: str | Path = ".", source: str = "run config"
     return RunConfig(**kw)
 
 
-def _carbon(doc: Any, *, source: str, sites: str | None) -> CarbonModel | None:
+def _carbon(doc: Any, *, source: str, sites: str | None, base: Path) -> CarbonModel | None:
     if doc is False or doc is None:
         return None
     if doc is True:
         return CarbonModel()
     if not isinstance(doc, dict):
-        raise ConfigError(f"{source}: carbon: expected a mapping (profile, regions) or false, got {doc!r}")
+        raise ConfigError(f"{source}: carbon: expected a mapping (profile, regions, raster) or false, got {doc!r}")
     _check_keys(doc, _CarbonDoc, f"{source}: carbon")
     try:
         model = CarbonModel()
@@ -315,6 +318,27 @@ def _carbon(doc: Any, *, source: str, sites: str | None) -> CarbonModel | None:
             regions = {str(k): profile_from_doc(v, where=f"{source}: carbon.regions.{k}")
                        for k, v in doc["regions"].items()}  # fmt: skip
             model = CarbonModel(profile=model.profile, regions=regions)
+        if doc.get("raster") is not None:
+            from rtsflow.io.soc_raster import SocRaster
+
+            where = f"{source}: carbon"
+            if doc.get("regions"):
+                raise ConfigError(f"{where}: give SOC per region (regions) or from a map (raster), not both")
+            rel = doc.get("relative_sigma", 0.0)
+            if not isinstance(rel, int | float) or isinstance(rel, bool):
+                raise ConfigError(f"{where}.relative_sigma: expected a number, got {rel!r}")
+            if doc.get("sigma_raster") is not None and "relative_sigma" in doc:
+                raise ConfigError(f"{where}: give sigma_raster or relative_sigma, not both")
+            raster = SocRaster(
+                path=_path(doc["raster"], base, f"{where}.raster"),
+                sigma_path=_path(doc["sigma_raster"], base, f"{where}.sigma_raster")
+                if doc.get("sigma_raster") is not None else None,
+                relative_sigma=float(rel),
+            )  # fmt: skip
+            raster.check(n_layers=len(model.profile.layers), where=where)
+            model = CarbonModel(profile=model.profile, raster=raster)
+        elif "sigma_raster" in doc or "relative_sigma" in doc:
+            raise ConfigError(f"{source}: carbon: sigma_raster/relative_sigma need a raster")
     except CarbonError as e:
         raise ConfigError(str(e)) from None
     return model
@@ -324,6 +348,9 @@ def _carbon(doc: Any, *, source: str, sites: str | None) -> CarbonModel | None:
 class _CarbonDoc:
     profile: Any = None
     regions: Any = None
+    raster: Any = None
+    sigma_raster: Any = None
+    relative_sigma: Any = None
 
 
 def _bytes(value: str) -> int:

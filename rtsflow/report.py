@@ -57,11 +57,44 @@ def _map(ax, feats, rts, *, max_px: int = 1500):
     ax.set_ylabel("y (m)")
 
 
-def write_report(run: str | Path, *, pair: str) -> Path:
+def iterations_figure(table: pd.DataFrame, path: str | Path) -> Path:
+    """Plot an ``iterations.csv`` of the mapping loop (Xia et al. 2022, Table 1) to ``path`` (PNG).
+
+    Per iteration: training polygons before it, the model's predictions, the new RTS
+    the person confirmed and the candidates rejected.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    it = table["iteration"].to_numpy()
+    series = [("training polygons", "training_polygons", "0.35"), ("predictions", "predictions", "tab:blue"),
+              ("new RTS confirmed", "confirmed_rts", "tab:green"), ("rejected", "rejected", "tab:red")]  # fmt: skip
+    fig, ax = plt.subplots(figsize=(6.5, 3.6), dpi=110)
+    w = 0.8 / len(series)
+    for k, (name, col, colour) in enumerate(series):
+        values = pd.to_numeric(table[col], errors="coerce").to_numpy(float)
+        bars = ax.bar(it + (k - (len(series) - 1) / 2) * w, np.nan_to_num(values), width=w, color=colour, label=name)
+        ax.bar_label(bars, labels=["" if np.isnan(v) else f"{v:.0f}" for v in values], fontsize=7)
+    ax.set_xticks(it)
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("polygons")
+    ax.set_title("iterative mapping: labels, predictions and review per iteration")
+    ax.legend(fontsize=8, frameon=False)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def write_report(run: str | Path, *, pair: str, iterations: str | Path | None = None) -> Path:
     """Write ``report/`` in a run directory for one pair; returns the Markdown file.
 
     Reads the run's outputs (features, RTS polygons, densities, summary, status
-    table); this is an I/O entry point.
+    table); this is an I/O entry point. ``iterations``: the ``iterations.csv`` of a
+    mapping loop (``rtsflow labels merge``) to tabulate and plot.
     """
     import geopandas as gpd
     import matplotlib
@@ -179,6 +212,11 @@ def write_report(run: str | Path, *, pair: str) -> Path:
                 "rate_change_sigma_m3_per_yr"]  # fmt: skip
         lines += ["## Across periods (rts_history.parquet)", "", _md_table(periods[[c for c in cols if c in periods]]),
                   ""]  # fmt: skip
+    if iterations is not None:
+        table = pd.read_csv(iterations)
+        png = iterations_figure(table, out / "iterations.png")
+        lines += ["## Iterative mapping (iterations.csv)", "", _md_table(table.drop(columns=["date_utc"],
+                  errors="ignore")), "", f"![iterations]({png.name})", ""]  # fmt: skip
     from rtsflow.runs import RunDirectory
 
     status = RunDirectory(run).status()

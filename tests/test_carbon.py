@@ -170,3 +170,91 @@ def test_default_profile_reproduces_the_maier_regional_total():
     assert np.median(np.abs(ours / theirs - 1)) < 0.15
     # Their layer totals are consistent with their own 0-3 m total (what the attributes do tell).
     np.testing.assert_allclose(ref.soc0_1m + ref.soc1_2m + ref.soc2_3m, ref.tot_soc0_3m, rtol=1e-9)
+
+
+def _soc_maps(tmp_path, *, bands=4):
+    """Two 1-km pixels side by side (EPSG:3413): SOC per layer and its σ; band k = layer k."""
+    import rasterio
+    from rasterio.transform import from_origin
+
+    soc = np.array([[[50.0, 20.0]], [[30.0, 10.0]], [[10.0, 5.0]], [[4.0, 1.0]]])[:bands]
+    sigma = np.array([[[5.0, 2.0]], [[3.0, 1.0]], [[1.0, 0.5]], [[0.4, 0.1]]])[:bands]
+    paths = []
+    for name, a in (("soc.tif", soc), ("soc_sigma.tif", sigma)):
+        with rasterio.open(tmp_path / name, "w", driver="GTiff", width=2, height=1, count=len(a), dtype="float64",
+                           crs="EPSG:3413", transform=from_origin(0, 1000, 1000, 1000), nodata=-9999) as dst:
+            dst.write(a)
+        paths.append(tmp_path / name)
+    return paths
+
+
+def _boxes(centres, losses, sigma):
+    df = _table(losses, sigma=sigma)
+    geoms = [shapely.box(x - 20, y - 20, x + 20, y + 20) for x, y in centres]
+    return gpd.GeoDataFrame(df, geometry=geoms, crs="EPSG:3413")
+
+
+def test_soc_from_a_raster_hand_computed_and_monte_carlo(tmp_path):
+    from rtsflow.carbon import add_carbon, soc_columns
+    from rtsflow.io.soc_raster import SocRaster
+
+    soc, sigma = _soc_maps(tmp_path)
+    model = CarbonModel(raster=SocRaster(path=str(soc), sigma_path=str(sigma)))
+    # RTS 0 and 1 on the two map pixels, RTS 2 off the map (→ the default profile).
+    rts = _boxes([(500, 500), (1500, 500), (5000, 500)], [[100, 50, 20, 10], [10, 10, 10, 10], [1, 1, 1, 1]],
+                 sigma=[18.0, 0.0, 0.0])  # fmt: skip
+    out = add_carbon(rts, model=model)
+    assert list(out.soc_source) == ["raster", "raster", "profile"]
+    assert [c for c, _ in soc_columns(DEFAULT_PROFILE)] == ["soc_0_1m_kg_m3", "soc_1_2m_kg_m3", "soc_2_3m_kg_m3",
+                                                            "soc_below_3m_kg_m3"]  # fmt: skip
+    assert list(out.soc_0_1m_kg_m3) == [50.0, 20.0, 40.0] and list(out.soc_sigma_below_3m_kg_m3) == [0.4, 0.1, 0.64]
+    # C0 = 100·50 + 50·30 + 20·10 + 10·4 = 6740; C1 = 10·(20+10+5+1) = 360; C2 = 40 + 35 + 5.9 + 2.9 = 83.8
+    np.testing.assert_allclose(out.carbon_kg, [6740.0, 360.0, 83.8], rtol=1e-9)
+    # σ0²: parameters 100²·5² + 50²·3² + 20²·1² + 10²·0.4² = 272916; volume 0.1²·(6740² + 272916) = 457005.16
+    assert out.carbon_sigma_kg.iloc[0] == pytest.approx(np.sqrt(272916 + 457005.16), rel=1e-9)
+    # A zone of all three: the map's error is shared per layer, B_l = Σ V σ: 527.2, 166.2, 27.05, 5.64.
+    total, zone_sigma = zone_carbon(out, [0, 0, 0], n_zones=1, model=model)
+    assert total[0] == pytest.approx(6740 + 360 + 83.8, rel=1e-9)
+    b = np.array([527.2, 166.2, 27.05, 5.64])
+    assert zone_sigma[0] == pytest.approx(np.sqrt((b**2).sum() + 457005.16), rel=1e-9)
+    # The stored columns are used as they are: no second read of the map (a moved raster does not matter).
+    soc.rename(tmp_path / "moved.tif")
+    np.testing.assert_allclose(zone_carbon(out, [0, 0, 0], n_zones=1, model=model)[1], zone_sigma, rtol=1e-12)
+
+    # Monte Carlo with excess ice as well: z_l shared by every RTS, e_l per layer, ε per RTS.
+    layers = tuple(SocLayer(lay.top_m, lay.bottom_m, lay.soc_kg_m3, lay.soc_sigma_kg_m3, excess_ice=0.3,
+                            excess_ice_sigma=0.1) for lay in DEFAULT_PROFILE.layers)  # fmt: skip
+    model_ice = CarbonModel(profile=SocProfile(layers=layers), raster=model.raster)
+    total, zone_sigma = zone_carbon(out, [0, 0, 0], n_zones=1, model=model_ice)
+    rng = np.random.default_rng(1)
+    n = 400_000
+    mu = out[[c for c, _ in soc_columns(DEFAULT_PROFILE)]].to_numpy()
+    sd = out[[c for _, c in soc_columns(DEFAULT_PROFILE)]].to_numpy()
+    v = np.array([[100, 50, 20, 10], [10, 10, 10, 10], [1, 1, 1, 1]], float)
+    z = rng.standard_normal((n, 1, 4))
+    e = 0.3 + 0.1 * rng.standard_normal((n, 1, 4))
+    eps = np.array([0.1, 0.0, 0.0])[None, :] * rng.standard_normal((n, 3))
+    c = ((v * (mu + sd * z) * (1 - e)).sum(axis=2) * (1 + eps)).sum(axis=1)
+    assert c.mean() == pytest.approx(total[0], rel=0.01)
+    assert c.std() == pytest.approx(zone_sigma[0], rel=0.05)
+
+
+def test_soc_raster_config_errors(tmp_path):
+    soc, _ = _soc_maps(tmp_path)
+    doc = {"cube": str(tmp_path), "pairs": [[2010, 2016]]}
+    cfg = parse_config({**doc, "carbon": {"raster": "soc.tif", "relative_sigma": 0.25}}, base=tmp_path)
+    assert cfg.carbon.raster.path == str(soc) and cfg.carbon.raster.relative_sigma == 0.25
+    rts = _boxes([(500, 500)], [[1, 0, 0, 0]], sigma=0.0)
+    assert rts_carbon(rts, model=cfg.carbon).carbon_sigma_kg.iloc[0] == pytest.approx(50 * 0.25, rel=1e-9)
+    three = tmp_path / "three"
+    three.mkdir()
+    _soc_maps(three, bands=3)
+    with pytest.raises(ConfigError, match=r"carbon: raster .*three/soc.tif has 3 band\(s\); expected 4"):
+        parse_config({**doc, "carbon": {"raster": str(three / "soc.tif")}}, base=tmp_path)
+    with pytest.raises(ConfigError, match=r"carbon.raster: .*nope.tif does not exist"):
+        parse_config({**doc, "carbon": {"raster": "nope.tif"}}, base=tmp_path)
+    with pytest.raises(ConfigError, match="sigma_raster or relative_sigma, not both"):
+        parse_config({**doc, "carbon": {"raster": "soc.tif", "sigma_raster": "soc_sigma.tif", "relative_sigma": 0.1}},
+                     base=tmp_path)
+    with pytest.raises(ConfigError, match="need a raster"):
+        parse_config({**doc, "carbon": {"relative_sigma": 0.1}}, base=tmp_path)

@@ -56,6 +56,38 @@ def test_train_and_validation_tiles_never_touch():
     assert all(area.label[r : r + 64, c : c + 64].sum() == 0 for r, c in tr.negative)
 
 
+def test_rejected_candidates_are_drawn_as_hard_negatives():
+    """Tiles holding a rejected candidate (and no slump) form the hard pool; training draws them as often as said."""
+    from rtsflow.model.train import HARD_NEGATIVE_SHARE, _draw
+
+    area = _blobs()
+    yy, xx = np.mgrid[: area.label.shape[0], : area.label.shape[1]]
+    negative = ((yy - 300) ** 2 + (xx - 100) ** 2 < 36) & (area.label == 0)
+    area = dataclasses.replace(area, negative=negative)
+    is_val = np.zeros(area.valid.shape, bool)
+    is_val[:128, :128] = True
+    tr, _ = candidate_tiles(area.valid, area.label, is_val, origin=(0, 0), tile=64, split_size=128, stride=8,
+                            negative=negative)  # fmt: skip
+    assert len(tr.hard) and len(tr.hard) < len(tr.negative)
+    neg = {tuple(rc) for rc in tr.negative}
+    assert all(tuple(rc) in neg for rc in tr.hard)  # hard ⊂ background tiles
+    assert all(negative[r : r + 64, c : c + 64].sum() >= 20 for r, c in tr.hard)
+    # Share of drawn tiles that hold the rejected candidate: (1 − positive_fraction) × HARD_NEGATIVE_SHARE,
+    # plus the few ordinary background tiles that happen to reach it.
+    cfg = dataclasses.replace(DEMO_CONFIG, tile=64, batch_size=50, augment=False)
+    x0 = area.x.copy()
+    area.x[:, negative] = 99.0  # mark the rejected pixels in the inputs to recognise the drawn tiles
+    rng = np.random.default_rng(0)
+    x = _draw(rng, [area], [tr], cfg)[0]
+    for _ in range(19):
+        xb, _, _ = _draw(rng, [area], [tr], cfg)
+        x = np.concatenate([x, xb])
+    share = ((x == 99.0).sum(axis=(1, 2, 3)) > 0).mean()
+    expected = (1 - cfg.positive_fraction) * HARD_NEGATIVE_SHARE
+    assert expected - 0.05 < share < expected + 0.1, share
+    area.x[:] = x0
+
+
 def test_augmentation_keeps_inputs_and_labels_aligned():
     rng = np.random.default_rng(0)
     y = (rng.random((32, 32)) > 0.7).astype(np.uint8)
@@ -131,6 +163,7 @@ def test_load_area_rasterises_labels_in_any_crs(small_region, tmp_path):
     truth[(truth.winter_start == 2010) & (truth.winter_end == 2016)].to_crs(4326).to_file(tmp_path / "l.geojson")
     labels = read_labels(tmp_path / "l.geojson")
     area = load_area(tmp_path / "f.zarr", labels, config=DEMO_CONFIG)
+    assert area.negative is None
     with rasterio.open(small_region.root / "truth" / "rts_mask_2010_2016.tif") as src:
         mask = src.read(1)
     # The loaded area is the valid bounding box: the generator's window.
@@ -141,6 +174,23 @@ def test_load_area_rasterises_labels_in_any_crs(small_region, tmp_path):
     assert area.valid.mean() > 0.9
     with pytest.raises(ValueError, match="where"):
         read_labels(tmp_path / "l.geojson", where="no_such_column >")
+
+    # A label set with rejected candidates (label 0, as `rtsflow labels merge` writes): they are left out of the
+    # RTS raster and burnt into the hard-negative raster instead.
+    mixed = gpd.read_file(tmp_path / "l.geojson")
+    mixed["label"] = np.where(np.arange(len(mixed)) % 2 == 0, 1, 0)
+    mixed.to_file(tmp_path / "mixed.gpkg", driver="GPKG")
+    assert len(read_labels(tmp_path / "mixed.gpkg")) == (mixed.label == 1).sum()
+    both = read_labels(tmp_path / "mixed.gpkg", negatives=True)
+    assert len(both) == len(mixed) and set(both.label) == {0, 1}
+    area2 = load_area(tmp_path / "f.zarr", both, config=DEMO_CONFIG)
+    assert area2.source["n_negative_polygons"] == (mixed.label == 0).sum()
+    assert not (area2.negative & (area2.label == 1)).any()
+    np.testing.assert_array_equal((area2.label == 1) | area2.negative, area.label == 1)
+    mixed.loc[0, "label"] = 7
+    mixed.to_file(tmp_path / "bad.gpkg", driver="GPKG")
+    with pytest.raises(ValueError, match=r"bad.gpkg: row 0: label 7 is not 1 \(RTS\) or 0"):
+        read_labels(tmp_path / "bad.gpkg")
 
 
 def test_cli_train_then_predict_writes_probability_store(tmp_path):

@@ -8,7 +8,7 @@ does not depend on which area was loaded.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import ndimage
@@ -58,10 +58,14 @@ def _cell_id(shape, origin, split_size) -> np.ndarray:
 
 @dataclass(frozen=True)
 class TilePool:
-    """Tile corners (row, col in the loaded area) of one split, with and without slumps."""
+    """Tile corners (row, col in the loaded area) of one split, with and without slumps.
+
+    ``hard`` is the subset of ``negative`` that holds a rejected candidate (a hard negative).
+    """
 
     positive: np.ndarray  # (n, 2)
     negative: np.ndarray  # (m, 2)
+    hard: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), int))  # (k, 2)
 
     def __len__(self) -> int:
         return len(self.positive) + len(self.negative)
@@ -78,11 +82,14 @@ def candidate_tiles(
     stride: int,
     min_valid: float = 0.5,
     min_positive_px: int = 20,
+    negative: np.ndarray | None = None,
 ) -> tuple[TilePool, TilePool]:
     """Tiles (on a ``stride`` lattice) that lie inside one split cell and are at least ``min_valid`` valid.
 
     Returns ``(train, validation)`` pools, each split into tiles with at least
-    ``min_positive_px`` slump pixels and tiles without any.
+    ``min_positive_px`` slump pixels and tiles without any; of the latter, those with
+    at least ``min_positive_px`` pixels of ``negative`` (rejected candidates) are also
+    listed as hard negatives.
     """
     if split_size < tile:
         raise ValueError(f"split_size ({split_size}) must be at least the tile size ({tile})")
@@ -92,12 +99,14 @@ def candidate_tiles(
     same_cell = (cell[R, C] == cell[R + tile - 1, C + tile - 1]) if R.size else np.zeros(R.shape, bool)
     ok = same_cell & (n_valid >= min_valid * tile * tile)
     val = is_val[R, C]
+    n_hard = _box_sums(negative, tile, stride)[0] if negative is not None else np.zeros(R.shape, np.int64)
     pools = []
     for want_val in (False, True):
         sel = ok & (val == want_val)
         pos = sel & (n_pos >= min_positive_px)
         neg = sel & (n_pos == 0)
-        pools.append(TilePool(np.stack([R[pos], C[pos]], 1), np.stack([R[neg], C[neg]], 1)))
+        hard = neg & (n_hard >= min_positive_px)
+        pools.append(TilePool(*(np.stack([R[m], C[m]], 1) for m in (pos, neg, hard))))
     return pools[0], pools[1]
 
 

@@ -29,6 +29,9 @@ __all__ = ["DEMO_CONFIG", "TrainConfig", "TrainResult", "TrainingArea", "load_ar
 
 log = logging.getLogger(__name__)
 LOG_NAME = "training_log.csv"
+# Share of the background tiles drawn from tiles holding a rejected candidate, when there are any: the
+# false positives a person rejected are what the model most needs to unlearn (Xia et al. 2022).
+HARD_NEGATIVE_SHARE = 0.5
 
 
 @dataclass(frozen=True)
@@ -124,13 +127,16 @@ class TrainingArea:
     label: np.ndarray  # (y, x) uint8
     origin: tuple[int, int]  # global (row, col) of [0, 0]
     source: dict = field(default_factory=dict)
+    negative: np.ndarray | None = None  # (y, x) bool: inside a rejected candidate (hard negative), or None
 
 
-def read_labels(path: str | Path, *, where: str | None = None):
+def read_labels(path: str | Path, *, where: str | None = None, negatives: bool = False):
     """Label polygons from GeoParquet, GeoPackage, GeoJSON or any OGR format; ``where`` is a pandas query.
 
-    Only RTS polygons are returned: rows with ``label == 0`` (rejected candidates that
-    ``rtsflow labels merge`` keeps as negatives) are background and are left out.
+    By default only RTS polygons are returned. Rows with ``label == 0`` are rejected
+    candidates that ``rtsflow labels merge`` keeps as negatives; ``negatives=True``
+    returns them too, with a ``label`` column (1 = RTS, 0 = not RTS) on every row,
+    so that :func:`load_area` can sample them as hard negatives.
     """
     import geopandas as gpd
 
@@ -145,9 +151,13 @@ def read_labels(path: str | Path, *, where: str | None = None):
             gdf = gdf.query(where)
         except Exception as e:  # pandas raises several types for a bad expression
             raise ValueError(f"labels: --where {where!r} is not a valid filter for {path}: {e}") from e
-    if "label" in gdf:
-        gdf = gdf[gdf["label"] != 0]
-    return gdf
+    if "label" not in gdf:
+        return gdf.assign(label=1) if negatives else gdf
+    bad = ~gdf["label"].isin([0, 1])
+    if bad.any():
+        raise ValueError(f"labels: {path}: row {gdf.index[bad][0]}: label {gdf['label'][bad].iloc[0]!r} is not 1 (RTS) "
+                         "or 0 (not RTS)")  # fmt: skip
+    return gdf if negatives else gdf[gdf["label"] == 1]
 
 
 def load_area(features_path: str | Path, labels, *, config: TrainConfig) -> TrainingArea:
@@ -179,15 +189,21 @@ def load_area(features_path: str | Path, labels, *, config: TrainConfig) -> Trai
     res = grid.resolution
     xs, ys = sub["x"].values, sub["y"].values
     transform = Affine(res, 0.0, xs[0] - res / 2, 0.0, -res, ys[0] + res / 2)
-    polys = labels.to_crs(grid.crs).geometry
-    polys = polys[~polys.is_empty & polys.notna()]
-    label = (
-        gdal.rasterize(
-            ((g, 1) for g in polys), out_shape=valid.shape, transform=transform, fill=0, dtype="uint8"
-        )
-        if len(polys)
-        else np.zeros(valid.shape, np.uint8)
-    )
+    labels = labels.to_crs(grid.crs)
+    labels = labels[~labels.geometry.is_empty & labels.geometry.notna()]
+    is_rts = labels["label"].to_numpy() == 1 if "label" in labels else np.ones(len(labels), bool)
+
+    def burn(geoms) -> np.ndarray:
+        if not len(geoms):
+            return np.zeros(valid.shape, np.uint8)
+        return gdal.rasterize(((g, 1) for g in geoms), out_shape=valid.shape, transform=transform, fill=0,
+                              dtype="uint8")  # fmt: skip
+
+    polys = labels.geometry[is_rts]
+    label = burn(polys)
+    rejected = labels.geometry[~is_rts]
+    # A rejected outline that overlaps a confirmed one stays background only where it is not RTS.
+    negative = (burn(rejected) > 0) & (label == 0) if len(rejected) else None
     w = grid.window_from_coords(xs, ys)
     period = {k: feats.attrs.get(k) for k in ("earlier", "later", "years")}
     return TrainingArea(
@@ -195,7 +211,13 @@ def load_area(features_path: str | Path, labels, *, config: TrainConfig) -> Trai
         valid=valid,
         label=label,
         origin=(w.row, w.col),
-        source={"features": str(Path(features_path).resolve()), "period": period, "n_label_polygons": len(polys)},
+        source={
+            "features": str(Path(features_path).resolve()),
+            "period": period,
+            "n_label_polygons": len(polys),
+            "n_negative_polygons": len(rejected),
+        },
+        negative=negative,
     )
 
 
@@ -226,11 +248,16 @@ def _masked_loss(logits, target, valid, kind: str):
 def _draw(rng, areas, pools: list[TilePool], config: TrainConfig):
     pos = [(i, rc) for i, pl in enumerate(pools) for rc in pl.positive]
     neg = [(i, rc) for i, pl in enumerate(pools) for rc in pl.negative]
+    hard = [(i, rc) for i, pl in enumerate(pools) for rc in pl.hard]
     xs, ys, vs = [], [], []
     t = config.tile
     for _ in range(config.batch_size):
         pick_pos = (rng.random() < config.positive_fraction and pos) or not neg
-        i, (r, c) = (pos if pick_pos else neg)[int(rng.integers(len(pos if pick_pos else neg)))]
+        pool = pos if pick_pos else neg
+        # (No extra draw without hard negatives: training on a plain label set is as before.)
+        if not pick_pos and hard and rng.random() < HARD_NEGATIVE_SHARE:
+            pool = hard
+        i, (r, c) = pool[int(rng.integers(len(pool)))]
         a = areas[i]
         x, y, v = a.x[:, r : r + t, c : c + t], a.label[r : r + t, c : c + t], a.valid[r : r + t, c : c + t]
         if config.augment:
@@ -334,6 +361,7 @@ def train(
             split_size=config.split_size,
             stride=config.sample_stride,
             min_positive_px=config.min_positive_px,
+            negative=a.negative,
         )
         vt = validation_tiles(a.valid, is_val, tile=config.tile)
         train_pools.append(tr)
@@ -341,6 +369,7 @@ def train(
         n_val_tiles += len(vt)
     n_pos = sum(len(p.positive) for p in train_pools)
     n_neg = sum(len(p.negative) for p in train_pools)
+    n_hard = sum(len(p.hard) for p in train_pools)
     if n_pos == 0:
         raise ValueError("no training tile contains a slump label: check the labels' area, CRS and --where filter")
     if n_val_tiles == 0:
@@ -348,7 +377,8 @@ def train(
             f"no validation tiles: the areas cover too few split cells of {config.split_size} px; "
             "lower split_size or raise val_fraction"
         )
-    log.info("training tiles: %d with slumps, %d without; %d validation tiles", n_pos, n_neg, n_val_tiles)
+    log.info("training tiles: %d with slumps, %d without (%d with rejected candidates); %d validation tiles",
+             n_pos, n_neg, n_hard, n_val_tiles)  # fmt: skip
 
     model = build_model(
         architecture=config.architecture,
@@ -379,8 +409,11 @@ def train(
     training_info = {
         "areas": [a.source for a in areas],
         "config": config.to_dict(),
-        "tiles": {"train_positive": n_pos, "train_negative": n_neg, "validation": n_val_tiles},
+        "tiles": {"train_positive": n_pos, "train_negative": n_neg, "train_hard_negative": n_hard,
+                  "validation": n_val_tiles},
     }
+    if n_hard:
+        training_info["hard_negative_share"] = HARD_NEGATIVE_SHARE
     if initialised_from:
         training_info["initialised_from"] = initialised_from
     with progress_bar(total=config.epochs, desc="training", unit="epoch", enabled=progress) as bar:
