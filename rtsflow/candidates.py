@@ -52,11 +52,12 @@ def _positives(labels: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
 
 
 def export_candidates(run: str | Path, *, pair: str, labels: str | Path | None, out: str | Path,
-                      margin_px: int = 20) -> gpd.GeoDataFrame:  # fmt: skip
+                      margin_px: int = 20, max_candidates: int | None = None) -> gpd.GeoDataFrame:  # fmt: skip
     """Write the run's kept RTS of ``pair`` that no label polygon covers to ``out/candidates.gpkg`` + chips.
 
     A detection touching a labelled polygon (an RTS, or a negative already rejected) is not new and is left out.
-    Returns the candidates.
+    Candidates come largest volume loss first; ``max_candidates`` keeps that many (a review session's worth;
+    the rest come back next time, as they are still not in the labels). Returns the candidates.
     """
     run, out = Path(run), Path(out)
     rts_path = run / f"rts_{pair}.parquet"
@@ -69,7 +70,11 @@ def export_candidates(run: str | Path, *, pair: str, labels: str | Path | None, 
     if known is not None and len(known) and len(kept):
         hit, _ = known.sindex.query(kept.geometry.values, predicate="intersects")
         new[np.unique(hit)] = False
-    cand = kept[new].reset_index(drop=True)
+    cand = kept[new].sort_values("volume_m3", kind="stable").reset_index(drop=True)
+    if max_candidates is not None:
+        if max_candidates < 1:
+            raise LabelError(f"max_candidates must be at least 1, got {max_candidates}")
+        cand = cand.head(max_candidates)
     out.mkdir(parents=True, exist_ok=True)
     (out / "chips").mkdir(exist_ok=True)
     cand = gpd.GeoDataFrame({
@@ -91,7 +96,7 @@ def export_candidates(run: str | Path, *, pair: str, labels: str | Path | None, 
     cand.to_file(tmp, layer="candidates", driver="GPKG")
     tmp.replace(path)
     record = {"run": str(run.resolve()), "pair": pair, "labels": str(Path(labels).resolve()) if labels else None,
-              "predictions": len(kept), "candidates": len(cand),
+              "predictions": len(kept), "new_detections": int(new.sum()), "candidates": len(cand),
               "created_utc": datetime.now(UTC).isoformat(timespec="seconds"),
               "decisions": {"label": list(DECISIONS)}}  # fmt: skip
     (out / "candidates.json").write_text(json.dumps(record, indent=2) + "\n")

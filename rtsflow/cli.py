@@ -280,6 +280,9 @@ def features(cube, pair, out, water, reference, weighting, epoch, all_months, ho
 @click.option("--steps-per-epoch", type=int, default=None)
 @click.option("--batch-size", type=int, default=None)
 @click.option("--split-size", type=int, default=None, help="Side (px) of the train/validation split cells.")
+@click.option("--tile", type=int, default=None, help="Training tile side (px, a multiple of 32).")
+@click.option("--lr", type=float, default=None, help="Peak learning rate (lower it to fine-tune with --init-from).")
+@click.option("--patience", type=int, default=None, help="Epochs without a better validation score before stopping.")
 @click.option("--loss", type=click.Choice(["dice", "bce+dice"]), default=None)
 @click.option("--seed", type=int, default=None)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
@@ -300,6 +303,9 @@ def train(
     steps_per_epoch,
     batch_size,
     split_size,
+    tile,
+    lr,
+    patience,
     loss,
     seed,
     device,
@@ -329,6 +335,9 @@ def train(
             steps_per_epoch=steps_per_epoch,
             batch_size=batch_size,
             split_size=split_size,
+            tile=tile,
+            lr=lr,
+            patience=patience,
             loss=loss,
             seed=seed,
             max_minutes=max_minutes,
@@ -340,7 +349,10 @@ def train(
         from rtsflow.model.train import config_like
 
         base = config_like(read_record(init_from), base)
-    config = dataclasses.replace(base, device=device, precision=precision, **overrides)
+    try:
+        config = dataclasses.replace(base, device=device, precision=precision, **overrides)
+    except ValueError as e:
+        raise click.ClickException(f"training config: {e}") from None
     labels = [read_labels(p, where=where, negatives=True) for p in labels_paths]
     areas = [load_area(f, labels[min(i, len(labels) - 1)], config=config) for i, f in enumerate(features_paths)]
     try:
@@ -811,7 +823,9 @@ def report(run_dir, pair, iterations) -> None:
               help="Current label set (RTS polygons; `label` 0 rows are known negatives). Default: none.")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Folder for candidates.gpkg and chips/.")  # fmt: skip
-def candidates(run_dir, pair, labels, out) -> None:
+@click.option("--max", "max_candidates", type=int, default=None,
+              help="Export only this many, largest volume loss first (one review session); the rest come next time.")
+def candidates(run_dir, pair, labels, out, max_candidates) -> None:
     """Export a run's new detections (not in the label set) with quick-look chips, for a person to review.
 
     Open OUT/candidates.gpkg in QGIS, set each `label` to RTS, not RTS or unsure,
@@ -820,7 +834,7 @@ def candidates(run_dir, pair, labels, out) -> None:
     from rtsflow.candidates import LabelError, export_candidates
 
     try:
-        cand = export_candidates(run_dir, pair=pair, labels=labels, out=out)
+        cand = export_candidates(run_dir, pair=pair, labels=labels, out=out, max_candidates=max_candidates)
     except LabelError as e:
         raise click.ClickException(str(e)) from None
     click.echo(f"{len(cand)} candidate(s) → {out / 'candidates.gpkg'} (chips in {out / 'chips'})")

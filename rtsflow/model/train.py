@@ -449,7 +449,12 @@ def train(
             _write_log(log_path, history)
             bar.set_postfix_str(f"loss {row['train_loss']:.3f}, val IoU {row['val_iou']:.3f}")
             bar.update()
-            if np.isfinite(row["val_iou"]) and row["val_iou"] > best["val_iou"]:
+            # Better IoU wins; an equal one (e.g. 0 while a sparse label set leaves the validation cells with
+            # hardly any slump) goes to the lower validation loss, so training is not stuck on epoch 1.
+            better = row["val_iou"] > best["val_iou"] or (
+                row["val_iou"] == best["val_iou"] and row["val_loss"] < best.get("val_loss", np.inf)
+            )
+            if np.isfinite(row["val_iou"]) and better:
                 best, best_epoch, stale = row, epoch + 1, 0
                 save_checkpoint(
                     model,
