@@ -98,7 +98,12 @@ def training_key(seed: int, *, train_config=None, size_km: float = TRAIN_SIZE_KM
     from rtsflow.model.train import DEMO_CONFIG
 
     config = SynthConfig(seed=seed + TRAIN_SEED_OFFSET, size_km=(size_km, size_km))
-    return json.loads(json.dumps({"synth": asdict(config), "train": (train_config or DEMO_CONFIG).to_dict()}))
+    synth = asdict(config)
+    # Realism switches added after the shipped model was trained are part of the recipe only when on.
+    for key in ("noise_correlation_px", "blunders_per_100km2"):
+        if synth[key] == 0:
+            del synth[key]
+    return json.loads(json.dumps({"synth": synth, "train": (train_config or DEMO_CONFIG).to_dict()}))
 
 
 def _usable_model(out: Path, key: dict, *, say) -> Path | None:

@@ -32,6 +32,8 @@ _PURPOSES = {
     "atmosphere": 9,
     "lake_change": 10,
     "wetness": 11,
+    "noise_correlated": 12,
+    "blunders": 13,
 }
 
 

@@ -37,6 +37,7 @@ from rtsflow import __version__
 from rtsflow.grid import GRID_CRS, Grid, Window
 from rtsflow.kernels import gdal
 from rtsflow.products import write_sidecar
+from rtsflow.synth.errors import BLUNDER_CELL, blunder_offsets, correlated_noise, halo_px
 from rtsflow.synth.fields import rng_for
 from rtsflow.synth.observations import Observation, render_observation, schedule
 from rtsflow.synth.scene import Scene, Slump
@@ -75,6 +76,16 @@ class SynthConfig:
     slump_density
         Expected slump sites per km² (real landscapes: ~0.07 over Maier et al.'s
         71 400 km², up to several per km² in hot spots).
+    noise_correlation_px
+        Correlation length (px) of the DEM height noise (:mod:`rtsflow.synth.errors`);
+        0 = independent pixels. Multi-looked TanDEM-X DEMs: ~1–3 px.
+    blunders_per_100km2
+        Phase-unwrapping blunders (patches off by k · HoA in low coherence) per
+        100 km² and observation; 0 = none.
+
+    The realism switches (the last two) are off by default for now: the shipped
+    demo model was trained without them (issue #12 turns them on with a model
+    trained for them).
     """
 
     seed: int = 0
@@ -86,6 +97,8 @@ class SynthConfig:
     summer: bool = True
     slump_density: float = 1.5
     max_shift_px: float = 3.0
+    noise_correlation_px: float = 0.0
+    blunders_per_100km2: float = 0.0
 
     def scene(self) -> Scene:
         return Scene(seed=self.seed, epochs=tuple(self.winters), slump_density=self.slump_density)
@@ -168,26 +181,49 @@ def _gen_windows(window: Window, size: int) -> list[Window]:
     return out
 
 
-def _noise(seed: int, obs_index: int, part: Window) -> np.ndarray:
+def _noise(seed: int, obs_index: int, part: Window, *, purpose: str = "noise", n_fields: int = 3) -> np.ndarray:
     """Standard-normal fields of a window, assembled from a fixed global lattice of noise cells.
 
     A pixel's noise depends only on (seed, observation, global position), not
     on the region or the generation window it is computed in.
     """
     n = NOISE_CELL
-    out = np.empty((3, part.height, part.width), dtype=np.float32)
+    out = np.empty((n_fields, part.height, part.width), dtype=np.float32)
     for r in range((part.row // n) * n, part.row_stop, n):
         for c in range((part.col // n) * n, part.col_stop, n):
             cell = Window(r, c, n, n)
             common = cell.intersection(part)
             if common is None:
                 continue
-            rng = rng_for(seed, "noise", obs_index, r // n, c // n)
-            full = rng.standard_normal((3, n, n), dtype=np.float32)
+            rng = rng_for(seed, purpose, obs_index, r // n, c // n)
+            full = rng.standard_normal((n_fields, n, n), dtype=np.float32)
             cy, cx = common.relative_to(cell)
             py, px = common.relative_to(part)
             out[:, py, px] = full[:, cy, cx]
     return out
+
+
+def _observation_noise(config: SynthConfig, obs_index: int, part: Window) -> np.ndarray:
+    """The three noise fields of :func:`render_observation`; the DEM's correlated when configured."""
+    noise = _noise(config.seed, obs_index, part)
+    if config.noise_correlation_px > 0:
+        h = halo_px(config.noise_correlation_px)
+        grown = Window(part.row - h, part.col - h, part.height + 2 * h, part.width + 2 * h)
+        white = _noise(config.seed, obs_index, grown, purpose="noise_correlated", n_fields=1)[0]
+        noise[0] = correlated_noise(white, length_px=config.noise_correlation_px)
+    return noise
+
+
+def _blunders(config: SynthConfig, obs, part: Window, coherence: np.ndarray) -> np.ndarray:
+    cell_km2 = (BLUNDER_CELL * config.resolution / 1000.0) ** 2
+    return blunder_offsets(
+        rows=np.arange(part.row, part.row_stop),
+        cols=np.arange(part.col, part.col_stop),
+        coherence=coherence,
+        hoa=obs.hoa,
+        rate_per_cell=config.blunders_per_100km2 * cell_km2 / 100.0,
+        rng_for_cell=lambda r, c: rng_for(config.seed, "blunders", obs.index, r, c),
+    )
 
 
 def synthesize(out: str | Path, *, config: SynthConfig | None = None, window_px: int = GEN_WINDOW) -> SynthRegion:
@@ -244,7 +280,10 @@ def synthesize(out: str | Path, *, config: SynthConfig | None = None, window_px:
             x, y = grid.coords(part)
             rw = RioWindow(part.col - window.col, part.row - window.row, part.width, part.height)
             for obs in observations:
-                layers = render_observation(scene, obs, x, y, noise=_noise(config.seed, obs.index, part), centre=centre)
+                noise = _observation_noise(config, obs.index, part)
+                layers = render_observation(scene, obs, x, y, noise=noise, centre=centre)
+                if config.blunders_per_100km2 > 0:
+                    layers["dem"] = layers["dem"] + _blunders(config, obs, part, layers["coherence"])
                 for k in _LAYERS:
                     files[(obs.index, k)].write(layers[k].astype(dtypes[k]), 1, window=rw)
             truth_files["water"].write(scene.water(x, y).astype(np.uint8), 1, window=rw)
