@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from rtsflow.cluster import connect
-from rtsflow.synth.generator import SynthConfig, SynthRegion, synthesize
+from rtsflow.synth.generator import REALISM_FIELDS, SynthConfig, SynthRegion, synthesize
 
 __all__ = ["DemoResult", "prepare_region", "run_demo"]
 
@@ -99,9 +99,9 @@ def training_key(seed: int, *, train_config=None, size_km: float = TRAIN_SIZE_KM
 
     config = SynthConfig(seed=seed + TRAIN_SEED_OFFSET, size_km=(size_km, size_km))
     synth = asdict(config)
-    # Realism switches added after the shipped model was trained are part of the recipe only when on.
-    for key in ("noise_correlation_px", "blunders_per_100km2"):
-        if synth[key] == 0:
+    # Error settings added after the shipped model was trained are part of the recipe only when changed.
+    for key in REALISM_FIELDS:
+        if synth[key] == getattr(SynthConfig, key):
             del synth[key]
     return json.loads(json.dumps({"synth": synth, "train": (train_config or DEMO_CONFIG).to_dict()}))
 

@@ -95,3 +95,26 @@ def test_synthesized_products_carry_the_configured_errors(tmp_path):
     assert n_hit > 0
     record = json.loads((tmp_path / "on" / "region.json").read_text())
     assert record["config"]["blunders_per_100km2"] == 2000.0
+
+
+def test_long_range_errors_have_their_configured_size():
+    """Ramps: 1σ of the tilts over many observations; undulations: RMS over 40 km of one observation."""
+    from rtsflow.synth.observations import render_observation, schedule
+
+    tilts = []
+    for seed in range(40):
+        obs = schedule(SynthConfig(seed=seed).scene(), per_winter=3, ramp_sigma=2e-4)
+        tilts += [o.tilt[k] for o in obs for k in (0, 1)]
+    assert np.std(tilts) == pytest.approx(2e-4, rel=0.1)
+
+    scene = SynthConfig(seed=5).scene()
+    x = -2_300_000 + 200.0 * np.arange(200)
+    y = -300_000 - 200.0 * np.arange(200)
+    zero = np.zeros((3, y.size, x.size), np.float32)
+    dems = []
+    for rms in (0.0, 1.5):
+        obs = schedule(scene, per_winter=1, undulation_rms=rms)[0]
+        dems.append(render_observation(scene, obs, x, y, noise=zero, centre=(x.mean(), y.mean()))["dem"])
+    undulation = dems[1].astype(np.float64) - dems[0]
+    assert np.sqrt((undulation**2).mean()) == pytest.approx(1.5, rel=0.2)
+    assert undulation.std() > 0.5  # kilometre-scale waves, not a constant offset

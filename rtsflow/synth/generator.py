@@ -76,6 +76,10 @@ class SynthConfig:
     slump_density
         Expected slump sites per km² (real landscapes: ~0.07 over Maier et al.'s
         71 400 km², up to several per km² in hot spots).
+    ramp_m_per_km
+        1σ of each observation's height ramp (tilt) in x and in y (m per km).
+    undulation_rms_m
+        RMS (m) of each observation's long-wavelength (2–20 km) undulations.
     noise_correlation_px
         Correlation length (px) of the DEM height noise (:mod:`rtsflow.synth.errors`);
         0 = independent pixels. Multi-looked TanDEM-X DEMs: ~1–3 px.
@@ -83,9 +87,10 @@ class SynthConfig:
         Phase-unwrapping blunders (patches off by k · HoA in low coherence) per
         100 km² and observation; 0 = none.
 
-    The realism switches (the last two) are off by default for now: the shipped
-    demo model was trained without them (issue #12 turns them on with a model
-    trained for them).
+    The realism settings (the last four, :data:`REALISM_FIELDS`) keep the values
+    the shipped demo model was trained with for now (issue #12 makes them
+    realistic with a model trained for them; TanDEM-X's relative height error
+    reaches decimetres to metres over kilometres).
     """
 
     seed: int = 0
@@ -97,6 +102,8 @@ class SynthConfig:
     summer: bool = True
     slump_density: float = 1.5
     max_shift_px: float = 3.0
+    ramp_m_per_km: float = 0.004
+    undulation_rms_m: float = 0.1
     noise_correlation_px: float = 0.0
     blunders_per_100km2: float = 0.0
 
@@ -114,6 +121,10 @@ class SynthConfig:
         w, h = self.size_km[0] * 1000.0, self.size_km[1] * 1000.0
         row, col = grid.pixel_of(cx - w / 2, cy + h / 2)
         return Window(int(row), int(col), max(1, round(h / grid.resolution)), max(1, round(w / grid.resolution)))
+
+
+#: Error settings added after the shipped demo model was trained (recorded in its recipe only when changed).
+REALISM_FIELDS = ("ramp_m_per_km", "undulation_rms_m", "noise_correlation_px", "blunders_per_100km2")
 
 
 @dataclass
@@ -256,6 +267,8 @@ def synthesize(out: str | Path, *, config: SynthConfig | None = None, window_px:
         summer=config.summer,
         resolution=config.resolution,
         max_shift_px=config.max_shift_px,
+        ramp_sigma=config.ramp_m_per_km / 1000.0,
+        undulation_rms=config.undulation_rms_m,
     )
     left, bottom, right, top = grid.bounds(window)
     centre = ((left + right) / 2, (bottom + top) / 2)

@@ -36,16 +36,26 @@ class Observation:
     shift: tuple[float, float]  # metres (x, y): the DEM shows the ground at p + shift
     tilt: tuple[float, float, float]  # (m per m in x, m per m in y, offset m)
     coherence_base: float
+    undulation_rms: float = 0.1  # m: long-wavelength (2–20 km) height error, e.g. atmosphere
 
 
 def schedule(
-    scene: Scene, *, per_winter: int = 3, summer: bool = True, resolution: float = 10.0, max_shift_px: float = 3.0
+    scene: Scene,
+    *,
+    per_winter: int = 3,
+    summer: bool = True,
+    resolution: float = 10.0,
+    max_shift_px: float = 3.0,
+    ramp_sigma: float = 4e-6,
+    undulation_rms: float = 0.1,
 ) -> list[Observation]:
     """Acquisitions: ``per_winter`` in each winter (Oct-Apr) plus one summer one after each winter.
 
     About a quarter of the acquisitions have a height of ambiguity outside
     15-80 m (the paper's selection range), but the first of each winter is
-    always inside it.
+    always inside it. ``ramp_sigma`` (m per m) is the 1σ of each
+    observation's tilt in x and y; ``undulation_rms`` (m) that of its
+    long-wavelength undulations.
     """
     out: list[Observation] = []
     for e, winter in enumerate(scene.epochs):
@@ -61,7 +71,7 @@ def schedule(
                 else float(rng.choice([rng.uniform(8.0, 14.0), rng.uniform(85.0, 130.0)]))
             )
             out.append(_obs(scene, rng, len(out), year, int(month), day, e, winter, hoa, 0.8, resolution,
-                            max_shift_px))  # fmt: skip
+                            max_shift_px, ramp_sigma, undulation_rms))  # fmt: skip
         if summer:
             year = winter + 1
             hoa = rng.uniform(25.0, 70.0)
@@ -79,12 +89,15 @@ def schedule(
                     0.55,
                     resolution,
                     max_shift_px,
+                    ramp_sigma,
+                    undulation_rms,
                 )
             )
     return out
 
 
-def _obs(scene, rng, index, year, month, day, epoch, winter, hoa, coh, resolution, max_shift_px) -> Observation:
+def _obs(scene, rng, index, year, month, day, epoch, winter, hoa, coh, resolution, max_shift_px, ramp_sigma,
+         undulation_rms) -> Observation:  # fmt: skip
     orbit = "ascending" if rng.random() < 0.5 else "descending"
     time = np.datetime64(
         f"{year:04d}-{month:02d}-{day:02d}T{int(rng.integers(0, 24)):02d}:{int(rng.integers(0, 60)):02d}:00", "s"
@@ -92,7 +105,7 @@ def _obs(scene, rng, index, year, month, day, epoch, winter, hoa, coh, resolutio
     # Sub-pixel to ~3 px misregistration, in a random direction.
     mag = resolution * rng.uniform(0.1, 3.0) * (max_shift_px / 3.0)
     ang = rng.uniform(0, 2 * np.pi)
-    tilt = (rng.normal(0, 4e-6), rng.normal(0, 4e-6), rng.normal(0, 0.5))
+    tilt = (rng.normal(0, ramp_sigma), rng.normal(0, ramp_sigma), rng.normal(0, 0.5))
     oid = f"SYN{scene.seed}_{str(time)[:10].replace('-', '')}_{orbit[0].upper()}{index:02d}"
     return Observation(
         index=index,
@@ -106,6 +119,7 @@ def _obs(scene, rng, index, year, month, day, epoch, winter, hoa, coh, resolutio
         shift=(mag * np.cos(ang), mag * np.sin(ang)),
         tilt=tilt,
         coherence_base=float(coh + rng.uniform(-0.05, 0.1)),
+        undulation_rms=float(undulation_rms),
     )
 
 
@@ -174,7 +188,7 @@ def render_observation(
     ax, ay, c = obs.tilt
     tilt = ax * (x[None, :] - centre[0]) + ay * (y[:, None] - centre[1]) + c
     atmosphere = PlaneWaves.random(
-        rng_for(scene.seed, "atmosphere", obs.index), n=8, wavelength=(2000.0, 20000.0), rms=0.1
+        rng_for(scene.seed, "atmosphere", obs.index), n=8, wavelength=(2000.0, 20000.0), rms=obs.undulation_rms
     ).on_grid(x, y)
     dem = z + tilt + atmosphere + sig * noise[0]
     return {
