@@ -86,8 +86,12 @@ class SynthConfig:
     blunders_per_100km2
         Phase-unwrapping blunders (patches off by k · HoA in low coherence) per
         100 km² and observation; 0 = none.
+    terrain
+        A real DEM (path, any CRS) as the ground instead of the analytic hills
+        (:mod:`rtsflow.synth.terrain`: reprojected, centred on the region,
+        mirrored beyond its edges), e.g. ``../shared/data/longyearbyen/DEM_1995.tif``.
 
-    The realism settings (the last four, :data:`REALISM_FIELDS`) keep the values
+    The realism settings (the last five, :data:`REALISM_FIELDS`) keep the values
     the shipped demo model was trained with for now (issue #12 makes them
     realistic with a model trained for them; TanDEM-X's relative height error
     reaches decimetres to metres over kilometres).
@@ -106,9 +110,16 @@ class SynthConfig:
     undulation_rms_m: float = 0.1
     noise_correlation_px: float = 0.0
     blunders_per_100km2: float = 0.0
+    terrain: str | None = None
 
     def scene(self) -> Scene:
-        return Scene(seed=self.seed, epochs=tuple(self.winters), slump_density=self.slump_density)
+        terrain = None
+        if self.terrain is not None:
+            from rtsflow.synth.terrain import RasterTerrain
+
+            left, bottom, right, top = self.grid().bounds(self.window())
+            terrain = RasterTerrain.from_dem(self.terrain, centre=((left + right) / 2, (bottom + top) / 2))
+        return Scene(seed=self.seed, epochs=tuple(self.winters), slump_density=self.slump_density, terrain=terrain)
 
     def grid(self) -> Grid:
         return Grid(resolution=self.resolution)
@@ -124,7 +135,7 @@ class SynthConfig:
 
 
 #: Error settings added after the shipped demo model was trained (recorded in its recipe only when changed).
-REALISM_FIELDS = ("ramp_m_per_km", "undulation_rms_m", "noise_correlation_px", "blunders_per_100km2")
+REALISM_FIELDS = ("ramp_m_per_km", "undulation_rms_m", "noise_correlation_px", "blunders_per_100km2", "terrain")
 
 
 @dataclass

@@ -20,10 +20,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from rtsflow.synth.fields import PlaneWaves, bump, cell_candidate, rng_for
+
+if TYPE_CHECKING:
+    from rtsflow.synth.terrain import RasterTerrain
 
 __all__ = ["SLUMP_STATS", "Lake", "Pit", "Scene", "Slump"]
 
@@ -40,6 +44,7 @@ SLUMP_STATS = {
 }
 
 # Lattice cell (m) and the largest reach (m) of each object kind; densities per km² from the Scene.
+MAX_LAKE_SLOPE_DEG = 2.0  # lakes on real terrain: only where the ground is this flat
 SLUMP_CELL = 400.0
 LAKE_CELL = 1_500.0
 PIT_CELL = 500.0
@@ -210,6 +215,10 @@ class Scene:
         Expected slump sites per km².
     relief
         RMS of the hill field (m).
+    terrain
+        Real terrain (:class:`rtsflow.synth.terrain.RasterTerrain`) instead of the
+        analytic hills and valleys; lakes then form only on flat ground (slope
+        < ``MAX_LAKE_SLOPE_DEG``), and ground at or below its sea level is water.
     """
 
     seed: int = 0
@@ -220,6 +229,7 @@ class Scene:
     relief: float = 30.0
     valley_depth: float = 45.0
     stats: dict = field(default_factory=lambda: dict(SLUMP_STATS))
+    terrain: RasterTerrain | None = field(default=None, compare=False)
 
     @cached_property
     def hills(self) -> PlaneWaves:
@@ -237,17 +247,23 @@ class Scene:
     _VALLEY_HALF_WIDTH = 0.06  # in units of the valley field
 
     def base_terrain(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-        """Hills plus incised valleys (along zero lines of a smooth field), float64 (m)."""
+        """Hills plus incised valleys (along zero lines of a smooth field), or the real terrain, float64 (m)."""
+        if self.terrain is not None:
+            return self.terrain.on_grid(x, y)
         z = 150.0 + self.hills.on_grid(x, y, dtype=np.float64)
         v = self.valley_field.on_grid(x, y, dtype=np.float64)
         z -= self.valley_depth * np.exp(-((v / self._VALLEY_HALF_WIDTH) ** 2))
         return z
 
     def base_terrain_at(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        if self.terrain is not None:
+            return self.terrain.at(x, y)
         v = self.valley_field.at(x, y)
         return 150.0 + self.hills.at(x, y) - self.valley_depth * np.exp(-((v / self._VALLEY_HALF_WIDTH) ** 2))
 
     def base_gradient_at(self, x: float, y: float) -> tuple[float, float]:
+        if self.terrain is not None:
+            return self.terrain.gradient_at(x, y)
         gx, gy = self.hills.gradient_at(x, y)
         v = self.valley_field.at(x, y)
         vx, vy = self.valley_field.gradient_at(x, y)
@@ -320,6 +336,12 @@ class Scene:
         a = rng.uniform(120.0, 450.0)
         b = a * rng.uniform(0.45, 1.0)
         angle = rng.uniform(0.0, np.pi)
+        if self.terrain is not None:
+            # Water collects on flat ground: no lake on a hillside of real terrain.
+            if math.hypot(*self.base_gradient_at(x, y)) > math.tan(math.radians(MAX_LAKE_SLOPE_DEG)):
+                return None
+            if self.base_terrain_at(np.array([x]), np.array([y]))[0] <= self.terrain.sea_level_m:
+                return None
         level = float(self.base_terrain_at(np.array([x]), np.array([y]))[0]) - 1.0
         change = [0.0]
         drains = rng.random() < 0.35  # some lakes drain: a confounder for dDEM
@@ -365,8 +387,10 @@ class Scene:
 
     # -- surfaces ----------------------------------------------------------------
     def water(self, x: np.ndarray, y: np.ndarray, epoch: int = 0) -> np.ndarray:
-        """Lake mask (bool) at an epoch index."""
+        """Lake (and, with real terrain, sea) mask (bool) at an epoch index."""
         out = np.zeros((y.size, x.size), dtype=bool)
+        if self.terrain is not None:
+            out |= self.terrain.on_grid(x, y) <= self.terrain.sea_level_m
         for lake in self.lakes(_bounds(x, y)):
             sl = _local(x, y, lake.x, lake.y, max(lake.a, lake.b))
             if sl is not None:

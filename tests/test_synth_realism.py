@@ -1,9 +1,10 @@
-"""Realistic DEM errors of the generator (#12, part 1): each checked against the statistic it is configured by."""
+"""Realism of the generator (#12, part 1): DEM errors and real terrain, each checked against a stated statistic."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -118,3 +119,55 @@ def test_long_range_errors_have_their_configured_size():
     undulation = dems[1].astype(np.float64) - dems[0]
     assert np.sqrt((undulation**2).mean()) == pytest.approx(1.5, rel=0.2)
     assert undulation.std() > 0.5  # kilometre-scale waves, not a constant offset
+
+
+LONGYEARBYEN = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "longyearbyen" / "DEM_1995.tif"
+
+
+def test_real_terrain_keeps_the_dem_and_mirrors_beyond_it():
+    from rtsflow.synth.terrain import RasterTerrain
+
+    with rasterio.open(LONGYEARBYEN) as src:
+        dem = src.read(1).astype(np.float64)
+    t = RasterTerrain.from_dem(LONGYEARBYEN, centre=(-2_000_000.0, -500_000.0))
+    assert t.z.shape == dem.shape and t.resolution == 20.0
+    # Centred on the given point; heights at the DEM's pixel centres are the DEM's (the spline interpolates).
+    assert t.x0 + t.z.shape[1] * 10.0 == pytest.approx(-2_000_000.0)
+    rows, cols = np.array([0, 17, 500, 984]), np.array([0, 900, 31, 1331])
+    xs, ys = t.x0 + (cols + 0.5) * 20.0, t.y0 - (rows + 0.5) * 20.0
+    np.testing.assert_allclose(t.at(xs, ys), dem[rows, cols], atol=1e-6)
+    # Mirrored across the left edge: no cliff, any region size is covered.
+    y = t.y0 - 4000.5
+    np.testing.assert_allclose(t.at(t.x0 + 10.0 - 60.0, y), t.at(t.x0 + 10.0 + 60.0, y), atol=1e-9)
+    # Sampled at 10 m the slopes are those of the DEM (median within 10 %).
+    x = t.x0 + 10.0 * np.arange(5, 2600)
+    yy = t.y0 - 10.0 * np.arange(5, 1900)
+    gy, gx = np.gradient(t.on_grid(x, yy), 10.0)
+    gy0, gx0 = np.gradient(dem, 20.0)
+    assert np.median(np.hypot(gx, gy)) == pytest.approx(np.median(np.hypot(gx0, gy0)), rel=0.1)
+
+
+def test_a_region_on_real_terrain(tmp_path):
+    """Slumps on real slopes, facing downhill; lakes only on flat ground; products carry the real heights."""
+    import math
+
+    from rtsflow.synth.scene import MAX_LAKE_SLOPE_DEG
+
+    config = SynthConfig(seed=3, size_km=(3.0, 3.0), winters=(2010, 2016), obs_per_winter=1, terrain=str(LONGYEARBYEN))
+    region = synthesize(tmp_path / "r", config=config)
+    scene = config.scene()
+    bounds = config.grid().bounds(config.window())
+    slumps = scene.slumps(bounds)
+    assert len(slumps) > 0
+    for s in slumps:
+        gx, gy = scene.base_gradient_at(s.x, s.y)
+        slope = math.degrees(math.atan(math.hypot(gx, gy)))
+        assert 0.5 <= slope <= 30.0
+        assert s.direction[0] * gx + s.direction[1] * gy < 0  # the scar opens downhill
+    for lake in scene.lakes(bounds):
+        assert math.degrees(math.atan(math.hypot(*scene.base_gradient_at(lake.x, lake.y)))) <= MAX_LAKE_SLOPE_DEG
+    with rasterio.open(region.root / "reference_dem.tif") as src:
+        ref = src.read(1)
+    x, y = config.grid().coords(config.window())
+    np.testing.assert_allclose(ref, scene.surface(x, y, 0).astype(np.float32))
+    assert 8.0 <= ref.min() and ref.max() <= 1023.0 and ref.std() > 20.0  # Svalbard relief, not the analytic hills
