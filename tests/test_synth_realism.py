@@ -171,3 +171,77 @@ def test_a_region_on_real_terrain(tmp_path):
     x, y = config.grid().coords(config.window())
     np.testing.assert_allclose(ref, scene.surface(x, y, 0).astype(np.float32))
     assert 8.0 <= ref.min() and ref.max() <= 1023.0 and ref.std() > 20.0  # Svalbard relief, not the analytic hills
+
+
+MAIER_REFERENCE = LONGYEARBYEN.parents[1] / "maier2025_ellesmere" / "reference_postprocessed.geojson"
+TAYMYR_TP2 = LONGYEARBYEN.parents[1] / "arts_bernhard2022" / "taymyr" / "SHP_RTS_TP2.shp"
+
+
+def _world_outline(slump, fraction=1.0):
+    """The slump's outline polygon in EPSG:3413 metres (inverse of Slump.local_coords)."""
+    import shapely
+
+    cx, cy, length, width = slump.geometry_at(fraction)
+    dx, dy = slump.direction
+    s, t = slump.outline[:, 0], slump.outline[:, 1]
+    along, across = (s - 0.5) * length, t * width / 2
+    return shapely.Polygon(np.column_stack([cx + along * dx - across * dy, cy + along * dy + across * dx]))
+
+
+def test_real_outlines_become_slump_shapes():
+    import shapely
+
+    from rtsflow.synth.outlines import load_outlines
+    from rtsflow.synth.scene import Slump
+
+    maier = load_outlines(MAIER_REFERENCE)
+    taymyr = load_outlines(TAYMYR_TP2)
+    assert len(maier) == 279 and len(taymyr) > 1300
+    for v in maier + taymyr:
+        assert v[:, 0].min() >= -0.02 and v[:, 0].max() <= 1.02 and np.abs(v[:, 1]).max() <= 1.02
+    # The normalisation keeps each shape: area over its rectangle is that of the original polygon.
+    import geopandas as gpd
+
+    ref = gpd.read_file(MAIER_REFERENCE)
+    fill = ref.area / ref.geometry.minimum_rotated_rectangle().area
+    np.testing.assert_allclose(np.median([shapely.Polygon(v).area / 2 for v in maier]), fill.median(), rtol=0.03)
+
+    slump = Slump(1, 1000.0, 2000.0, (0.6, -0.8), 300.0, 400.0, 8.0, (0.0, 1.0), outline=maier[17])
+    res = 2.0
+    x = np.arange(500.0, 1500.0, res) + res / 2
+    y = np.arange(2500.0, 1500.0, -res) - res / 2
+    mask = slump.footprint(x, y, 1.0)
+    truth = _world_outline(slump)
+    xx, yy = np.meshgrid(x, y)
+    inside = shapely.contains_xy(truth, xx, yy)
+    iou = (mask & inside).sum() / (mask | inside).sum()
+    assert iou > 0.99, iou
+    # The profile: erosion only inside, deepest near the headwall, a debris tongue (accumulation) below the toe.
+    dh = slump.elevation_change(x, y, 1.0)
+    assert (dh[~mask] >= 0).all() and dh[mask].min() < -0.5 * slump.depth
+    s, _ = slump.local_coords(x, y, 1.0)
+    s = np.broadcast_to(s, dh.shape)
+    assert s[np.unravel_index(np.argmin(dh), dh.shape)] < 0.5
+    assert dh[(s > 1.0) & ~mask].max() > 0.05 * slump.depth
+    # Any window gives the same heights.
+    np.testing.assert_array_equal(slump.elevation_change(x[100:300], y[50:400], 1.0), dh[50:400, 100:300])
+
+
+def test_a_region_with_real_outlines(tmp_path):
+    import geopandas as gpd
+    import shapely
+
+    config = SynthConfig(seed=6, size_km=(2.0, 2.0), winters=(2010, 2016), obs_per_winter=1,
+                         outlines=(str(MAIER_REFERENCE),))  # fmt: skip
+    region = synthesize(tmp_path / "r", config=config)
+    truth = gpd.read_parquet(region.truth_slumps)
+    assert len(truth) > 0
+    slumps = {s.id: s for s in config.scene().slumps(config.grid().bounds(config.window()))}
+    ious = []
+    for row in truth.itertuples():
+        s = slumps[row.slump_id]
+        assert s.outline is not None
+        world = _world_outline(s)
+        if not row.clipped:
+            ious.append(shapely.intersection(world, row.geometry).area / shapely.union(world, row.geometry).area)
+    assert ious and min(ious) > 0.7 and np.median(ious) > 0.85, ious  # 10 m pixels on outlines of ~100 m

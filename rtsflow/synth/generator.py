@@ -90,8 +90,11 @@ class SynthConfig:
         A real DEM (path, any CRS) as the ground instead of the analytic hills
         (:mod:`rtsflow.synth.terrain`: reprojected, centred on the region,
         mirrored beyond its edges), e.g. ``../shared/data/longyearbyen/DEM_1995.tif``.
+    outlines
+        Vector files of real RTS polygons (:mod:`rtsflow.synth.outlines`), e.g. the
+        Maier et al. Ellesmere reference polygons: slumps take their shapes.
 
-    The realism settings (the last five, :data:`REALISM_FIELDS`) keep the values
+    The realism settings (the last six, :data:`REALISM_FIELDS`) keep the values
     the shipped demo model was trained with for now (issue #12 makes them
     realistic with a model trained for them; TanDEM-X's relative height error
     reaches decimetres to metres over kilometres).
@@ -111,6 +114,7 @@ class SynthConfig:
     noise_correlation_px: float = 0.0
     blunders_per_100km2: float = 0.0
     terrain: str | None = None
+    outlines: tuple[str, ...] | None = None
 
     def scene(self) -> Scene:
         terrain = None
@@ -119,7 +123,13 @@ class SynthConfig:
 
             left, bottom, right, top = self.grid().bounds(self.window())
             terrain = RasterTerrain.from_dem(self.terrain, centre=((left + right) / 2, (bottom + top) / 2))
-        return Scene(seed=self.seed, epochs=tuple(self.winters), slump_density=self.slump_density, terrain=terrain)
+        outlines = None
+        if self.outlines:
+            from rtsflow.synth.outlines import load_outlines
+
+            outlines = load_outlines(list(self.outlines))
+        return Scene(seed=self.seed, epochs=tuple(self.winters), slump_density=self.slump_density, terrain=terrain,
+                     outlines=outlines)  # fmt: skip
 
     def grid(self) -> Grid:
         return Grid(resolution=self.resolution)
@@ -135,7 +145,8 @@ class SynthConfig:
 
 
 #: Error settings added after the shipped demo model was trained (recorded in its recipe only when changed).
-REALISM_FIELDS = ("ramp_m_per_km", "undulation_rms_m", "noise_correlation_px", "blunders_per_100km2", "terrain")
+REALISM_FIELDS = ("ramp_m_per_km", "undulation_rms_m", "noise_correlation_px", "blunders_per_100km2", "terrain",
+                  "outlines")  # fmt: skip
 
 
 @dataclass

@@ -98,6 +98,10 @@ class Slump:
         Peak erosion depth scale (m); the mean over the scar is ``depth * SHAPE_MEAN``.
     fractions
         Growth fraction at each epoch (0 before onset, 1 when fully grown).
+    outline
+        A real RTS shape (:mod:`rtsflow.synth.outlines`): vertices ``(n, 2)`` in the
+        slump frame (``s`` 0 → 1 downslope, ``t`` −1 → 1 across); None = an ellipse.
+        The erosion depth then follows the distance to the outline's rim.
     """
 
     id: int
@@ -109,6 +113,7 @@ class Slump:
     depth: float
     fractions: tuple[float, ...]
     priority: float = field(default=0.0, compare=False)
+    outline: np.ndarray | None = field(default=None, compare=False, repr=False)
 
     @property
     def onset(self) -> int:
@@ -136,12 +141,29 @@ class Slump:
         t = 2.0 * (-px * dy + py * dx) / width
         return s, t
 
+    def _outline_r2(self, s: np.ndarray, t: np.ndarray, fraction: float) -> np.ndarray:
+        """Like the ellipse's ρ²: 0 at the deepest inside point, 1 on the rim, > 1 outside (metric distances)."""
+        import shapely
+
+        _, _, length, width = self.geometry_at(fraction)
+        poly = shapely.Polygon(np.column_stack([self.outline[:, 0] * length, self.outline[:, 1] * width / 2]))
+        d_ref = shapely.maximum_inscribed_circle(poly, 0.01 * min(length, width)).length
+        u, v = np.broadcast_arrays(s * length, t * width / 2)
+        d = shapely.distance(poly.boundary, shapely.points(u.ravel(), v.ravel())).reshape(u.shape)
+        inside = shapely.contains_xy(poly, u, v)
+        rho = np.where(inside, 1.0 - np.clip(d / d_ref, 0.0, 1.0), 1.0 + d / d_ref)
+        return rho**2
+
     def elevation_change(self, x: np.ndarray, y: np.ndarray, fraction: float) -> np.ndarray:
         """Elevation change (m) relative to undisturbed ground at a growth fraction."""
         if fraction <= 0:
             return np.zeros((y.size, x.size))
         s, t = self.local_coords(x, y, fraction)
-        erosion = self.depth * fraction * _shape(s, t)
+        if self.outline is not None:
+            shape = bump(self._outline_r2(s, t, fraction), 1.0 / 3.0) * np.clip(1.25 - 0.9 * s, 0.0, None)
+        else:
+            shape = _shape(s, t)
+        erosion = self.depth * fraction * shape
         # Debris tongue just below the toe (positive change).
         tongue = 0.12 * self.depth * fraction * bump(((s - 1.12) / 0.22) ** 2 + (t / 0.45) ** 2)
         return tongue - erosion
@@ -151,12 +173,20 @@ class Slump:
         if fraction <= 0:
             return np.zeros((y.size, x.size), dtype=bool)
         s, t = self.local_coords(x, y, fraction)
+        if self.outline is not None:
+            import shapely
+
+            s, t = np.broadcast_arrays(s, t)
+            return shapely.contains_xy(shapely.Polygon(self.outline), s, t)
         return (2.0 * s - 1.0) ** 2 + t**2 < 1.0
 
     @property
     def radius(self) -> float:
         """Distance from the centre beyond which the slump changes nothing."""
-        return 0.5 * self.length * 1.7 + 1.0
+        r = 0.5 * self.length * 1.7 + 1.0
+        if self.outline is not None:  # a real outline may fill the corners of its box
+            r = max(r, 0.5 * math.hypot(self.length, self.width) + 1.0)
+        return r
 
     @property
     def reach(self) -> float:
@@ -219,6 +249,9 @@ class Scene:
         Real terrain (:class:`rtsflow.synth.terrain.RasterTerrain`) instead of the
         analytic hills and valleys; lakes then form only on flat ground (slope
         < ``MAX_LAKE_SLOPE_DEG``), and ground at or below its sea level is water.
+    outlines
+        Real RTS shapes (:func:`rtsflow.synth.outlines.load_outlines`); each slump
+        draws one (mirrored at random) instead of an ellipse.
     """
 
     seed: int = 0
@@ -230,6 +263,7 @@ class Scene:
     valley_depth: float = 45.0
     stats: dict = field(default_factory=lambda: dict(SLUMP_STATS))
     terrain: RasterTerrain | None = field(default=None, compare=False)
+    outlines: tuple[np.ndarray, ...] | None = field(default=None, compare=False, repr=False)
 
     @cached_property
     def hills(self) -> PlaneWaves:
@@ -371,7 +405,13 @@ class Scene:
         if slope < math.tan(math.radians(0.5)) or slope > math.tan(math.radians(30.0)):
             return None  # slumps form on gentle-to-moderate slopes
         direction = (-gx / slope, -gy / slope)
-        slump = Slump(_cell_id(i, j), x, y, direction, length, width, depth, tuple(fractions), priority)
+        outline = None
+        if self.outlines:
+            # Drawn last, so scenes without outlines keep every other draw.
+            outline = self.outlines[int(rng.integers(len(self.outlines)))]
+            if rng.random() < 0.5:
+                outline = outline * np.array([1.0, -1.0])  # mirrored across the slope axis
+        slump = Slump(_cell_id(i, j), x, y, direction, length, width, depth, tuple(fractions), priority, outline)
         for lake in self.lakes((x - 1, y - 1, x + 1, y + 1)):
             if math.hypot(x - lake.x, y - lake.y) < max(lake.a, lake.b) + slump.reach:
                 return None  # keep scars out of lakes (they may still sit near shores)
