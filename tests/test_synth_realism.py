@@ -245,3 +245,62 @@ def test_a_region_with_real_outlines(tmp_path):
         if not row.clipped:
             ious.append(shapely.intersection(world, row.geometry).area / shapely.union(world, row.geometry).area)
     assert ious and min(ious) > 0.7 and np.median(ious) > 0.85, ious  # 10 m pixels on outlines of ~100 m
+
+
+def test_hard_negatives_change_the_ground_by_their_stated_amounts():
+    """Every kind, many draws: the dDEM between consecutive epochs shows the drawn change, inside its outline."""
+    import shapely
+
+    from rtsflow.synth.confounders import KINDS, make_confounder
+
+    seen = dict.fromkeys(KINDS, 0)
+    for k in range(150):
+        rng = np.random.default_rng(k)
+        c = make_confounder(rng, id=k, x=0.0, y=0.0, priority=0.5, n_epochs=3, gradient=(0.05, -0.02))
+        if c is None:
+            continue
+        seen[c.kind] += 1
+        res = 2.0
+        x = np.arange(-c.radius, c.radius, res) + res / 2
+        y = np.arange(c.radius, -c.radius, -res) - res / 2
+        xx, yy = np.meshgrid(x, y)
+        for e in (1, 2):
+            d = c.elevation_change(x, y, e) - c.elevation_change(x, y, e - 1)
+            if c.kind == "gully":
+                grown = c.amount[e] - c.amount[e - 1]  # headward growth once it exists (from epoch ``onset``)
+                assert e <= c.onset or 10 <= grown <= 80 or c.amount[e] == c.length
+                assert d.min() >= -c.depth - 1e-9 and 3 <= c.width <= 12 and 0.5 <= c.depth <= 3
+            elif c.kind == "bank":
+                assert 5 <= c.amount[e] - c.amount[e - 1] <= 30 or e < c.onset
+                assert 1.5 <= c.depth <= 6 and (d.min() == pytest.approx(-c.depth) or e < c.onset)
+            elif c.kind == "snow":
+                assert np.abs(d).max() == pytest.approx(abs(c.amount[e] - c.amount[e - 1]), rel=0.02, abs=1e-9)
+            elif c.kind == "spoil":
+                assert 1 <= c.amount[-1] <= 5 and d.max() == pytest.approx(c.amount[e] - c.amount[e - 1], rel=0.02)
+            elif c.kind == "ice":
+                step = c.amount[e] - c.amount[e - 1]
+                assert 1 <= step <= 6 and -d.min() == pytest.approx(step, rel=0.02)
+            # Everything that changed lies in the truth outline of the later epoch (or the earlier one).
+            changed = np.abs(d) > 0.01
+            area = shapely.union(c.outline(e), c.outline(e - 1)).buffer(2 * res)
+            assert shapely.contains_xy(area, xx[changed], yy[changed]).all(), c.kind
+    assert all(n >= 10 for n in seen.values()), seen
+
+
+def test_hard_negatives_in_a_region_leave_the_slump_truth_alone(tmp_path):
+    import geopandas as gpd
+
+    base = SynthConfig(seed=8, size_km=(3.0, 3.0), winters=(2010, 2016), obs_per_winter=1)
+    plain = synthesize(tmp_path / "plain", config=base)
+    hard = synthesize(tmp_path / "hard", config=dataclasses.replace(base, hard_negatives_per_km2=3.0))
+    conf = gpd.read_parquet(hard.truth_confounders)
+    kinds = set(conf.kind)
+    assert len(kinds - {"pit", "lake"}) >= 3, kinds
+    a, b = gpd.read_parquet(plain.truth_slumps), gpd.read_parquet(hard.truth_slumps)
+    assert list(a.slump_id) == list(b.slump_id) and np.allclose(a.volume_m3, b.volume_m3)
+    negatives = conf[~conf.kind.isin(["pit", "lake"])]
+    assert not negatives.intersects(b.union_all()).any()
+    # The products differ where the hard negatives are, by their changes.
+    p, h = plain.products[-1], hard.products[-1]
+    with rasterio.open(p.with_name(f"{p.stem}_dem.tif")) as s1, rasterio.open(h.with_name(f"{h.stem}_dem.tif")) as s2:
+        assert np.abs(s2.read(1) - s1.read(1)).max() > 0.5

@@ -34,6 +34,7 @@ _PURPOSES = {
     "wetness": 11,
     "noise_correlated": 12,
     "blunders": 13,
+    "negatives": 14,
 }
 
 

@@ -93,8 +93,11 @@ class SynthConfig:
     outlines
         Vector files of real RTS polygons (:mod:`rtsflow.synth.outlines`), e.g. the
         Maier et al. Ellesmere reference polygons: slumps take their shapes.
+    hard_negatives_per_km2
+        Gullies, bank/coastal erosion, snow drifts, spoil heaps and thinning ice
+        per km² (:mod:`rtsflow.synth.confounders`); listed in the confounder truth.
 
-    The realism settings (the last six, :data:`REALISM_FIELDS`) keep the values
+    The realism settings (the last seven, :data:`REALISM_FIELDS`) keep the values
     the shipped demo model was trained with for now (issue #12 makes them
     realistic with a model trained for them; TanDEM-X's relative height error
     reaches decimetres to metres over kilometres).
@@ -115,6 +118,7 @@ class SynthConfig:
     blunders_per_100km2: float = 0.0
     terrain: str | None = None
     outlines: tuple[str, ...] | None = None
+    hard_negatives_per_km2: float = 0.0
 
     def scene(self) -> Scene:
         terrain = None
@@ -129,7 +133,7 @@ class SynthConfig:
 
             outlines = load_outlines(list(self.outlines))
         return Scene(seed=self.seed, epochs=tuple(self.winters), slump_density=self.slump_density, terrain=terrain,
-                     outlines=outlines)  # fmt: skip
+                     outlines=outlines, negative_density=self.hard_negatives_per_km2)  # fmt: skip
 
     def grid(self) -> Grid:
         return Grid(resolution=self.resolution)
@@ -146,7 +150,7 @@ class SynthConfig:
 
 #: Error settings added after the shipped demo model was trained (recorded in its recipe only when changed).
 REALISM_FIELDS = ("ramp_m_per_km", "undulation_rms_m", "noise_correlation_px", "blunders_per_100km2", "terrain",
-                  "outlines")  # fmt: skip
+                  "outlines", "hard_negatives_per_km2")  # fmt: skip
 
 
 @dataclass
@@ -480,6 +484,11 @@ def _truth_confounders(scene: Scene, grid: Grid, window: Window) -> gpd.GeoDataF
                     "geometry": geom,
                 }
             )
+    for c in scene.negatives(bounds):
+        geom = c.outline(len(scene.epochs) - 1)
+        if geom.intersects(box):
+            rows.append({"kind": c.kind, "object_id": c.id, "onset_winter": scene.epochs[c.onset],
+                         "depth_m": float(c.depth), "level_change_m": 0.0, "geometry": geom})  # fmt: skip
     if not rows:
         return gpd.GeoDataFrame(columns=["kind", "object_id", "geometry"], geometry="geometry", crs=GRID_CRS)
     return gpd.GeoDataFrame(rows, geometry="geometry", crs=GRID_CRS)

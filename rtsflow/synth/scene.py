@@ -27,6 +27,7 @@ import numpy as np
 from rtsflow.synth.fields import PlaneWaves, bump, cell_candidate, rng_for
 
 if TYPE_CHECKING:
+    from rtsflow.synth.confounders import Confounder
     from rtsflow.synth.terrain import RasterTerrain
 
 __all__ = ["SLUMP_STATS", "Lake", "Pit", "Scene", "Slump"]
@@ -48,15 +49,18 @@ MAX_LAKE_SLOPE_DEG = 2.0  # lakes on real terrain: only where the ground is this
 SLUMP_CELL = 400.0
 LAKE_CELL = 1_500.0
 PIT_CELL = 500.0
+NEGATIVE_CELL = 600.0
 _KINDS = {
     "slumps": (SLUMP_CELL, 360.0),
     "lakes": (LAKE_CELL, 700.0),
     "pits": (PIT_CELL, 30.0),
+    "negatives": (NEGATIVE_CELL, 900.0),
 }
 _DENSITY = {
     "slumps": lambda scene: scene.slump_density,
     "lakes": lambda scene: scene.lake_density,
     "pits": lambda scene: scene.pit_density,
+    "negatives": lambda scene: scene.negative_density,
 }
 
 
@@ -252,6 +256,9 @@ class Scene:
     outlines
         Real RTS shapes (:func:`rtsflow.synth.outlines.load_outlines`); each slump
         draws one (mirrored at random) instead of an ellipse.
+    negative_density
+        Hard negatives per km² (:mod:`rtsflow.synth.confounders`: gullies, bank and
+        coastal erosion, snow drifts, spoil heaps, thinning ice), kept apart from slumps.
     """
 
     seed: int = 0
@@ -264,6 +271,7 @@ class Scene:
     stats: dict = field(default_factory=lambda: dict(SLUMP_STATS))
     terrain: RasterTerrain | None = field(default=None, compare=False)
     outlines: tuple[np.ndarray, ...] | None = field(default=None, compare=False, repr=False)
+    negative_density: float = 0.0
 
     @cached_property
     def hills(self) -> PlaneWaves:
@@ -366,6 +374,23 @@ class Scene:
         """Confounder pits that can affect ``bounds``."""
         return self._objects("pits", bounds)
 
+    def negatives(self, bounds: tuple[float, float, float, float]) -> list[Confounder]:
+        """Hard negatives (:mod:`rtsflow.synth.confounders`) that can affect ``bounds``."""
+        return self._objects("negatives", bounds) if self.negative_density > 0 else []
+
+    def _make_negative(self, i: int, j: int, rng: np.random.Generator, x: float, y: float,
+                       priority: float) -> Confounder | None:  # fmt: skip
+        from rtsflow.synth.confounders import make_confounder
+
+        c = make_confounder(rng, id=_cell_id(i, j), x=x, y=y, priority=priority, n_epochs=len(self.epochs),
+                            gradient=self.base_gradient_at(x, y))  # fmt: skip
+        if c is None:
+            return None
+        for s in self.slumps((x - 1, y - 1, x + 1, y + 1)):
+            if math.hypot(x - s.x, y - s.y) < s.reach + c.reach:
+                return None  # apart from slumps, so the RTS truth stays clean
+        return c
+
     def _make_lake(self, i: int, j: int, rng: np.random.Generator, x: float, y: float, priority: float) -> Lake:
         a = rng.uniform(120.0, 450.0)
         b = a * rng.uniform(0.45, 1.0)
@@ -459,6 +484,10 @@ class Scene:
                 xs, ys = x[sl[1]], y[sl[0]]
                 r2 = ((xs[None, :] - pit.x) ** 2 + (ys[:, None] - pit.y) ** 2) / pit.radius**2
                 z[sl] -= pit.depth * bump(r2, 0.5)
+        for c in self.negatives(bounds):
+            sl = _local(x, y, c.x, c.y, c.radius)
+            if sl is not None:
+                z[sl] += c.elevation_change(x[sl[1]], y[sl[0]], epoch)
         return z
 
     def _slumps_local(self, x: np.ndarray, y: np.ndarray):
