@@ -55,7 +55,22 @@ def main(verbose: int) -> None:
 @click.option("--obs-per-winter", type=int, default=3, show_default=True)
 @click.option("--no-summer", is_flag=True, help="Leave out the summer acquisitions.")
 @click.option("--slump-density", type=float, default=1.5, show_default=True, help="Slump sites per km².")
-def synth(out, seed, size_km, center, resolution, winters, obs_per_winter, no_summer, slump_density) -> None:
+@click.option("--terrain", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="A real DEM as the ground (any CRS), e.g. ../shared/data/longyearbyen/DEM_1995.tif.")
+@click.option("--outlines", type=click.Path(exists=True, dir_okay=False), multiple=True,
+              help="Vector file of real RTS polygons whose shapes slumps take (repeatable).")
+@click.option("--noise-correlation-px", type=float, default=0.0, show_default=True,
+              help="Correlation length of the DEM noise (px); 0: independent pixels.")
+@click.option("--blunders-per-100km2", type=float, default=0.0, show_default=True,
+              help="Phase-unwrapping blunders (patches off by k·HoA) per 100 km² and observation.")
+@click.option("--ramp-m-per-km", type=float, default=0.004, show_default=True, help="1σ of each DEM's ramp.")
+@click.option("--undulation-rms-m", type=float, default=0.1, show_default=True,
+              help="RMS of each DEM's 2–20 km undulations.")
+@click.option("--hard-negatives-per-km2", type=float, default=0.0, show_default=True,
+              help="Gullies, bank retreat, snow drifts, spoil heaps, thinning ice per km².")  # fmt: skip
+def synth(out, seed, size_km, center, resolution, winters, obs_per_winter, no_summer, slump_density, terrain,
+          outlines, noise_correlation_px, blunders_per_100km2, ramp_m_per_km, undulation_rms_m,
+          hard_negatives_per_km2) -> None:  # fmt: skip
     """Generate a synthetic region (products + ground truth) in OUT."""
     from rtsflow.synth.generator import SynthConfig, synthesize
 
@@ -72,6 +87,13 @@ def synth(out, seed, size_km, center, resolution, winters, obs_per_winter, no_su
         obs_per_winter=obs_per_winter,
         summer=not no_summer,
         slump_density=slump_density,
+        terrain=str(Path(terrain).resolve()) if terrain else None,
+        outlines=tuple(str(Path(p).resolve()) for p in outlines) or None,
+        noise_correlation_px=noise_correlation_px,
+        blunders_per_100km2=blunders_per_100km2,
+        ramp_m_per_km=ramp_m_per_km,
+        undulation_rms_m=undulation_rms_m,
+        hard_negatives_per_km2=hard_negatives_per_km2,
     )
     region = synthesize(out, config=config)
     click.echo(f"wrote {len(region.products)} products and truth for {region.n_slumps} slumps to {out}")

@@ -304,3 +304,21 @@ def test_hard_negatives_in_a_region_leave_the_slump_truth_alone(tmp_path):
     p, h = plain.products[-1], hard.products[-1]
     with rasterio.open(p.with_name(f"{p.stem}_dem.tif")) as s1, rasterio.open(h.with_name(f"{h.stem}_dem.tif")) as s2:
         assert np.abs(s2.read(1) - s1.read(1)).max() > 0.5
+
+
+def test_rtsflow_synth_has_every_realism_switch(tmp_path):
+    from click.testing import CliRunner
+
+    from rtsflow.cli import main
+
+    out = tmp_path / "r"
+    r = CliRunner().invoke(main, ["synth", str(out), "--size-km", "1", "1", "--winters", "2010,2016",
+                                  "--obs-per-winter", "1", "--terrain", str(LONGYEARBYEN), "--outlines",
+                                  str(MAIER_REFERENCE), "--noise-correlation-px", "2", "--blunders-per-100km2", "20",
+                                  "--ramp-m-per-km", "0.05", "--undulation-rms-m", "0.5",
+                                  "--hard-negatives-per-km2", "2"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    config = json.loads((out / "region.json").read_text())["config"]
+    assert config["terrain"] == str(LONGYEARBYEN.resolve()) and config["outlines"] == [str(MAIER_REFERENCE.resolve())]
+    assert (config["noise_correlation_px"], config["blunders_per_100km2"], config["ramp_m_per_km"],
+            config["undulation_rms_m"], config["hard_negatives_per_km2"]) == (2.0, 20.0, 0.05, 0.5, 2.0)  # fmt: skip
