@@ -12,7 +12,9 @@ region, with the synthetic truth for evaluation):
   spoil heaps, thinning ice) on the analytic terrain.
 
 Per scene it prints detection P/R/F1, pixel IoU, the regional volume ratio
-(detected / true) and, on the RTS-free scene, false positives per 100 km².
+(detected / true), the dDEM path alone over the true outlines (regional ratio,
+per-RTS median |error|, share of RTS within 1σ) and, on the RTS-free scene,
+false positives per 100 km².
 
 ``--train`` runs the leave-one-terrain-out protocol: for each held-out terrain a
 model is trained (``rtsflow.model.train``, continuing from ``--model``) on
@@ -85,7 +87,27 @@ def run_scene(root: Path, config, model: Path, *, client) -> dict:
     summary = dict(result.pairs[f"{pair[0]}_{pair[1]}"])
     summary["true_volume_m3"] = float(truth.volume_m3.sum()) if len(truth) else 0.0
     summary["n_true"] = len(truth)
+    if len(truth):
+        summary["outlines"] = volume_over_true_outlines(result.run / f"features_{pair[0]}_{pair[1]}.zarr", truth)
     return summary
+
+
+def volume_over_true_outlines(features_path: Path, truth) -> dict:
+    """The dDEM path alone: volumes measured over the true outlines vs the true volumes."""
+    import numpy as np
+
+    from rtsflow.graph.dem import grid_of
+    from rtsflow.graph.masswasting import measure
+    from rtsflow.io.features import open_features
+
+    feats = open_features(features_path)
+    m = measure(truth[["geometry"]].reset_index(drop=True), feats, grid=grid_of(feats)).compute()
+    v, s = m.volume_m3.to_numpy(), m.volume_sigma_m3.to_numpy()
+    t = truth.volume_m3.to_numpy()
+    ok = np.isfinite(v) & (t != 0)
+    err = (v[ok] - t[ok]) / np.abs(t[ok])
+    return {"ratio": float(v[ok].sum() / t[ok].sum()), "median_abs_error": float(np.median(np.abs(err))),
+            "coverage_1sigma": float(np.mean(np.abs(v[ok] - t[ok]) <= s[ok])), "n": int(ok.sum())}  # fmt: skip
 
 
 def features_for_training(root: Path, config, *, client) -> tuple[Path, Path]:
@@ -112,9 +134,11 @@ def line(name: str, s: dict) -> str:
     if not m:
         return (f"{name:14s} RTS-free: {s['n_rts']} false positives in {s['valid_area_km2']:.1f} km² = "
                 f"{fp100:.1f} per 100 km²")  # fmt: skip
+    o = s["outlines"]
     return (f"{name:14s} detection P {m['detection_precision']:.3f} R {m['detection_recall']:.3f} "
             f"F1 {m['detection_f1']:.3f} | pixel IoU {m['pixel_iou']:.3f} | volume ratio {ratio:.3f} | "
-            f"{s['n_rts']} RTS for {s['n_true']} true")  # fmt: skip
+            f"{s['n_rts']} RTS for {s['n_true']} true | over true outlines: ratio {o['ratio']:.3f}, "
+            f"median |error| {o['median_abs_error']:.1%}, 1σ coverage {o['coverage_1sigma']:.0%}")  # fmt: skip
 
 
 def main() -> None:
