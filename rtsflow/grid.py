@@ -259,8 +259,9 @@ class Grid:
             raise ValueError(f"empty bounds {bounds}")
         x0, y0 = GRID_ORIGIN
         r = self.resolution
-        # A tiny tolerance keeps bounds already on pixel edges from growing by one.
-        eps = 1e-9 * r
+        # A tiny tolerance (1e-9 px, far above the rounding of ~1e6-px offsets) keeps bounds already on pixel
+        # edges from growing by one.
+        eps = 1e-9
         col0 = math.floor((left - x0) / r + eps)
         col1 = math.ceil((right - x0) / r - eps)
         row0 = math.floor((y0 - top) / r + eps)

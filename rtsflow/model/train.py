@@ -155,8 +155,9 @@ def read_labels(path: str | Path, *, where: str | None = None, negatives: bool =
         return gdf.assign(label=1) if negatives else gdf
     bad = ~gdf["label"].isin([0, 1])
     if bad.any():
-        raise ValueError(f"labels: {path}: row {gdf.index[bad][0]}: label {gdf['label'][bad].iloc[0]!r} is not 1 (RTS) "
-                         "or 0 (not RTS)")  # fmt: skip
+        value = gdf["label"][bad].iloc[0]
+        value = value.item() if isinstance(value, np.generic) else value
+        raise ValueError(f"labels: {path}: row {gdf.index[bad][0]}: label {value!r} is not 1 (RTS) or 0 (not RTS)")
     return gdf if negatives else gdf[gdf["label"] == 1]
 
 
