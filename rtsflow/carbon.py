@@ -262,13 +262,9 @@ def _soc_arrays(rts: pd.DataFrame, model: CarbonModel, prof: SocProfile) -> tupl
     n = len(rts)
     if model.raster is not None and prof is model.profile:
         names = soc_columns(prof)
-        if all(c in rts for pair in names for c in pair):
-            mu = np.column_stack([rts[c].to_numpy(np.float64) for c, _ in names]) if n else np.zeros((0, len(names)))
-            sd = np.column_stack([rts[c].to_numpy(np.float64) for _, c in names]) if n else np.zeros((0, len(names)))
-        else:
-            soc = sample_soc(rts, model=model)
-            return _soc_arrays(rts.join(soc.drop(columns=[c for c in soc if c in rts])), model, prof)
-        return mu, sd
+        # The RTS table keeps what the map gave (add_carbon); sample it only for a table without those columns.
+        table = rts if all(c in rts for pair in names for c in pair) else sample_soc(rts, model=model)
+        return table[[c for c, _ in names]].to_numpy(np.float64), table[[c for _, c in names]].to_numpy(np.float64)
     mu = np.broadcast_to([layer.soc_kg_m3 for layer in prof.layers], (n, len(prof.layers)))
     sd = np.broadcast_to([layer.soc_sigma_kg_m3 for layer in prof.layers], (n, len(prof.layers)))
     return mu, sd
