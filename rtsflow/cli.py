@@ -478,6 +478,8 @@ def predict(
 @click.option("--max-water", type=float, default=0.5, show_default=True, help="Largest water overlap kept.")
 @click.option("--max-quality", type=float, default=0.5, show_default=True, help="Largest SAR-mask overlap kept.")
 @click.option("--min-dh", type=float, default=2.0, show_default=True, help="Smallest max |dh| kept (m).")
+@click.option("--min-volume-snr", type=float, help="Smallest |volume| / σ(volume) kept (default: no such rule).")
+@click.option("--max-volume", type=float, help="Largest net volume change kept (m³; 0: net losses only).")
 @click.option(
     "--correlation-length",
     type=float,
@@ -494,7 +496,8 @@ def predict(
 @click.option("--site-name", default="name", show_default=True)
 @click.option("--cluster", default="local", show_default=True, help=CLUSTER_HELP)
 def reduce_cmd(features_path, probability, out, threshold, min_area, max_water, max_quality, min_dh,
-               correlation_length, cell_size, sites, site_name, cluster) -> None:  # fmt: skip
+               min_volume_snr, max_volume, correlation_length, cell_size, sites, site_name,
+               cluster) -> None:  # fmt: skip
     """Probability + features → RTS polygons with volume change ± σ, filters and regional densities."""
     import dask
     import geopandas as gpd
@@ -511,7 +514,8 @@ def reduce_cmd(features_path, probability, out, threshold, min_area, max_water, 
     grid = grid_of(feats)
     prob = probability_on_grid(probability, like=feats["ddem"], grid=grid)
     filters = FilterConfig(min_area_m2=min_area, max_water_fraction=max_water, max_quality_fraction=max_quality,
-                           min_max_abs_dh_m=min_dh)  # fmt: skip
+                           min_max_abs_dh_m=min_dh, min_volume_snr=min_volume_snr,
+                           max_volume_m3=max_volume)  # fmt: skip
     meta = run_metadata(command="reduce", features=str(features_path), probability=str(probability),
                         threshold=threshold, filters=filters.__dict__, correlation_length=correlation_length,
                         model_sha256=feats.attrs.get("model_sha256"))  # fmt: skip

@@ -34,6 +34,16 @@ class FilterConfig:
         Drop polygons overlapping water / the SAR quality mask by more than this.
     min_max_abs_dh_m
         Drop polygons whose strongest elevation change is below this (m).
+    min_volume_snr
+        Drop polygons whose net volume change is not significant:
+        ``|volume_m3| < min_volume_snr · volume_sigma_m3`` (the σ of the
+        spatially correlated dDEM error over the polygon). Correlated noise
+        and co-registration residuals make patches of a few metres that pass
+        the ``max |dh|`` rule but not this one (not in the paper; off by default).
+    max_volume_m3
+        Drop polygons whose net volume change is above this (m³): ``0`` keeps
+        only net losses. A thaw slump removes ground; spoil heaps, snow drifts
+        and debris-only patches gain it (not in the paper; off by default).
     """
 
     min_area_m2: float | None = 1000.0
@@ -41,6 +51,8 @@ class FilterConfig:
     max_water_fraction: float | None = 0.5
     max_quality_fraction: float | None = 0.5
     min_max_abs_dh_m: float | None = 2.0
+    min_volume_snr: float | None = None
+    max_volume_m3: float | None = None
 
 
 DEFAULT_FILTERS = FilterConfig()
@@ -64,6 +76,11 @@ def apply_filters(rts: gpd.GeoDataFrame, *, config: FilterConfig = DEFAULT_FILTE
              f"SAR-quality mask overlap > {c.max_quality_fraction:.0%}")  # fmt: skip
     if c.min_max_abs_dh_m is not None:
         rule(~(rts["max_abs_dh_m"].to_numpy() >= c.min_max_abs_dh_m), f"max |dh| < {c.min_max_abs_dh_m:g} m")
+    if c.min_volume_snr is not None:
+        v, s = np.abs(rts["volume_m3"].to_numpy()), rts["volume_sigma_m3"].to_numpy()
+        rule(~(v >= c.min_volume_snr * s), f"|volume| < {c.min_volume_snr:g} σ")
+    if c.max_volume_m3 is not None:
+        rule(~(rts["volume_m3"].to_numpy() <= c.max_volume_m3), f"volume > {c.max_volume_m3:g} m³")
     out = rts.copy()
     out["filter_reason"] = ["; ".join(r) for r in reasons]
     out["kept"] = out["filter_reason"] == ""

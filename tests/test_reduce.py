@@ -251,6 +251,20 @@ def test_filters_keep_an_audit_trail():
     assert relaxed.kept.tolist() == [True, True, False, False, True]
 
 
+def test_significance_and_net_loss_filters():
+    """|V| < k·σ and net gains are dropped only when asked for, each with its reason."""
+    t = pd.DataFrame({
+        "area_nominal_m2": [5000.0] * 4, "area_m2": [5000.0] * 4, "water_fraction": [0.0] * 4,
+        "quality_fraction": [0.0] * 4, "max_abs_dh_m": [5.0] * 4,
+        "volume_m3": [-3000.0, -300.0, 2500.0, np.nan], "volume_sigma_m3": [500.0, 200.0, 400.0, 100.0],
+    })  # fmt: skip
+    frame = gpd.GeoDataFrame(t, geometry=[shapely.Point(0, 0)] * 4)
+    assert apply_filters(frame).kept.tolist() == [True] * 4  # off by default: the paper's filters only
+    out = apply_filters(frame, config=FilterConfig(min_volume_snr=2.0, max_volume_m3=0.0))
+    assert out.kept.tolist() == [True, False, False, False]
+    assert out.filter_reason.tolist() == ["", "|volume| < 2 σ", "volume > 0 m³", "|volume| < 2 σ; volume > 0 m³"]
+
+
 def test_correlated_uncertainty_is_calibrated():
     """Known slump volumes + spatially correlated noise: how often does ±1σ contain the truth?"""
     window = Window(562_000, 380_000, 1536, 1536)
