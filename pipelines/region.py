@@ -456,7 +456,15 @@ def _reduce_pair(client, rd: RunDirectory, config: RunConfig, plan: RegionPlan, 
                                                   "carbon_rate_sigma_pg_per_yr")}  # fmt: skip
     if config.truth is not None:
         truth = read_labels(config.truth.path, where=config.truth.where)
-        metrics = evaluate_polygons(kept.to_crs(truth.crs), truth)
+        ignore = None
+        if config.truth.min_coverage is not None and len(truth):
+            from rtsflow.graph.masswasting import measure
+            from rtsflow.io.features import open_features
+
+            shapes = truth[["geometry"]].to_crs(plan.grid.crs).reset_index(drop=True)
+            coverage = client.compute(measure(shapes, open_features(fpath), grid=plan.grid)).result().coverage
+            ignore = ~(np.nan_to_num(coverage.to_numpy()) >= config.truth.min_coverage)
+        metrics = evaluate_polygons(kept.to_crs(truth.crs), truth, ignore=ignore)
         summary["metrics"] = metrics.to_dict()
         (out / f"metrics_{key}.json").write_text(metrics.to_json() + "\n")
     if config.report:

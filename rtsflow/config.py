@@ -19,7 +19,7 @@ after the features)::
     filters: {min_area_m2: 1000, max_water_fraction: 0.5, max_quality_fraction: 0.5, min_max_abs_dh_m: 2}
     correlation_length: 200
     densities: {cell_size: [10000], sites: sites.gpkg, site_name: name}
-    truth: {path: truth.parquet, where: "winter_start == 2010"}
+    truth: {path: truth.parquet, where: "winter_start == 2010", min_coverage: 0.5}
     workers: {spill_directory: null, max_spill: 4GiB, memory_limit: null, profile: false}
     carbon:                          # soil organic carbon mobilised (rtsflow.carbon); `carbon: false` turns it off
       profile:                       # default: rtsflow.carbon.DEFAULT_PROFILE (Maier et al. 2025, Ellesmere)
@@ -88,6 +88,9 @@ class Workers:
 class Truth:
     path: str
     where: str | None = None
+    # Reference RTS with less than this share of valid dDEM (the rest under the quality mask, water or
+    # outside the data) are not scored, nor are detections that hit only them (rtsflow.evaluate).
+    min_coverage: float | None = None
 
 
 @dataclass(frozen=True)
@@ -158,6 +161,9 @@ def _typed(cls, doc: Any, where: str):
             ok = isinstance(v, int | float) and not isinstance(v, bool)
             v = type(default)(v) if ok and (isinstance(default, float) or float(v).is_integer()) else v
             ok = ok and isinstance(v, type(default))
+        elif default is None and str(f.type).startswith("float"):  # e.g. `float | None` (an optional filter)
+            ok = v is None or (isinstance(v, int | float) and not isinstance(v, bool))
+            v = v if v is None or not ok else float(v)
         elif isinstance(default, str) or default is None:
             ok = v is None or isinstance(v, str | int | float)
             v = v if v is None else str(v)
@@ -168,7 +174,8 @@ def _typed(cls, doc: Any, where: str):
         else:
             ok = True
         if not ok:
-            raise ConfigError(f"{where}.{f.name}: expected {type(default).__name__}, got {v!r}")
+            expected = "a number or null" if default is None else type(default).__name__
+            raise ConfigError(f"{where}.{f.name}: expected {expected}, got {v!r}")
         out[f.name] = v
     return cls(**out)
 
@@ -273,7 +280,11 @@ def parse_config(doc: Any, *, base: str | Path = ".", source: str = "run config"
         if isinstance(t, str):
             t = {"path": t}
         _check_keys(t, Truth, f"{source}: truth")
-        kw["truth"] = Truth(path=_path(t.get("path"), base, f"{source}: truth.path"), where=t.get("where"))
+        cov = t.get("min_coverage")
+        if cov is not None and not (isinstance(cov, int | float) and not isinstance(cov, bool) and 0 <= cov <= 1):
+            raise ConfigError(f"{source}: truth.min_coverage: expected a share between 0 and 1, got {cov!r}")
+        kw["truth"] = Truth(path=_path(t.get("path"), base, f"{source}: truth.path"), where=t.get("where"),
+                            min_coverage=None if cov is None else float(cov))  # fmt: skip
     if "workers" in doc:
         w = _typed(Workers, doc["workers"], f"{source}: workers")
         for key in ("max_spill", "memory_limit"):

@@ -7,6 +7,12 @@ precision = TP predictions / predictions, recall = reference objects hit by a
 prediction / reference objects; detection IoU is the mean pixel IoU of the
 TP predictions with the reference objects they intersect. (The reference code
 release computes detection IoU differently; this follows the paper.)
+
+Reference objects can be *ignored* (e.g. slumps mostly under the quality mask,
+which no detector can see): they leave the reference, and so do the predicted
+objects that hit only ignored ones, and the predicted area inside them — they
+count neither for nor against (as "ignore" regions in object-detection
+benchmarks).
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ class Metrics:
     n_reference: int
     n_tp_predicted: int
     n_tp_reference: int
+    n_ignored: int = 0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -60,13 +67,39 @@ def _f1(p: float, r: float) -> float:
 
 
 def evaluate_polygons(
-    predicted: gpd.GeoSeries | gpd.GeoDataFrame, reference: gpd.GeoSeries | gpd.GeoDataFrame
+    predicted: gpd.GeoSeries | gpd.GeoDataFrame,
+    reference: gpd.GeoSeries | gpd.GeoDataFrame,
+    *,
+    ignore: np.ndarray | None = None,
 ) -> Metrics:
-    """Pixel and detection metrics from polygons (exact areas, same CRS required)."""
+    """Pixel and detection metrics from polygons (exact areas; predictions are reprojected to the reference CRS).
+
+    Parameters
+    ----------
+    predicted, reference
+        Polygons (GeoSeries or GeoDataFrames).
+    ignore
+        Boolean per reference row: objects not to score (see the module docstring).
+    """
     pred = gpd.GeoSeries(predicted.geometry if hasattr(predicted, "geometry") else predicted).reset_index(drop=True)
     ref = gpd.GeoSeries(reference.geometry if hasattr(reference, "geometry") else reference).reset_index(drop=True)
     if pred.crs is not None and ref.crs is not None and pred.crs != ref.crs:
         pred = pred.to_crs(ref.crs)
+    n_ignored = 0
+    if ignore is not None:
+        ignore = np.asarray(ignore, dtype=bool)
+        if ignore.shape != (len(ref),):
+            raise ValueError(f"ignore: expected one flag per reference object ({len(ref)}), got shape {ignore.shape}")
+        n_ignored = int(ignore.sum())
+        if n_ignored:
+            ignored = shapely.union_all(ref.values[ignore])
+            ref = ref[~ignore].reset_index(drop=True)
+            hits_kept = np.zeros(len(pred), bool)
+            if len(pred) and len(ref):
+                hits_kept[np.unique(ref.sindex.query(pred.values, predicate="intersects")[0])] = True
+            only_ignored = pred.intersects(ignored).to_numpy() & ~hits_kept
+            pred = pred[~only_ignored].difference(ignored).reset_index(drop=True)
+            pred = pred[~pred.is_empty].reset_index(drop=True)
     P = shapely.union_all(pred.values) if len(pred) else shapely.Polygon()
     R = shapely.union_all(ref.values) if len(ref) else shapely.Polygon()
     tp = P.intersection(R).area
@@ -87,6 +120,7 @@ def evaluate_polygons(
         pixel_recall=pixel_r, detection_iou=float(np.mean(ious)) if ious else float("nan"),
         detection_f1=_f1(det_p, det_r), detection_precision=det_p, detection_recall=det_r,
         n_predicted=len(pred), n_reference=len(ref), n_tp_predicted=len(tp_pred), n_tp_reference=len(tp_ref),
+        n_ignored=n_ignored,
     )  # fmt: skip
 
 

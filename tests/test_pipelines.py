@@ -22,12 +22,15 @@ import numpy as np
 import pandas as pd
 import psutil
 import pytest
+import rasterio.features
 import yaml
+from affine import Affine
 from distributed import Client, LocalCluster
 
 from pipelines.region import RunIncomplete, run_region
 from rtsflow.config import ConfigError, load_config, parse_config
 from rtsflow.grid import Grid
+from rtsflow.io.features import open_features
 from rtsflow.io.probability import open_probability
 
 SMALL_GRID = Grid(resolution=10.0, tile_size=32, block_tiles=2)  # 64-px blocks: the region spans 4-5 per side
@@ -60,7 +63,7 @@ def setup(tmp_path_factory):
                  config=tiny, progress=False)  # fmt: skip
     doc = {"name": "test", "cube": str(cube), "pairs": [[2010, 2016]], "model": str(root / "model"),
            "reference": None, "coregister": False,  # co-registration is covered by tests/test_features.py
-           "truth": {"path": str(root / "truth.parquet")}, "inference": {"halo": 32},
+           "truth": {"path": str(root / "truth.parquet"), "min_coverage": 0.9}, "inference": {"halo": 32},
            "densities": {"cell_size": [1000]}}  # fmt: skip
     return {"root": root, "doc": doc, "cube": cube}
 
@@ -107,6 +110,16 @@ def test_reference_run_has_status_versions_report(reference):
     assert yaml.safe_load((run / "config.yaml").read_text())["pairs"] == [[2010, 2016]]
     summary = reference.pairs["2010_2016"]
     assert summary["n_polygons"] > 0 and "metrics" in summary
+    # truth.min_coverage 0.9: slumps with < 90 % valid dDEM are not scored (counted here from the features).
+    truth = gpd.read_parquet(reference.run.parent / "truth.parquet")
+    ddem = open_features(run / "features_2010_2016.zarr")["ddem"]
+    x, y, r = ddem.x.values, ddem.y.values, float(ddem.x[1] - ddem.x[0])
+    transform = Affine(r, 0, x[0] - r / 2, 0, -r, y[0] + r / 2)
+    finite = np.isfinite(ddem.values)
+    covered = [finite[rasterio.features.geometry_mask([g], finite.shape, transform, invert=True)].mean()
+               for g in truth.geometry]  # fmt: skip
+    m = summary["metrics"]
+    assert m["n_ignored"] == sum(c < 0.9 for c in covered) and m["n_reference"] + m["n_ignored"] == len(truth)
     md = Path(summary["report"]).read_text()
     assert "volume-change density" in md and "detection" in md
     for png in ("map_2010_2016.png", "distributions_2010_2016.png"):
@@ -142,6 +155,12 @@ def test_config_errors_name_the_key(setup, tmp_path):
         parse_config({**doc, "inference": {"halo": 33}})
     with pytest.raises(ConfigError, match="filters: unknown key 'min_area'"):
         parse_config({**doc, "filters": {"min_area": 5}})
+    with pytest.raises(ConfigError, match=r"filters\.min_volume_snr: expected a number"):
+        parse_config({**doc, "filters": {"min_volume_snr": "2 sigma"}})
+    optional = parse_config({**doc, "filters": {"min_volume_snr": 2, "max_volume_m3": 0}}).filters
+    assert (optional.min_volume_snr, optional.max_volume_m3) == (2.0, 0.0)  # numbers, not text
+    with pytest.raises(ConfigError, match=r"truth\.min_coverage: expected a share between 0 and 1, got 1\.5"):
+        parse_config({**doc, "truth": {**doc["truth"], "min_coverage": 1.5}})
     with pytest.raises(ConfigError, match=r"model: .* does not exist"):
         parse_config({**doc, "model": str(tmp_path / "nope")})
     with pytest.raises(ConfigError, match="threshold: expected a number"):

@@ -359,3 +359,21 @@ def test_regional_volume_rate_matches_implanted_truth(demo_run):
     print(f"volume-change rate: measured {rate:.0f}, implanted {truth_rate:.0f} m³/yr/km²")
     assert rate == pytest.approx(truth_rate, rel=0.05)
     assert dens.n_rts.iloc[0] == len(truth)
+
+
+def test_ignored_reference_objects_count_neither_way():
+    """A masked slump (B) is dropped with the predictions that hit only it and the predicted area inside it."""
+    a, b = shapely.box(0, 0, 10, 10), shapely.box(20, 0, 30, 10)
+    pred = gpd.GeoSeries([shapely.box(0, 0, 5, 10), shapely.box(22, 2, 28, 8), shapely.box(40, 0, 45, 5),
+                          shapely.box(8, 0, 22, 10)])  # fmt: skip
+    ref = gpd.GeoSeries([a, b])
+    plain = evaluate_polygons(pred, ref)
+    assert (plain.detection_precision, plain.detection_recall, plain.n_ignored) == (0.75, 1.0, 0)
+    m = evaluate_polygons(pred, ref, ignore=np.array([False, True]))
+    assert (m.n_reference, m.n_predicted, m.n_ignored) == (1, 3, 1)
+    assert m.detection_precision == pytest.approx(2 / 3) and m.detection_recall == 1.0
+    # Predicted area: 50 + (box(8, 0, 20, 10) = 120) + 25; true positive area 50 + 20 of A's 100.
+    assert m.pixel_precision == pytest.approx(70 / 195) and m.pixel_recall == pytest.approx(0.7)
+    assert m.pixel_iou == pytest.approx(70 / 225)
+    with pytest.raises(ValueError, match="one flag per reference object"):
+        evaluate_polygons(pred, ref, ignore=np.array([True]))
