@@ -208,6 +208,9 @@ def main() -> None:
     ap.add_argument("--terrains", nargs="+", default=list(TERRAINS), choices=list(TERRAINS))
     ap.add_argument("--train", action="store_true", help="Leave-one-terrain-out training before each evaluation.")
     ap.add_argument("--epochs", type=int, default=10)
+    ap.add_argument("--model-size", choices=["demo", "medium"], default="demo",
+                    help="demo: fine-tune the shipped model's shape; medium: a ResNet18 UNet (decoder 128…16) "
+                         "trained from scratch, to test whether capacity limits the fit")  # fmt: skip
     ap.add_argument("--patience", type=int, default=5, help="Epochs without a better validation IoU before stopping.")
     ap.add_argument("--regions-per-terrain", type=int, default=1, help="Training regions per training terrain.")
     ap.add_argument("--randomise", action="store_true", help="Draw each training region's realism at random.")
@@ -251,8 +254,12 @@ def _leave_one_out(args, held_out: str, *, client) -> Path:
             areas.append(load_area(feats, read_labels(labels), config=DEMO_CONFIG))
     config = dataclasses.replace(DEMO_CONFIG, epochs=args.epochs, lr=1e-3, patience=args.patience,
                                  restart_epochs=args.epochs)  # fmt: skip
-    out = args.root / f"model_without_{held_out}"
-    train(areas, out=out, config=config, overwrite=True, init_from=args.model)
+    init_from = args.model
+    if args.model_size == "medium":
+        config = dataclasses.replace(config, encoder="resnet18", decoder_channels=(128, 64, 32, 16))
+        init_from = None
+    out = args.root / (f"model_without_{held_out}" + ("" if args.model_size == "demo" else f"_{args.model_size}"))
+    train(areas, out=out, config=config, overwrite=True, init_from=init_from)
     return out
 
 
