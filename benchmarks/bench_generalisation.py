@@ -19,7 +19,13 @@ false positives per 100 km².
 ``--train`` runs the leave-one-terrain-out protocol: for each held-out terrain a
 model is trained (``rtsflow.model.train``, continuing from ``--model``) on
 training regions of the *other* terrains, then evaluated on the held-out one.
-Without it, ``--model`` (default: the shipped demo model) is evaluated as is.
+``--randomise`` draws each training region's realism at random (domain
+randomisation), ``--regions-per-terrain`` sets how many, ``--model-size medium``
+trains a larger model from scratch. Without ``--train``, ``--model`` (default:
+the shipped demo model) is evaluated as is.
+
+Reference slumps with less than half of their area valid (quality mask, water)
+are not scored (``truth.min_coverage``); the line also gives recall over all.
 
 Usage::
 
