@@ -280,11 +280,12 @@ def parse_config(doc: Any, *, base: str | Path = ".", source: str = "run config"
         if isinstance(t, str):
             t = {"path": t}
         _check_keys(t, Truth, f"{source}: truth")
-        cov = t.get("min_coverage")
-        if cov is not None and not (isinstance(cov, int | float) and not isinstance(cov, bool) and 0 <= cov <= 1):
-            raise ConfigError(f"{source}: truth.min_coverage: expected a share between 0 and 1, got {cov!r}")
-        kw["truth"] = Truth(path=_path(t.get("path"), base, f"{source}: truth.path"), where=t.get("where"),
-                            min_coverage=None if cov is None else float(cov))  # fmt: skip
+        path = _path(t.get("path"), base, f"{source}: truth.path")
+        truth = _typed(Truth, {**t, "path": path}, f"{source}: truth")  # types, as for every other section
+        if truth.min_coverage is not None and not 0 <= truth.min_coverage <= 1:
+            raise ConfigError(f"{source}: truth.min_coverage: expected a share between 0 and 1, "
+                              f"got {truth.min_coverage!r}")  # fmt: skip
+        kw["truth"] = truth
     if "workers" in doc:
         w = _typed(Workers, doc["workers"], f"{source}: workers")
         for key in ("max_spill", "memory_limit"):
