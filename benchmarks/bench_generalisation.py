@@ -251,9 +251,11 @@ def _leave_one_out(args, held_out: str, *, client) -> Path:
     from rtsflow.model.train import DEMO_CONFIG, load_area, read_labels, train
 
     areas = []
-    for j, terrain in enumerate(t for t in TERRAINS if t != held_out):
+    for j, terrain in enumerate(TERRAINS):
+        if terrain == held_out:
+            continue
         for r in range(args.regions_per_terrain):
-            seed = args.seed + 50 + j + 10 * r
+            seed = args.seed + 50 + j + 10 * r  # by the terrain's place in TERRAINS: same region whoever is held out
             config = (randomised if args.randomise else realistic)(seed, args.size_km, terrain)
             name = f"train_{terrain}" + (f"_{r}" if r else "") + ("_random" if args.randomise else "")
             feats, labels = features_for_training(args.root / name, config, client=client)
