@@ -450,6 +450,7 @@ def _reduce_pair(client, rd: RunDirectory, config: RunConfig, plan: RegionPlan, 
         "valid_area_km2": float(region.valid_area_km2),
         "volume_change_rate_m3_per_yr_km2": float(region.volume_change_rate_m3_per_yr_km2),
         "area_density_m2_per_km2": float(kept.area_m2.sum() / region.valid_area_km2) if len(kept) else 0.0,
+        "error_model": rts.attrs.get("error_model"),
     }
     if config.carbon is not None:
         summary |= {k: float(region[k]) for k in ("carbon_kg", "carbon_sigma_kg", "carbon_rate_pg_per_yr",
@@ -458,11 +459,12 @@ def _reduce_pair(client, rd: RunDirectory, config: RunConfig, plan: RegionPlan, 
         truth = read_labels(config.truth.path, where=config.truth.where)
         ignore = None
         if config.truth.min_coverage is not None and len(truth):
-            from rtsflow.graph.masswasting import measure
+            from rtsflow.graph.masswasting import FIXED_CORRELATION_LENGTH, measure
             from rtsflow.io.features import open_features
 
             shapes = truth[["geometry"]].to_crs(plan.grid.crs).reset_index(drop=True)
-            coverage = client.compute(measure(shapes, open_features(fpath), grid=plan.grid)).result().coverage
+            sums = measure(shapes, open_features(fpath), grid=plan.grid, correlation_length=FIXED_CORRELATION_LENGTH)
+            coverage = client.compute(sums).result().coverage
             ignore = ~(np.nan_to_num(coverage.to_numpy()) >= config.truth.min_coverage)
         metrics = evaluate_polygons(kept.to_crs(truth.crs), truth, ignore=ignore)
         summary["metrics"] = metrics.to_dict()

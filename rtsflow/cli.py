@@ -67,10 +67,12 @@ def main(verbose: int) -> None:
 @click.option("--undulation-rms-m", type=float, default=0.1, show_default=True,
               help="RMS of each DEM's 2–20 km undulations.")
 @click.option("--hard-negatives-per-km2", type=float, default=0.0, show_default=True,
-              help="Gullies, bank retreat, snow drifts, spoil heaps, thinning ice per km².")  # fmt: skip
+              help="Gullies, bank retreat, snow drifts, spoil heaps, thinning ice per km².")
+@click.option("--winter-coherence", type=click.FloatRange(0.1, 0.98), default=0.8, show_default=True,
+              help="Mean coherence of winter acquisitions; 0.97: real TanDEM-X dDEM errors over RTS.")  # fmt: skip
 def synth(out, seed, size_km, center, resolution, winters, obs_per_winter, no_summer, slump_density, terrain,
           outlines, noise_correlation_px, blunders_per_100km2, ramp_m_per_km, undulation_rms_m,
-          hard_negatives_per_km2) -> None:  # fmt: skip
+          hard_negatives_per_km2, winter_coherence) -> None:  # fmt: skip
     """Generate a synthetic region (products + ground truth) in OUT."""
     from rtsflow.synth.generator import SynthConfig, synthesize
 
@@ -94,6 +96,7 @@ def synth(out, seed, size_km, center, resolution, winters, obs_per_winter, no_su
         ramp_m_per_km=ramp_m_per_km,
         undulation_rms_m=undulation_rms_m,
         hard_negatives_per_km2=hard_negatives_per_km2,
+        winter_coherence=winter_coherence,
     )
     region = synthesize(out, config=config)
     click.echo(f"wrote {len(region.products)} products and truth for {region.n_slumps} slumps to {out}")
@@ -458,6 +461,18 @@ def predict(
     click.echo(f"wrote {out} (model {spec.sha256[:12]}…, inference on {where})")
 
 
+def _length_or_auto(value: str, param) -> float | str:
+    if value == "auto":
+        return value
+    try:
+        length = float(value)
+    except ValueError:
+        length = -1.0
+    if not length > 0:
+        raise click.BadParameter(f"expected 'auto' or a length > 0 (m), got {value!r}", param=param)
+    return length
+
+
 @main.command(name="reduce")
 @click.argument("features_path", metavar="FEATURES", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option(
@@ -482,10 +497,11 @@ def predict(
 @click.option("--max-volume", type=float, help="Largest net volume change kept (m³; 0: net losses only).")
 @click.option(
     "--correlation-length",
-    type=float,
-    default=200.0,
+    default="auto",
     show_default=True,
-    help="Of the DEM error, for the correlated volume uncertainty (m).",
+    callback=lambda ctx, param, v: _length_or_auto(v, param),
+    help="DEM-error model for the volume σ: 'auto' fits a two-range variogram on stable terrain; "
+    "a number is one fixed correlation length (m).",
 )
 @click.option("--cell-size", type=float, multiple=True, help="Regular-grid densities (m), e.g. 10000; repeatable.")
 @click.option(
@@ -522,7 +538,7 @@ def reduce_cmd(features_path, probability, out, threshold, min_area, max_water, 
     with connect(cluster):
         rts = detect_rts(prob, feats, grid=grid, threshold=threshold, filters=filters,
                          correlation_length=correlation_length).compute()  # fmt: skip
-        write_vectors(rts, out, metadata=meta)
+        write_vectors(rts, out, metadata={**meta, "error_model": rts.attrs.get("error_model")})
         kept = rts[rts.kept]
         jobs = {f"cells_{int(c)}m": regional_densities(kept, feats, grid=grid, cell_size=c) for c in cell_size}
         if sites:

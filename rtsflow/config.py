@@ -17,7 +17,7 @@ after the features)::
     inference: {halo: 64, batch_size: auto, precision: auto, device: auto, dtype: uint8, compile: false}
     threshold: 0.5
     filters: {min_area_m2: 1000, max_water_fraction: 0.5, max_quality_fraction: 0.5, min_max_abs_dh_m: 2}
-    correlation_length: 200
+    correlation_length: auto         # DEM-error variogram fitted per pair on stable terrain; or a length (m)
     densities: {cell_size: [10000], sites: sites.gpkg, site_name: name}
     truth: {path: truth.parquet, where: "winter_start == 2010", min_coverage: 0.5}
     workers: {spill_directory: null, max_spill: 4GiB, memory_limit: null, profile: false}
@@ -117,7 +117,7 @@ class RunConfig:
     inference: Inference = field(default_factory=Inference)
     threshold: float = 0.5
     filters: FilterConfig = field(default_factory=FilterConfig)
-    correlation_length: float = 200.0
+    correlation_length: float | str = "auto"
     densities: Densities = field(default_factory=Densities)
     truth: Truth | None = None
     report: bool = True
@@ -260,7 +260,14 @@ def parse_config(doc: Any, *, base: str | Path = ".", source: str = "run config"
         if inf.dtype not in ("uint8", "float16"):
             raise ConfigError(f"{source}: inference.dtype: expected 'uint8' or 'float16', got {inf.dtype!r}")
         kw["inference"] = inf
-    for key in ("threshold", "correlation_length"):
+    if doc.get("correlation_length") == "auto":
+        kw["correlation_length"] = "auto"
+    elif "correlation_length" in doc:
+        v = doc["correlation_length"]
+        if not isinstance(v, int | float) or isinstance(v, bool) or not v > 0:
+            raise ConfigError(f"{source}: correlation_length: expected 'auto' or a length > 0 (m), got {v!r}")
+        kw["correlation_length"] = float(v)
+    for key in ("threshold",):
         if key in doc:
             v = doc[key]
             if not isinstance(v, int | float) or isinstance(v, bool):

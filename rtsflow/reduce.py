@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dask
+import geopandas as gpd
 import xarray as xr
 from dask.delayed import Delayed
 
@@ -52,7 +53,7 @@ def detect_rts(
     grid: Grid,
     threshold: float | None = 0.5,
     filters: FilterConfig = DEFAULT_FILTERS,
-    correlation_length: float = 200.0,
+    correlation_length: float | str = "auto",
     carbon=None,
     dem: xr.DataArray | None = None,
 ) -> Delayed:
@@ -64,6 +65,9 @@ def detect_rts(
         Model probability on the features' grid (or a 0/1 mask with ``threshold=None``).
     features
         Pair features (``ddem``, ``ddem_sigma``, ``water``, ``quality``).
+    correlation_length
+        ``"auto"`` (a two-range DEM-error variogram fitted on stable terrain) or a fixed length (m); see
+        :func:`rtsflow.graph.masswasting.measure`.
     dem
         The pre-disturbance surface (the earlier composite): adds each polygon's elevation, slope,
         aspect and distance to water (:func:`rtsflow.graph.rts_terrain.rts_terrain`).
@@ -76,7 +80,7 @@ def detect_rts(
         A GeoDataFrame of every polygon, with ``kept`` and ``filter_reason``.
     """
     polygons = vectorize(probability, grid=grid, threshold=threshold)
-    measured = measure(polygons, features, grid=grid, correlation_length=correlation_length)
+    measured = sigma_source = measure(polygons, features, grid=grid, correlation_length=correlation_length)
     if dem is not None:
         from rtsflow.graph.rts_terrain import rts_terrain
 
@@ -84,8 +88,14 @@ def detect_rts(
         terrain = rts_terrain(polygons, dem, water=water, grid=grid)
         measured = dask.delayed(lambda m, t: m.join(t))(measured, terrain)
     filtered = dask.delayed(apply_filters)(measured, config=filters)
-    if carbon is None:
-        return filtered
-    from rtsflow.carbon import add_carbon
+    if carbon is not None:
+        from rtsflow.carbon import add_carbon
 
-    return dask.delayed(add_carbon)(filtered, model=carbon)
+        filtered = dask.delayed(add_carbon)(filtered, model=carbon)
+    return dask.delayed(_with_error_model)(filtered, sigma_source)
+
+
+def _with_error_model(rts: gpd.GeoDataFrame, measured: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
+    rts = rts.copy(deep=False)
+    rts.attrs["error_model"] = measured.attrs.get("error_model")  # the volume σ's model (filters drop attrs)
+    return rts

@@ -180,6 +180,9 @@ def test_features_reduce_evaluate_cli(tmp_path):
 
     got = gpd.read_parquet(rts)
     assert {"volume_m3", "volume_sigma_m3", "kept", "filter_reason"} <= set(got.columns)
+    r = run("reduce", str(feats), "--probability", str(region / "truth" / "rts_mask_2010_2016.tif"), "--out",
+            str(tmp_path / "other.parquet"), "--correlation-length", "long")  # fmt: skip
+    assert r.returncode == 2 and "expected 'auto' or a length > 0 (m), got 'long'" in r.stderr
     truth = gpd.read_parquet(region / "truth" / "slumps.parquet")
     truth = truth[(truth.winter_start == 2010) & (truth.winter_end == 2016)]
     truth.to_parquet(tmp_path / "truth.parquet")

@@ -108,6 +108,9 @@ def test_reference_run_has_status_versions_report(reference):
     assert (status.session == 1).all() and (status.worker[status.block != "all"] != "").all()
     assert {"rtsflow", "torch", "dask", "zarr"} <= set(yaml.safe_load((run / "versions.json").read_text()))
     assert yaml.safe_load((run / "config.yaml").read_text())["pairs"] == [[2010, 2016]]
+    # The volume σ used the DEM-error variogram fitted on this pair's stable terrain.
+    model = yaml.safe_load((run / "summary_2010_2016.json").read_text())["error_model"]
+    assert model["forms"] == ["gaussian", "spherical"] and model["n_pairs"] >= 50_000
     summary = reference.pairs["2010_2016"]
     assert summary["n_polygons"] > 0 and "metrics" in summary
     # truth.min_coverage 0.9: slumps with < 90 % valid dDEM are not scored (counted here from the features).
@@ -165,6 +168,10 @@ def test_config_errors_name_the_key(setup, tmp_path):
         parse_config({**doc, "model": str(tmp_path / "nope")})
     with pytest.raises(ConfigError, match="threshold: expected a number"):
         parse_config({**doc, "threshold": "high"})
+    with pytest.raises(ConfigError, match="correlation_length: expected 'auto' or a length > 0 \\(m\\), got 'fit'"):
+        parse_config({**doc, "correlation_length": "fit"})
+    assert parse_config(doc).correlation_length == "auto"  # the fitted error model by default
+    assert parse_config({**doc, "correlation_length": 150}).correlation_length == 150.0
     bad = tmp_path / "bad.yaml"
     bad.write_text("cube: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML"):

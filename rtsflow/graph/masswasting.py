@@ -14,7 +14,11 @@ from rtsflow.kernels import gdal
 from rtsflow.kernels.masswasting import mass_wasting_table
 from rtsflow.kernels.zonal import MAX_FIELDS, ZONAL_FIELDS, combine_zonal, zonal_sums
 
-__all__ = ["assemble_measures", "block_sums", "measure", "polygon_labels"]
+__all__ = ["FIXED_CORRELATION_LENGTH", "assemble_measures", "block_sums", "measure", "polygon_labels"]
+
+#: L (m) of the fixed-length error model: used when ``correlation_length`` is a number, and where the
+#: variogram cannot be fitted (too little stable terrain).
+FIXED_CORRELATION_LENGTH = 200.0
 
 
 def polygon_labels(polygons: gpd.GeoDataFrame, *, grid: Grid, window: Window) -> np.ndarray | None:
@@ -43,17 +47,21 @@ def block_sums(polygons: gpd.GeoDataFrame, ddem, sigma, water, quality, *, grid:
 
 
 def assemble_measures(
-    polygons: gpd.GeoDataFrame, parts, *, years: float, nominal_area: float, correlation_length: float
+    polygons: gpd.GeoDataFrame, parts, *, years: float, nominal_area: float, correlation_length: float | str,
+    error_model=None,
 ):
     if parts:
         sums, maxima = combine_zonal(parts)
     else:
         sums, maxima = np.zeros((len(polygons), len(ZONAL_FIELDS))), np.zeros((len(polygons), len(MAX_FIELDS)))
-    table = mass_wasting_table(sums, maxima, years=years, nominal_area=nominal_area,
-                               correlation_length=correlation_length)  # fmt: skip
+    length = correlation_length if isinstance(correlation_length, int | float) else FIXED_CORRELATION_LENGTH
+    table = mass_wasting_table(sums, maxima, years=years, nominal_area=nominal_area, correlation_length=length,
+                               error_model=error_model)  # fmt: skip
     table.index = polygons.index
     out = polygons.drop(columns=[c for c in table.columns if c in polygons.columns]).join(table)
-    return gpd.GeoDataFrame(out, geometry="geometry", crs=polygons.crs)
+    out = gpd.GeoDataFrame(out, geometry="geometry", crs=polygons.crs)
+    out.attrs["error_model"] = error_model.to_dict() if error_model is not None else {"correlation_length_m": length}
+    return out
 
 
 def measure(
@@ -61,7 +69,7 @@ def measure(
     features: xr.Dataset,
     *,
     grid: Grid,
-    correlation_length: float = 200.0,
+    correlation_length: float | str = "auto",
 ) -> Delayed:
     """Area, elevation and volume change (± σ) of every polygon from a feature dataset.
 
@@ -76,7 +84,9 @@ def measure(
     features
         Pair features with ``ddem``, ``ddem_sigma`` (and ``water``, ``quality``).
     correlation_length
-        Of the DEM error, for the correlated volume uncertainty (m).
+        ``"auto"``: fit a two-range variogram of the standardised dDEM on stable
+        terrain (outside the polygons; :mod:`rtsflow.graph.error_model`) for the
+        correlated volume uncertainty; a number: one fixed correlation length (m).
 
     Returns
     -------
@@ -85,6 +95,8 @@ def measure(
         :func:`rtsflow.kernels.masswasting.mass_wasting_table`, plus
         ``period_start``/``period_end``.
     """
+    if isinstance(correlation_length, str) and correlation_length != "auto":
+        raise ValueError(f"correlation_length: expected 'auto' or a length in m, got {correlation_length!r}")
     window = grid.window_from_coords(features["x"].values, features["y"].values)
     if not isinstance(polygons, Delayed):
         polygons = dask.delayed(polygons)  # one graph key, not a copy per task
@@ -98,7 +110,12 @@ def measure(
         blocks = [d[i, j] if d is not None else None for d in delayed]
         parts.append(dask.delayed(block_sums)(polygons, *blocks, grid=grid, window=w))
     years = float(features.attrs.get("years", 1.0))
+    model = None
+    if correlation_length == "auto":
+        from rtsflow.graph.error_model import error_model
+
+        model = error_model(features, polygons, grid=grid)
     result = dask.delayed(assemble_measures)(polygons, parts, years=years, nominal_area=grid.pixel_area_nominal,
-                                     correlation_length=correlation_length)  # fmt: skip
+                                             correlation_length=correlation_length, error_model=model)  # fmt: skip
     start, end = features.attrs.get("earlier"), features.attrs.get("later")
     return dask.delayed(lambda g: g.assign(period_start=start, period_end=end))(result)

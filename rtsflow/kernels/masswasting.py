@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from rtsflow.kernels.variogram import VariogramModel
 from rtsflow.kernels.zonal import DEPTH_LAYERS, MAX_FIELDS, ZONAL_FIELDS
 
 __all__ = ["mass_wasting_table"]
@@ -17,6 +18,7 @@ def mass_wasting_table(
     years: float,
     nominal_area: float,
     correlation_length: float = 200.0,
+    error_model: VariogramModel | None = None,
 ) -> pd.DataFrame:
     """Area, elevation and volume change with uncertainties, one row per polygon.
 
@@ -31,11 +33,13 @@ def mass_wasting_table(
         like the volume. It shrinks like 1/√n and is too optimistic for
         spatially correlated DEM errors.
     ``volume_sigma_m3``
-        Correlated errors (Rolstad et al. 2009 style): the mean-dh error is
-        σ_rms / √n_eff with n_eff = max(1, A / (π L²)) independent patches of
-        correlation length L (``correlation_length``, m), so
-        σ_V = σ_rms · A / √n_eff. For a slump smaller than one correlation
-        area the error is fully correlated (σ_rms · A).
+        Correlated errors. With ``error_model`` (a variogram of dh / σ fitted on
+        the pair's stable terrain, :mod:`rtsflow.graph.error_model`): the
+        variance of the mean error over a disk of the RTS's area (Rolstad et al.
+        2009), σ_V = σ_rms · A · √(var_mean(A)). Without it, n_eff = max(1, A /
+        (π L²)) independent patches of correlation length L
+        (``correlation_length``, m) and σ_V = σ_rms · A / √n_eff: for a slump
+        smaller than one correlation area the error is fully correlated (σ_rms · A).
 
     Parameters
     ----------
@@ -48,7 +52,9 @@ def mass_wasting_table(
         use it instead of the true ground area, for comparison with published
         numbers that did (Maier et al. used 100 m² per pixel).
     correlation_length
-        L of the correlated error model (m).
+        L of the fixed-length error model (m), used without ``error_model``.
+    error_model
+        The pair's fitted two-range error model.
     """
     f = {name: sums[:, i] for i, name in enumerate(ZONAL_FIELDS)}
     m = {name: maxima[:, i] for i, name in enumerate(MAX_FIELDS)}
@@ -58,7 +64,10 @@ def mass_wasting_table(
         area = f["area_all_m2"]
         volume = f["volume_m3"] * scale
         sigma_rms = np.sqrt(f["sum_sigma2"] / f["n_sigma"])
-        n_eff = np.maximum(1.0, area / (np.pi * correlation_length**2))
+        if error_model is not None:
+            mean_sd = np.sqrt(error_model.mean_error_variance(np.nan_to_num(area)))
+        else:
+            mean_sd = 1.0 / np.sqrt(np.maximum(1.0, area / (np.pi * correlation_length**2)))
         out = pd.DataFrame(
             {
                 "n_pixels": f["n_total"].astype(np.int64),
@@ -74,7 +83,7 @@ def mass_wasting_table(
                 "loss_m3": f["loss_m3"] * scale,
                 "gain_m3": f["gain_m3"] * scale,
                 "volume_sigma_eq8_m3": np.sqrt(f["var_volume_m6"]) * scale,
-                "volume_sigma_m3": sigma_rms * area / np.sqrt(n_eff),
+                "volume_sigma_m3": sigma_rms * area * mean_sd,
                 "water_fraction": f["n_water"] / f["n_total"],
                 "quality_fraction": f["n_quality"] / f["n_total"],
             }

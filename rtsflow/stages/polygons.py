@@ -12,6 +12,7 @@ result equals :func:`rtsflow.reduce.detect_rts` and
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -118,6 +119,13 @@ def zonal_stage(*, key: str, polygons: gpd.GeoDataFrame, features: Path, grid: G
                  upstream=[Upstream("features", key)])  # fmt: skip
 
 
+def _fitted_error_model(features: Path, polygons: gpd.GeoDataFrame, *, grid: Grid):
+    from rtsflow.graph.error_model import fit_error_model
+    from rtsflow.io.features import open_features
+
+    return fit_error_model(open_features(features), polygons, grid=grid)
+
+
 def reduce_pair(
     client,
     run,
@@ -130,7 +138,7 @@ def reduce_pair(
     blocks: Sequence[tuple[int, int]],
     threshold: float | None = 0.5,
     filters: FilterConfig = DEFAULT_FILTERS,
-    correlation_length: float = 200.0,
+    correlation_length: float | str = "auto",
     densities: Sequence[DensitySpec] = (),
     years: float,
     period: tuple[int, int],
@@ -170,8 +178,13 @@ def reduce_pair(
         for label, part in res["valid"].items():
             parts[label].append(part)
     polygons = polygons.drop(columns="_row")
+    model = None
+    if correlation_length == "auto":  # one task reads the sample windows and fits the pair's error model
+        model = client.submit(_fitted_error_model, features, polygons, grid=grid,
+                              key=f"error_model-{key}-{uuid.uuid4().hex[:8]}").result()  # fmt: skip
     measured = assemble_measures(polygons, [(sums, maxima)], years=years, nominal_area=grid.pixel_area_nominal,
-                                 correlation_length=correlation_length)  # fmt: skip
+                                 correlation_length=correlation_length, error_model=model)  # fmt: skip
+    sigma_model = measured.attrs["error_model"]
     if terrain is not None:
         t_sums, t_min = np.zeros((n, len(TERRAIN_FIELDS))), np.full((n, 1), np.inf)
         for b in blocks:
@@ -182,6 +195,7 @@ def reduce_pair(
     measured = measured.assign(period_start=period[0], period_end=period[1])
     rts = apply_filters(measured, config=filters)
     rts = with_carbon(rts, carbon=carbon, densities=densities)
+    rts.attrs["error_model"] = sigma_model  # the volume σ's model, for the run summary (filters drop attrs)
     kept = rts[rts.kept]
     tables = {d.label: assemble_densities(kept, parts[d.label], regions=d.regions, cell_size=d.cell_size,
                                           years=years, name=d.name, carbon=carbon) for d in densities}  # fmt: skip

@@ -48,6 +48,7 @@ def schedule(
     max_shift_px: float = 3.0,
     ramp_sigma: float = 4e-6,
     undulation_rms: float = 0.1,
+    winter_coherence: float = 0.8,
 ) -> list[Observation]:
     """Acquisitions: ``per_winter`` in each winter (Oct-Apr) plus one summer one after each winter.
 
@@ -55,7 +56,9 @@ def schedule(
     15-80 m (the paper's selection range), but the first of each winter is
     always inside it. ``ramp_sigma`` (m per m) is the 1σ of each
     observation's tilt in x and y; ``undulation_rms`` (m) that of its
-    long-wavelength undulations.
+    long-wavelength undulations. ``winter_coherence`` is the mean base
+    coherence of winter acquisitions (each draws it from −0.05…+0.1 around
+    that, capped at 0.98; slopes, patches and speckle lower it pixel by pixel).
     """
     out: list[Observation] = []
     for e, winter in enumerate(scene.epochs):
@@ -70,7 +73,7 @@ def schedule(
                 if inside
                 else float(rng.choice([rng.uniform(8.0, 14.0), rng.uniform(85.0, 130.0)]))
             )
-            out.append(_obs(scene, rng, len(out), year, int(month), day, e, winter, hoa, 0.8, resolution,
+            out.append(_obs(scene, rng, len(out), year, int(month), day, e, winter, hoa, winter_coherence, resolution,
                             max_shift_px, ramp_sigma, undulation_rms))  # fmt: skip
         if summer:
             year = winter + 1
@@ -118,7 +121,7 @@ def _obs(scene, rng, index, year, month, day, epoch, winter, hoa, coh, resolutio
         incidence_deg=float(rng.uniform(32.0, 45.0)),
         shift=(mag * np.cos(ang), mag * np.sin(ang)),
         tilt=tilt,
-        coherence_base=float(coh + rng.uniform(-0.05, 0.1)),
+        coherence_base=float(min(coh + rng.uniform(-0.05, 0.1), 0.98)),
         undulation_rms=float(undulation_rms),
     )
 

@@ -1,0 +1,170 @@
+"""The dDEM's spatially correlated error model of one pair, fitted on stable terrain.
+
+Samples are the cells of a global 256-px lattice, grouped by grid block; blocks,
+and the windows in each, are taken in a fixed pseudo-random order of their
+global lattice index (spread over the region, the same for any region, and
+independent of chunking). In each window the standardised dDEM (dh / σ) off
+stable terrain is left out (RTS polygons, buffered; water; the quality mask;
+values beyond 4 NMADs of the window's median) and semivariance sums are kept.
+Windows are added in order, up to ``PER_BLOCK_PAIRS`` pixel pairs per block and
+``TARGET_PAIRS`` in all, and a two-range variogram is fitted
+(:mod:`rtsflow.kernels.variogram`).
+
+:func:`fit_error_model` reads block by block only while the selection needs
+more (the stages, in one task); :func:`error_model` builds the same lazily
+(every window's sums, then the same selection). Both give the same model.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import dask
+import geopandas as gpd
+import numpy as np
+import xarray as xr
+from dask.delayed import Delayed
+
+from rtsflow.grid import Grid, Window
+from rtsflow.kernels import gdal
+from rtsflow.kernels.variogram import LAGS_PX, VariogramModel, fit_variogram, semivariance_sums
+
+__all__ = ["error_model", "fit_error_model", "sample_plan", "stable_variogram", "window_sums"]
+
+log = logging.getLogger(__name__)
+SAMPLE_SIZE = 256  # px: lags up to 128 px (1.3 km at 10 m) inside one window
+TARGET_PAIRS = 2_000_000  # pixel pairs at lag 1: ~16 windows of stable terrain, whatever the region's size
+PER_BLOCK_PAIRS = 500_000  # so that at least four blocks contribute where there are four
+MIN_STABLE = 1000  # a window with fewer stable pixels has no reliable median / NMAD: skipped
+POLYGON_BUFFER_M = 20.0  # an RTS's rim is disturbed too
+OUTLIER_NMAD = 4.0  # blunders and unmapped change are not the error the volumes carry
+
+
+def _order(r: int, c: int) -> tuple[int, int, int]:
+    """A fixed pseudo-random order of lattice cells (spreads the samples, same for every region)."""
+    return ((r * 73_856_093) ^ (c * 19_349_663)) % 1_000_003, r, c
+
+
+def sample_plan(domain: Window, *, grid: Grid) -> list[tuple[Window, list[Window]]]:
+    """The grid blocks that meet ``domain`` and their sample windows (clipped to it), each in sampling order.
+
+    Windows are the cells of a global ``SAMPLE_SIZE``-px lattice (the block, for
+    smaller blocks); blocks and the windows inside each are ordered by a fixed
+    hash of their global lattice index.
+    """
+    bs = grid.block_size
+    size = SAMPLE_SIZE if bs % SAMPLE_SIZE == 0 else bs
+    plan = []
+    for br in range(domain.row // bs, -(-domain.row_stop // bs)):
+        for bc in range(domain.col // bs, -(-domain.col_stop // bs)):
+            block = Window(br * bs, bc * bs, bs, bs).intersection(domain)
+            if block is None:
+                continue
+            cells = []
+            for r in range(block.row // size, -(-block.row_stop // size)):
+                for c in range(block.col // size, -(-block.col_stop // size)):
+                    cells.append((_order(r, c), Window(r * size, c * size, size, size).intersection(block)))
+            plan.append((_order(br, bc), block, [w for _, w in sorted(cells, key=lambda t: t[0])]))
+    return [(block, windows) for _, block, windows in sorted(plan, key=lambda t: t[0])]
+
+
+def window_sums(ddem, sigma, water, quality, polygons: gpd.GeoDataFrame | None, *, grid: Grid,
+                window: Window) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """Semivariance sums and pair counts of dh / σ over one window's stable terrain (zeros if too little)."""
+    ddem, sigma = np.asarray(ddem, dtype=np.float64), np.asarray(sigma, dtype=np.float64)
+    stable = np.isfinite(ddem) & np.isfinite(sigma) & (sigma > 0)
+    if water is not None:
+        stable &= np.asarray(water) == 0
+    if quality is not None:
+        stable &= np.asarray(quality) == 0
+    if polygons is not None and len(polygons) and stable.sum() >= MIN_STABLE:
+        box, pad = grid.bounds(window), POLYGON_BUFFER_M
+        sub = polygons.cx[box[0] - pad : box[2] + pad, box[1] - pad : box[3] + pad]
+        if len(sub):
+            shapes = ((g, 1) for g in sub.geometry.buffer(pad))
+            stable &= gdal.rasterize(shapes, out_shape=window.shape, transform=grid.transform(window), fill=0,
+                                     dtype="uint8") == 0  # fmt: skip
+    if stable.sum() < MIN_STABLE:
+        return np.zeros(len(LAGS_PX)), np.zeros(len(LAGS_PX))
+    z = np.where(stable, ddem / np.where(stable, sigma, 1.0), np.nan)
+    med = np.nanmedian(z)
+    nmad = 1.4826 * np.nanmedian(np.abs(z - med))
+    z -= med
+    z[np.abs(z) > OUTLIER_NMAD * nmad] = np.nan
+    return semivariance_sums(z)
+
+
+def _select(blocks) -> tuple[np.ndarray, np.ndarray]:
+    """Add window sums in sampling order: up to ``PER_BLOCK_PAIRS`` per block, until ``TARGET_PAIRS`` in all."""
+    sums, counts = np.zeros(len(LAGS_PX)), np.zeros(len(LAGS_PX))
+    for windows in blocks:
+        in_block = 0.0
+        for s, c in windows:
+            if in_block >= PER_BLOCK_PAIRS or counts[0] >= TARGET_PAIRS:
+                break
+            sums, counts, in_block = sums + s, counts + c, in_block + c[0]
+    return sums, counts
+
+
+def stable_variogram(blocks, *, resolution: float) -> VariogramModel | None:
+    """Select window sums (per block, in sampling order) and fit; ``None`` (logged) where that fails."""
+    sums, counts = _select(blocks)
+    try:
+        return fit_variogram(sums, counts, resolution=resolution)
+    except (ValueError, RuntimeError) as e:
+        log.warning("error model: %s; using the fixed correlation length", e)
+        return None
+
+
+def _bands(features: xr.Dataset, window: Window, origin: Window):
+    sl = {"y": slice(window.row - origin.row, window.row_stop - origin.row),
+          "x": slice(window.col - origin.col, window.col_stop - origin.col)}  # fmt: skip
+    return [features[v].isel(sl).data if v in features else None for v in ("ddem", "ddem_sigma", "water", "quality")]
+
+
+def _block_window_sums(ddem, sigma, water, quality, polygons, *, grid: Grid, block: Window,
+                       windows: list[Window]) -> list[tuple[np.ndarray, np.ndarray]]:  # fmt: skip
+    """Every window's sums of one block (the block's bands are read once)."""
+    bands = (ddem, sigma, water, quality)
+    return [window_sums(*(b[w.relative_to(block)] if b is not None else None for b in bands), polygons, grid=grid,
+                        window=w) for w in windows]  # fmt: skip
+
+
+def error_model(features: xr.Dataset, polygons: gpd.GeoDataFrame | Delayed | None, *, grid: Grid) -> Delayed:
+    """Lazily: the pair's :class:`~rtsflow.kernels.variogram.VariogramModel` (or ``None`` where it cannot be fitted)."""
+    domain = grid.window_from_coords(features["x"].values, features["y"].values)
+    if polygons is not None and not isinstance(polygons, Delayed):
+        polygons = dask.delayed(polygons)
+    blocks = [dask.delayed(_block_window_sums)(*_bands(features, block, domain), polygons, grid=grid, block=block,
+                                               windows=windows)
+              for block, windows in sample_plan(domain, grid=grid)]  # fmt: skip
+    return dask.delayed(stable_variogram)(blocks, resolution=grid.resolution)
+
+
+def fit_error_model(features: xr.Dataset, polygons: gpd.GeoDataFrame | None, *, grid: Grid) -> VariogramModel | None:
+    """At once (inside one task): read ``features`` (e.g. a store) block by block until enough pairs, and fit.
+
+    Each block's bands are read once, and only while the selection still needs them.
+    """
+    domain = grid.window_from_coords(features["x"].values, features["y"].values)
+    blocks, pairs = [], 0.0
+    for block, windows in sample_plan(domain, grid=grid):
+        if pairs >= TARGET_PAIRS:
+            break
+        # The sync scheduler: this runs inside a worker's task, whose client must not be re-entered.
+        ddem, *others = _bands(features, block, domain)
+        ddem = dask.compute(ddem, scheduler="sync")[0]
+        if np.isfinite(ddem).sum() < MIN_STABLE:  # no data here: the other bands need not be read
+            continue
+        bands = [ddem, *dask.compute(*others, scheduler="sync")]
+        parts, in_block = [], 0.0
+        for w in windows:
+            if in_block >= PER_BLOCK_PAIRS or pairs >= TARGET_PAIRS:
+                break
+            rows, cols = w.relative_to(block)
+            parts.append(window_sums(*(b[rows, cols] if b is not None else None for b in bands), polygons,
+                                     grid=grid, window=w))  # fmt: skip
+            in_block += parts[-1][1][0]
+            pairs += parts[-1][1][0]
+        blocks.append(parts)
+    return stable_variogram(blocks, resolution=grid.resolution)
