@@ -113,3 +113,14 @@ def test_bad_correlation_length_is_refused():
     with pytest.raises(ValueError, match="correlation_length: expected 'auto'"):
         measure(gpd.GeoDataFrame(geometry=[], crs=3413), _features(np.zeros((16, 16)), 16), grid=GRID,
                 correlation_length="fitted")  # fmt: skip
+
+
+def test_white_noise_gives_one_over_n():
+    """Pixel-independent errors: the mean of N pixels has variance 1/N, not less (the short range's floor)."""
+    z = np.random.default_rng(8).standard_normal((1024, 1024))
+    sums, counts = semivariance_sums(z[:512, :512])
+    model = fit_variogram(sums, counts, resolution=10.0)
+    for radius_px in (3.0, 9.0):
+        sd, n_px = _disk_mean_sd(z, radius_px)
+        predicted = float(np.sqrt(model.mean_error_variance(np.array(n_px * 100.0))))
+        assert predicted == pytest.approx(1 / np.sqrt(n_px), rel=0.15) and sd == pytest.approx(predicted, rel=0.15)

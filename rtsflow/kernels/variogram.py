@@ -132,8 +132,9 @@ def fit_variogram(
 
     Weighted least squares (errors ∝ (γ + 5 % of the largest γ) / √pairs, so the
     short lags, where γ is small, still count), from several starting ranges;
-    the better fit is kept. Ranges lie between half a pixel and 4× the longest
-    lag. Raises ``ValueError`` when there are fewer than ``min_pairs`` pairs at
+    the better fit is kept. Ranges lie between the white-noise limit (a
+    covariance integrating to one pixel's area: 2·res/√π Gaussian, res·√(5/π)
+    spherical) and 4× the longest lag. Raises ``ValueError`` when there are fewer than ``min_pairs`` pairs at
     the first lag.
     """
     counts = np.asarray(counts, dtype=float)
@@ -149,11 +150,14 @@ def fit_variogram(
     def model(h, a1, c1, a2, c2):
         return _FORMS[short](h, a1, c1) + spherical(h, a2, c2)
 
-    bounds = ([0.5 * resolution, 0.0, 0.5 * resolution, 0.0], [4 * h[-1], 2 * top, 4 * h[-1], 2 * top])
+    # Shortest ranges: covariances that integrate to one pixel's area (Gaussian π a²/4, spherical π a²/5), the
+    # white-noise limit on this grid; a shorter one would let the mean of N independent pixels vary less than 1/N.
+    a_min = {"gaussian": 2.0 * resolution / np.sqrt(np.pi), "spherical": resolution * np.sqrt(5.0 / np.pi)}
+    bounds = ([a_min[short], 0.0, a_min["spherical"], 0.0], [4 * h[-1], 2 * top, 4 * h[-1], 2 * top])
     errors = (gamma + 0.05 * top) / np.sqrt(counts[ok])
     best, best_cost = None, np.inf
     for a1 in (2 * resolution, 8 * resolution, h[-1] / 2):
-        p0 = [a1, 0.8 * top, min(4 * h[-1] * 0.99, 4 * a1), 0.2 * top]
+        p0 = [max(a1, 1.01 * a_min[short]), 0.8 * top, min(4 * h[-1] * 0.99, 4 * a1), 0.2 * top]
         try:
             p, _ = curve_fit(model, h, gamma, p0=p0, bounds=bounds, sigma=errors, maxfev=20_000)
         except RuntimeError:
