@@ -5,7 +5,8 @@ region, with the synthetic truth for evaluation):
 
 - one per *terrain*: the analytic generator, the Longyearbyen DEM (Svalbard,
   ``../shared/data/longyearbyen``) and the Mount St Helens 2000 crater DEM
-  (``../shared/data/mount_st_helens``), each with correlated DEM noise,
+  (``../shared/data/mount_st_helens``), each with the dDEM error of real
+  TanDEM-X slumps (``WINTER_COHERENCE``), correlated DEM noise,
   unwrapping blunders, larger ramps and undulations, real RTS outlines (Maier
   Ellesmere + Taymyr TP2) and hard negatives;
 - an RTS-free scene full of hard negatives (gullies, bank retreat, snow drifts,
