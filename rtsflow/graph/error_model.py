@@ -124,10 +124,15 @@ def _bands(features: xr.Dataset, window: Window, origin: Window):
 
 def _block_window_sums(ddem, sigma, water, quality, polygons, *, grid: Grid, block: Window,
                        windows: list[Window]) -> list[tuple[np.ndarray, np.ndarray]]:  # fmt: skip
-    """Every window's sums of one block (the block's bands are read once)."""
-    bands = (ddem, sigma, water, quality)
-    return [window_sums(*(b[w.relative_to(block)] if b is not None else None for b in bands), polygons, grid=grid,
-                        window=w) for w in windows]  # fmt: skip
+    """The block's window sums in order, up to ``PER_BLOCK_PAIRS`` (all that :func:`_select` can use of it)."""
+    bands, out, pairs = (ddem, sigma, water, quality), [], 0.0
+    for w in windows:
+        if pairs >= PER_BLOCK_PAIRS:
+            break
+        out.append(window_sums(*(b[w.relative_to(block)] if b is not None else None for b in bands), polygons,
+                               grid=grid, window=w))  # fmt: skip
+        pairs += out[-1][1][0]
+    return out
 
 
 def error_model(features: xr.Dataset, polygons: gpd.GeoDataFrame | Delayed | None, *, grid: Grid) -> Delayed:
