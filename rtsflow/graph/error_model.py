@@ -27,6 +27,7 @@ from dask.delayed import Delayed
 
 from rtsflow.grid import Grid, Window
 from rtsflow.kernels import gdal
+from rtsflow.kernels.coreg import nmad
 from rtsflow.kernels.variogram import LAGS_PX, VariogramModel, fit_variogram, semivariance_sums
 
 __all__ = ["error_model", "fit_error_model", "sample_plan", "stable_variogram", "window_sums"]
@@ -87,10 +88,8 @@ def window_sums(ddem, sigma, water, quality, polygons: gpd.GeoDataFrame | None, 
     if stable.sum() < MIN_STABLE:
         return np.zeros(len(LAGS_PX)), np.zeros(len(LAGS_PX))
     z = np.where(stable, ddem / np.where(stable, sigma, 1.0), np.nan)
-    med = np.nanmedian(z)
-    nmad = 1.4826 * np.nanmedian(np.abs(z - med))
-    z -= med
-    z[np.abs(z) > OUTLIER_NMAD * nmad] = np.nan
+    z -= np.nanmedian(z)
+    z[np.abs(z) > OUTLIER_NMAD * nmad(z)] = np.nan
     return semivariance_sums(z)
 
 
@@ -161,15 +160,7 @@ def fit_error_model(features: xr.Dataset, polygons: gpd.GeoDataFrame | None, *, 
         ddem = dask.compute(ddem, scheduler="sync")[0]
         if np.isfinite(ddem).sum() < MIN_STABLE:  # no data here: the other bands need not be read
             continue
-        bands = [ddem, *dask.compute(*others, scheduler="sync")]
-        parts, in_block = [], 0.0
-        for w in windows:
-            if in_block >= PER_BLOCK_PAIRS or pairs >= TARGET_PAIRS:
-                break
-            rows, cols = w.relative_to(block)
-            parts.append(window_sums(*(b[rows, cols] if b is not None else None for b in bands), polygons,
-                                     grid=grid, window=w))  # fmt: skip
-            in_block += parts[-1][1][0]
-            pairs += parts[-1][1][0]
-        blocks.append(parts)
+        others = dask.compute(*others, scheduler="sync")
+        blocks.append(_block_window_sums(ddem, *others, polygons, grid=grid, block=block, windows=windows))
+        pairs += sum(c[0] for _, c in blocks[-1])
     return stable_variogram(blocks, resolution=grid.resolution)
