@@ -5,7 +5,7 @@ PY ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: demo demo-model test lint bench install
+.PHONY: demo default-model test lint bench install
 
 $(STAMP): pyproject.toml
 	@test -x $(VENV)/bin/python || $(PY) -m venv $(VENV)
@@ -20,11 +20,11 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/rtsflow demo
 
-# Train the demo model again (its recipe is in pipelines/demo.py) and ship it in rtsflow/models/demo.
-demo-model: $(STAMP)
-	$(VENV)/bin/rtsflow demo --retrain --out .demo-model
-	cp .demo-model/model/model.safetensors .demo-model/model/rtsflow_model.json \
-	   .demo-model/model/training_log.csv rtsflow/models/demo/
+# Train the default model again (its recipe is in pipelines/demo.py) and ship it in rtsflow/models/default.
+default-model: $(STAMP)
+	$(VENV)/bin/rtsflow demo --retrain --out .default-model
+	cp .default-model/model/model.safetensors .default-model/model/rtsflow_model.json \
+	   .default-model/model/training_log.csv rtsflow/models/default/
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check rtsflow pipelines tests benchmarks

@@ -6,7 +6,7 @@ region, with the synthetic truth for evaluation):
 - one per *terrain*: the analytic generator, the Longyearbyen DEM (Svalbard,
   ``../shared/data/longyearbyen``) and the Mount St Helens 2000 crater DEM
   (``../shared/data/mount_st_helens``), each with the dDEM error of real
-  TanDEM-X slumps (``WINTER_COHERENCE``), correlated DEM noise,
+  TanDEM-X slumps (``pipelines.scenes.WINTER_COHERENCE``), correlated DEM noise,
   unwrapping blunders, larger ramps and undulations, real RTS outlines (Maier
   Ellesmere + Taymyr TP2) and hard negatives;
 - an RTS-free scene full of hard negatives (gullies, bank retreat, snow drifts,
@@ -23,7 +23,9 @@ training regions of the *other* terrains, then evaluated on the held-out one.
 ``--randomise`` draws each training region's realism at random (domain
 randomisation), ``--regions-per-terrain`` sets how many, ``--model-size medium``
 trains a larger model from scratch. Without ``--train``, ``--model`` (default:
-the shipped demo model) is evaluated as is.
+the shipped default model) is evaluated as is. The scenes (``realistic()``,
+``randomised()``) are defined in ``pipelines/scenes.py``, shared with the
+default model's training recipe (whose seeds are none of these).
 
 Reference slumps with less than half of their area valid (quality mask, water)
 are not scored (``truth.min_coverage``); the line also gives recall over all.
@@ -44,64 +46,9 @@ from pathlib import Path
 
 from common import print_header
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-TERRAINS = {
-    "analytic": None,
-    "longyearbyen": DATA / "longyearbyen" / "DEM_1995.tif",
-    "st_helens": DATA / "mount_st_helens" / "2.tif",
-}
-# TanDEM-X is bistatic: winter coherence is high. 0.97 gives a median dDEM σ over slumps of 0.80 m on the analytic
-# terrain (1.16 m on Longyearbyen's steeper slopes); the Maier et al. Ellesmere reference RTS: 0.62 m (p10–p90
-# 0.35–1.03 m). The scenes before 2026-12-03 13:00 used 0.8 (1.7 m): 2.8× the real error.
-WINTER_COHERENCE = 0.97
+from pipelines.scenes import TERRAINS, randomised, realistic
+
 MIN_COVERAGE = 0.5  # reference slumps with less valid dDEM are not scored (truth.min_coverage)
-OUTLINES = (DATA / "maier2025_ellesmere" / "reference_postprocessed.geojson",
-            DATA / "arts_bernhard2022" / "taymyr" / "SHP_RTS_TP2.shp")  # fmt: skip
-
-
-def realistic(seed: int, size_km: float, terrain: str | None, *, slumps: bool = True):
-    """A SynthConfig with every realism switch on (values: rtsflow.synth.errors / confounders docstrings)."""
-    from rtsflow.synth.generator import SynthConfig
-
-    return SynthConfig(
-        seed=seed,
-        size_km=(size_km, size_km),
-        winters=(2010, 2016),
-        ramp_m_per_km=0.05,
-        undulation_rms_m=0.5,
-        noise_correlation_px=2.0,
-        blunders_per_100km2=20.0,
-        terrain=str(TERRAINS[terrain]) if TERRAINS.get(terrain) else None,
-        outlines=tuple(str(p) for p in OUTLINES),
-        hard_negatives_per_km2=1.0 if slumps else 3.0,
-        slump_density=1.5 if slumps else 0.0,
-        winter_coherence=WINTER_COHERENCE,
-    )
-
-
-def randomised(seed: int, size_km: float, terrain: str | None):
-    """A training region with its realism drawn at random (domain randomisation, #12 part 2).
-
-    Ranges bracket ``realistic()``: DEM-noise correlation 1–3 px, 0–40 unwrapping
-    blunders per 100 km², ramps 0.01–0.1 m/km, undulations 0.1–1 m, misregistration
-    up to 1–4 px, 0.5–3 hard negatives and 1–2.5 slump sites per km², 3- or 6-year periods, winter
-    coherence 0.85–0.98 (dDEM σ over slumps ~0.8–1.4 m).
-    """
-    import numpy as np
-
-    rng = np.random.default_rng(seed)
-    return dataclasses.replace(
-        realistic(seed, size_km, terrain),
-        winters=(2010, 2013) if rng.random() < 0.3 else (2010, 2016),
-        noise_correlation_px=float(rng.uniform(1.0, 3.0)),
-        blunders_per_100km2=float(rng.uniform(0.0, 40.0)),
-        ramp_m_per_km=float(rng.uniform(0.01, 0.1)),
-        undulation_rms_m=float(rng.uniform(0.1, 1.0)),
-        max_shift_px=float(rng.uniform(1.0, 4.0)),
-        hard_negatives_per_km2=float(rng.uniform(0.5, 3.0)),
-        slump_density=float(rng.uniform(1.0, 2.5)),
-        winter_coherence=float(rng.uniform(0.85, 0.98)),
-    )
 
 
 def significance_filtered(rts, truth, *, snr: float = 2.0) -> dict:
@@ -210,15 +157,14 @@ def line(name: str, s: dict) -> str:
 
 
 def main() -> None:
-    import rtsflow
     from rtsflow.cluster import connect
-    from rtsflow.model.checkpoint import read_record
+    from rtsflow.model.checkpoint import DEFAULT_MODEL, read_record
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--root", type=Path, default=Path("/tmp/rtsflow-bench-generalisation"))
     ap.add_argument("--size-km", type=float, default=5.0)
     ap.add_argument("--seed", type=int, default=100, help="Scenes use seed, seed+1, …; training regions seed+50…")
-    ap.add_argument("--model", type=Path, default=Path(rtsflow.__file__).parent / "models" / "demo")
+    ap.add_argument("--model", type=Path, default=DEFAULT_MODEL)
     ap.add_argument("--terrains", nargs="+", default=list(TERRAINS), choices=list(TERRAINS))
     ap.add_argument("--train", action="store_true", help="Leave-one-terrain-out training before each evaluation.")
     ap.add_argument("--epochs", type=int, default=10)
@@ -242,13 +188,13 @@ def main() -> None:
             if args.train:
                 model = models[terrain] = _leave_one_out(args, terrain, client=client)
                 print(f"# model without {terrain}: {model} (sha256 {read_record(model)['weights_sha256']})")
-            s = run_scene(args.root / f"test_{terrain}", realistic(args.seed + k, args.size_km, terrain), model,
-                          client=client)  # fmt: skip
+            config = realistic(seed=args.seed + k, size_km=args.size_km, terrain=terrain)
+            s = run_scene(args.root / f"test_{terrain}", config, model, client=client)
             results[terrain] = s
             print(line(terrain, s), flush=True)
         # The RTS-free scene is on the analytic terrain: with --train, the model that never saw it.
-        s = run_scene(args.root / "negatives", realistic(args.seed + 10, args.size_km, "analytic", slumps=False),
-                      models.get("analytic", args.model), client=client)  # fmt: skip
+        config = realistic(seed=args.seed + 10, size_km=args.size_km, terrain="analytic", slumps=False)
+        s = run_scene(args.root / "negatives", config, models.get("analytic", args.model), client=client)
         results["hard negatives"] = s
         print(line("hard negatives", s), flush=True)
     print(f"# {time.perf_counter() - t0:.0f} s")
@@ -264,7 +210,7 @@ def _leave_one_out(args, held_out: str, *, client) -> Path:
             continue
         for r in range(args.regions_per_terrain):
             seed = args.seed + 50 + j + 10 * r  # by the terrain's place in TERRAINS: same region whoever is held out
-            config = (randomised if args.randomise else realistic)(seed, args.size_km, terrain)
+            config = (randomised if args.randomise else realistic)(seed=seed, size_km=args.size_km, terrain=terrain)
             name = f"train_{terrain}" + (f"_{r}" if r else "") + ("_random" if args.randomise else "")
             feats, labels = features_for_training(args.root / name, config, client=client)
             areas.append(load_area(feats, read_labels(labels), config=DEMO_CONFIG))

@@ -1,12 +1,14 @@
 """The main job on the embedded default, end to end.
 
-1. Synthesise a test region (``seed``) and, for training, a separate region
-   (``seed + 1000``, 8 km) with their ground truth.
-2. Ingest both into observation cubes (with a water mask and a reference DEM).
-3. Use the demo model shipped with rtsflow (``rtsflow/models/demo``: trained
-   by this very step on the training region's 2010→2016 features, record and
-   sha256 included) when it was trained for this seed and training config;
-   otherwise (or with ``retrain``) train it again into ``out/model``.
+1. Synthesise a test region (``seed``) with its ground truth.
+2. Ingest it into an observation cube (with a water mask and a reference DEM).
+3. Use the default model shipped with rtsflow (``rtsflow/models/default``,
+   record and sha256 included) when it was trained with this seed's recipe;
+   otherwise (or with ``retrain``) train it again into ``out/model``. The recipe
+   (:func:`training_key`): the demo's own training region (``seed + 1000``,
+   8 km) plus realistic randomised regions on analytic and real terrain
+   (:class:`RealisticRecipe`, scenes from :mod:`pipelines.scenes`), each run
+   through the block-wise stages up to the features.
 4. Run the test region as a config-driven run (per-block features and
    inference, polygons, volumes, densities), evaluate against the truth and
    write the report.
@@ -16,18 +18,58 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+from pipelines.scenes import TERRAINS, randomised
 from rtsflow.cluster import connect
+from rtsflow.model.checkpoint import DEFAULT_MODEL
+from rtsflow.model.train import DEMO_CONFIG
 from rtsflow.synth.generator import REALISM_FIELDS, SynthConfig, SynthRegion, synthesize
 
-__all__ = ["DemoResult", "prepare_region", "run_demo"]
+__all__ = ["MODEL_TRAIN_CONFIG", "DemoResult", "RealisticRecipe", "prepare_region", "run_demo", "training_key"]
 
 TRAIN_SEED_OFFSET = 1000
 TRAIN_SIZE_KM = 8.0
-#: The demo model as `rtsflow demo --retrain` trains it (``make demo-model`` refreshes it).
-SHIPPED_MODEL = Path(__file__).resolve().parents[1] / "rtsflow" / "models" / "demo"
+#: The default model as `rtsflow demo --retrain` trains it (``make default-model`` refreshes the shipped copy).
+SHIPPED_MODEL = DEFAULT_MODEL
+#: Its training: the demo's compact UNet, from scratch, longer (19 regions instead of one).
+MODEL_TRAIN_CONFIG = replace(DEMO_CONFIG, epochs=30, steps_per_epoch=40, restart_epochs=30, patience=8)
+
+
+@dataclass(frozen=True)
+class RealisticRecipe:
+    """The realistic part of the default model's training data: randomised scenes on each terrain.
+
+    Per terrain of :data:`pipelines.scenes.TERRAINS`: ``per_terrain`` regions with
+    slumps and ``negatives_per_terrain`` RTS-free regions full of hard negatives,
+    each ``size_km`` on a side, realism drawn by :func:`pipelines.scenes.randomised`
+    (seeds ``seed + 100·t + r``, ``seed + 100·t + 50 + r`` for terrain index ``t``:
+    none is a scene of the generalisation benchmark).
+    """
+
+    terrains: tuple[str, ...] = tuple(TERRAINS)
+    per_terrain: int = 5
+    negatives_per_terrain: int = 1
+    size_km: float = 5.0
+    seed: int = 3000
+
+    def scenes(self) -> list[tuple[str, SynthConfig]]:
+        """(name, SynthConfig) of every region, in a fixed order."""
+        out = []
+        for terrain in self.terrains:
+            t = list(TERRAINS).index(terrain)
+            for r in range(self.per_terrain):
+                config = randomised(seed=self.seed + 100 * t + r, size_km=self.size_km, terrain=terrain)
+                out.append((f"{terrain}_{r}", config))
+            for r in range(self.negatives_per_terrain):
+                config = randomised(seed=self.seed + 100 * t + 50 + r, size_km=self.size_km, terrain=terrain,
+                                    slumps=False)  # fmt: skip
+                out.append((f"{terrain}_negatives_{r}", config))
+        return out
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "terrains": list(self.terrains)}
 
 
 @dataclass
@@ -90,20 +132,28 @@ def _model_key(model: Path) -> dict | None:
     return json.loads(record.read_text()).get("training", {}).get("demo")
 
 
-def training_key(seed: int, *, train_config=None, size_km: float = TRAIN_SIZE_KM) -> dict:
-    """The demo model's recipe: training region (synthetic, ``seed + 1000``) and training config.
+def training_key(
+    seed: int,
+    *,
+    train_config=None,
+    size_km: float = TRAIN_SIZE_KM,
+    realistic: RealisticRecipe | None = RealisticRecipe(),
+) -> dict:
+    """The default model's recipe: the demo's training region, the realistic regions and the training config.
 
-    As stored in (and read back from) the JSON record, so tuples are lists.
+    As stored in (and read back from) the JSON record, so tuples are lists. The
+    demo's own region is synthetic (``seed + 1000``, ``size_km``); ``realistic``
+    adds the randomised regions of :class:`RealisticRecipe` (``None``: none).
     """
-    from rtsflow.model.train import DEMO_CONFIG
-
     config = SynthConfig(seed=seed + TRAIN_SEED_OFFSET, size_km=(size_km, size_km))
     synth = asdict(config)
-    # Error settings added after the shipped model was trained are part of the recipe only when changed.
+    # Error settings added after the demo's world was fixed are part of the recipe only when changed.
     for key in REALISM_FIELDS:
         if synth[key] == getattr(SynthConfig, key):
             del synth[key]
-    return json.loads(json.dumps({"synth": synth, "train": (train_config or DEMO_CONFIG).to_dict()}))
+    doc = {"synth": synth, "realistic": realistic.to_dict() if realistic else None,
+           "train": (train_config or MODEL_TRAIN_CONFIG).to_dict()}  # fmt: skip
+    return json.loads(json.dumps(doc))
 
 
 def _usable_model(out: Path, key: dict, *, say) -> Path | None:
@@ -123,36 +173,47 @@ def _usable_model(out: Path, key: dict, *, say) -> Path | None:
     record = verify_checkpoint(model)  # the weights' sha256 (the run builds the model itself)
     metrics = record.get("validation_metrics", {})
     sha = record["weights_sha256"]
-    say(f"model: shipped demo model (sha256 {sha[:12]}…, validation IoU {metrics.get('val_iou', float('nan')):.3f}; "
+    say(f"model: shipped default model (sha256 {sha[:12]}…, validation IoU {metrics.get('val_iou', float('nan')):.3f}; "
         f"`rtsflow demo --retrain` trains it again) → {model}")  # fmt: skip
     return model
 
 
-def _training_data(out: Path, key: dict, *, client, force: bool, say) -> tuple[Path, Path]:
-    """Features and labels of the training region (block-wise stages, as a run)."""
+def _training_regions(key: dict) -> list[tuple[str, SynthConfig]]:
+    """(directory name, SynthConfig) of every training region of a recipe."""
+    regions = [("train", SynthConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in key["synth"].items()}))]
+    if key.get("realistic"):
+        recipe = RealisticRecipe(**{k: tuple(v) if isinstance(v, list) else v for k, v in key["realistic"].items()})
+        regions += [(f"train_{name}", config) for name, config in recipe.scenes()]
+    return regions
+
+
+def _training_data(out: Path, key: dict, *, client, force: bool, say) -> tuple[list[Path], list[Path]]:
+    """Features and labels of every training region (block-wise stages, as a run, stopped after the features)."""
     from pipelines.region import run_region
     from rtsflow.config import parse_config
 
-    config = SynthConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in key["synth"].items()})
-    pair = (config.winters[0], config.winters[-1])
-    region, cube = prepare_region(out / "train", config, force=force, say=say)
-    # The same block-wise stages as a run (with their progress), stopped after the features.
-    run_config = parse_config({"name": "demo-train", "output": "run", "cube": str(cube), "pairs": [list(pair)]},
-                              base=out / "train", source="demo training config")  # fmt: skip
-    result = run_region(run_config, client=client, force=force, progress=True, upto="features")
-    feats_path = result.run / f"features_{pair[0]}_{pair[1]}.zarr"
-    return feats_path, _truth_file(region, pair, out / "train" / "labels.parquet")
+    features, labels = [], []
+    regions = _training_regions(key)
+    for k, (name, config) in enumerate(regions, start=1):
+        say(f"training region {k}/{len(regions)}: {name}")
+        pair = (config.winters[0], config.winters[-1])
+        region, cube = prepare_region(out / name, config, force=force, say=say)
+        run_config = parse_config({"name": f"demo-{name}", "output": "run", "cube": str(cube), "pairs": [list(pair)]},
+                                  base=out / name, source="demo training config")  # fmt: skip
+        result = run_region(run_config, client=client, force=force, progress=k == 1, upto="features")
+        features.append(result.run / f"features_{pair[0]}_{pair[1]}.zarr")
+        labels.append(_truth_file(region, pair, out / name / "labels.parquet"))
+    return features, labels
 
 
-def _train(out: Path, feats_path: Path, labels: Path, key: dict, *, train_config, say) -> Path:
-    """Train the demo model (in this process, with no Dask cluster running: it slowed training by ~1.5x)."""
+def _train(out: Path, features: list[Path], labels: list[Path], key: dict, *, train_config, say) -> Path:
+    """Train the default model (in this process, with no Dask cluster running: it slowed training by ~1.5x)."""
     from pipelines.train import run_training
 
     model = out / "model"
-    say(f"model: training {train_config.architecture} ({train_config.encoder}) on the training region")
-    result = run_training(
-        features=[feats_path], labels=[labels], out=model, config=train_config, overwrite=True, progress=True
-    )
+    say(f"model: training {train_config.architecture} ({train_config.encoder}) on {len(features)} training regions")
+    result = run_training(features=features, labels=labels, out=model, config=train_config, overwrite=True,
+                          progress=True)  # fmt: skip
     record_path = model / "rtsflow_model.json"
     record = json.loads(record_path.read_text())
     record["training"]["demo"] = key  # what the cache is keyed on (the weights' sha256 is unchanged)
@@ -165,6 +226,15 @@ def _train(out: Path, feats_path: Path, labels: Path, key: dict, *, train_config
     return model
 
 
+def _record_demo_scene(model: Path, *, seed: int, size_km: float, metrics: dict) -> None:
+    """Keep the demo scene's scores in the model's record: what the shipped model must reproduce (a test checks)."""
+    record_path = model / "rtsflow_model.json"
+    record = json.loads(record_path.read_text())
+    keys = ("detection_f1", "detection_precision", "detection_recall", "pixel_iou", "n_reference", "n_predicted")
+    record["training"]["demo_scene"] = {"seed": seed, "size_km": size_km} | {k: metrics[k] for k in keys}
+    record_path.write_text(json.dumps(record, indent=2) + "\n")
+
+
 def run_demo(
     *,
     out: str | Path = "demo_output",
@@ -175,6 +245,7 @@ def run_demo(
     retrain: bool = False,
     train_config=None,
     train_size_km: float = TRAIN_SIZE_KM,
+    realistic: RealisticRecipe | None = RealisticRecipe(),
 ) -> DemoResult:
     """Run the demo end to end and print where the outputs are, what was found and how well.
 
@@ -189,15 +260,15 @@ def run_demo(
     force
         Regenerate, retrain and recompute everything.
     retrain
-        Train the demo model again (on its training region) instead of using the
+        Train the default model again (on its training regions) instead of using the
         shipped or cached one.
-    train_config, train_size_km
-        The demo model's training config (default :data:`rtsflow.model.train.DEMO_CONFIG`)
-        and training region; any other than the shipped model's recipe means training.
+    train_config, train_size_km, realistic
+        The default model's training config (default :data:`MODEL_TRAIN_CONFIG`), the
+        demo's training region and the realistic regions; any other than the
+        shipped model's recipe means training.
     """
     from pipelines.region import run_region
     from rtsflow.config import parse_config
-    from rtsflow.model.train import DEMO_CONFIG
 
     out = Path(out).resolve()
     t0 = time.perf_counter()
@@ -210,12 +281,12 @@ def run_demo(
     with connect(cluster) as client:
         say("synthetic test region")
         region, cube = prepare_region(out, config, force=force, say=say)
-        key = training_key(seed, train_config=train_config, size_km=train_size_km)
+        key = training_key(seed, train_config=train_config, size_km=train_size_km, realistic=realistic)
         model = None if (retrain or force) else _usable_model(out, key, say=say)
         training = _training_data(out, key, client=client, force=force, say=say) if model is None else None
     retrained = training is not None
     if retrained:
-        model = _train(out, *training, key, train_config=train_config or DEMO_CONFIG, say=say)
+        model = _train(out, *training, key, train_config=train_config or MODEL_TRAIN_CONFIG, say=say)
     truth = _truth_file(region, pair, out / "truth.parquet")
     with connect(cluster, quiet=True) as client:
         run_config = parse_config(
@@ -235,6 +306,8 @@ def run_demo(
         result = run_region(run_config, client=client, force=force or retrained, progress=True)
     summary = result.pairs[f"{pair[0]}_{pair[1]}"]
     m = summary.get("metrics", {})
+    if retrained and m:
+        _record_demo_scene(model, seed=seed, size_km=size_km, metrics=m)
     years = summary["years"]
     say("done")
     print()

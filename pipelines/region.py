@@ -21,6 +21,7 @@ region run is the same computation as a run on a cube cut to that region.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import time
@@ -190,13 +191,12 @@ def run_region(
     ``upto="features"`` (or ``"probability"``) stops after that stage (no model needed for features).
     """
     from rtsflow.io.lock import DirectoryLock
-    from rtsflow.model.checkpoint import read_record
+    from rtsflow.model.checkpoint import DEFAULT_MODEL, read_record
 
     if upto not in UPTO:
         raise ValueError(f"upto must be one of {UPTO}, got {upto!r}")
-    if upto != "features" and config.model is None:
-        raise ValueError("the run config names no model: add `model: <checkpoint directory>`, "
-                         "or stop after the features (--until features)")  # fmt: skip
+    if config.model is None:  # the model shipped with rtsflow (its path and sha256 go into the run's record)
+        config = dataclasses.replace(config, model=str(DEFAULT_MODEL))
     rd = RunDirectory(Path(config.output))
     # The weights' hash is part of the run's identity: a retrained model never reuses old blocks.
     identity = config.to_dict()

@@ -1,7 +1,7 @@
 """Run configurations (YAML): parsed into dataclasses, with errors that name the bad key.
 
-Example (every key but ``cube`` and ``pairs`` is optional; ``model`` is needed unless the run stops
-after the features)::
+Example (every key but ``cube`` and ``pairs`` is optional; without ``model`` a run uses the model
+shipped with rtsflow, ``rtsflow/models/default``)::
 
     name: banks-island
     output: runs/banks-island        # the run directory
@@ -13,7 +13,7 @@ after the features)::
     epoch: winter                    # or date (YYYYMMDD pairs)
     coregister: true                 # co-register the later composite per block (xDEM Nuth & Kääb + ramp)
     region: {bbox: [-120.2, 72.7, -119.0, 73.1], crs: EPSG:4326}
-    model: models/rts-unetpp         # checkpoint directory
+    model: models/rts-unetpp         # checkpoint directory (default: the shipped model)
     inference: {halo: 64, batch_size: auto, precision: auto, device: auto, dtype: uint8, compile: false}
     threshold: 0.5
     filters: {min_area_m2: 1000, max_water_fraction: 0.5, max_quality_fraction: 0.5, min_max_abs_dh_m: 2}

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-from pathlib import Path
 
 import geopandas as gpd
 import pandas as pd
@@ -119,10 +118,9 @@ def test_three_iterations_of_the_loop_raise_recall(demo_run, tmp_path):
     Recall is that of the inventory the loop builds (confirmed RTS vs the truth; Xia et al.'s Table 1 counts the
     new RTS per iteration), and that of each round's model.
     """
-    import rtsflow
     from rtsflow.graph.dem import grid_of
     from rtsflow.io.features import open_features
-    from rtsflow.model.checkpoint import ModelSpec, read_record
+    from rtsflow.model.checkpoint import DEFAULT_MODEL, ModelSpec, read_record
     from rtsflow.model.inference import predict
     from rtsflow.reduce import detect_rts
     from rtsflow.report import write_report
@@ -136,7 +134,7 @@ def test_three_iterations_of_the_loop_raise_recall(demo_run, tmp_path):
     feats_path = run / f"features_{PAIR}.zarr"
     feats = open_features(feats_path)
     iterations = tmp_path / "iterations.csv"
-    model = Path(rtsflow.__file__).parent / "models" / "demo"
+    model = DEFAULT_MODEL
     model_recall, inventory = [], [_covered(truth, read_labels(labels))]
     for it in (1, 2, 3):
         # Training as a person runs it: the CLI, continuing from the previous round's checkpoint.

@@ -54,7 +54,8 @@ def test_synth_rejects_bad_winters(tmp_path):
 
 @pytest.mark.slow
 def test_demo_end_to_end_meets_the_accuracy_targets_and_resumes(demo_run):
-    """The main job as the README runs it: the shipped demo model on the test region, F1 >= 0.85 vs the truth."""
+    """The main job as the README runs it: the shipped default model on the test region, F1 >= 0.85 vs the truth,
+    and the scores recorded with the model when it was shipped."""
     import json
     import re
 
@@ -71,12 +72,17 @@ def test_demo_end_to_end_meets_the_accuracy_targets_and_resumes(demo_run):
     for step in ("ingest: writing", "composite 2010: ", "features 2010_2016: ", "probability 2010_2016: "):
         assert step in text, step
     # No training step: the shipped model (sha256 checked on load) made the probabilities.
-    assert "model: shipped demo model" in r.stdout and "training: " not in text
-    shipped = json.loads((SHIPPED_MODEL / "rtsflow_model.json").read_text())["weights_sha256"]
-    assert open_probability(out / "run" / "probability_2010_2016.zarr").attrs["model_sha256"] == shipped
+    assert "model: shipped default model" in r.stdout and "training: " not in text
+    record = json.loads((SHIPPED_MODEL / "rtsflow_model.json").read_text())
+    assert open_probability(out / "run" / "probability_2010_2016.zarr").attrs["model_sha256"] == record["weights_sha256"]
     m = re.search(r"detection F1 ([0-9.]+) .*pixel IoU ([0-9.]+)", r.stdout)
     assert m, r.stdout
     assert float(m.group(1)) >= 0.85 and float(m.group(2)) >= 0.7, r.stdout
+    # The model reproduces the demo-scene scores recorded when it was trained (`make default-model`).
+    recorded = record["training"]["demo_scene"]
+    assert recorded["seed"] == 0 and recorded["size_km"] == 5.0
+    assert float(m.group(1)) == pytest.approx(recorded["detection_f1"], abs=0.01), recorded
+    assert float(m.group(2)) == pytest.approx(recorded["pixel_iou"], abs=0.01), recorded
     assert re.search(r"RTS:\s+\d+ found", r.stdout) and "m³/yr/km²" in r.stdout
     report = out / "run" / "report" / "report_2010_2016.md"
     assert report.exists() and str(report) in r.stdout
@@ -89,7 +95,7 @@ def test_demo_end_to_end_meets_the_accuracy_targets_and_resumes(demo_run):
     assert float(re.search(r"detection F1 ([0-9.]+)", r.stdout).group(1)) == float(m.group(1))
 
 
-def test_the_shipped_demo_model_is_todays_recipe_loads_and_learned():
+def test_the_shipped_default_model_is_todays_recipe_loads_and_learned():
     """The shipped weights were trained from the recipe the code has now (else the demo would retrain)."""
     import json
 
@@ -100,6 +106,9 @@ def test_the_shipped_demo_model_is_todays_recipe_loads_and_learned():
 
     _, record = load_checkpoint(SHIPPED_MODEL)  # sha256 of the weights checked
     assert record["training"]["demo"] == training_key(0)
+    # Trained on the demo's region and on realistic regions of every terrain (analytic and real DEMs).
+    assert len(record["training"]["areas"]) == 1 + 3 * (5 + 1)
+    assert {"analytic", "longyearbyen", "st_helens"} == set(record["training"]["demo"]["realistic"]["terrains"])
     assert (SHIPPED_MODEL / "model.safetensors").stat().st_size < 12e6
     log = pd.read_csv(SHIPPED_MODEL / "training_log.csv")
     assert log.val_iou.max() > log.val_iou.iloc[0] + 0.2  # validation IoU rose during training
@@ -109,25 +118,32 @@ def test_the_shipped_demo_model_is_todays_recipe_loads_and_learned():
 
 @pytest.mark.slow
 def test_demo_retrain_trains_on_the_training_region_and_the_run_uses_it(tmp_path, capfd):
-    """`rtsflow demo --retrain` (here with a short training config): training with progress, then the run."""
+    """`rtsflow demo --retrain` (here with a short training config and one small realistic region on real
+    terrain): every training region through the stages, training with progress, then the run."""
     import dataclasses
     import json
 
-    from pipelines.demo import run_demo, training_key
+    from pipelines.demo import RealisticRecipe, run_demo, training_key
     from rtsflow.io.probability import open_probability
     from rtsflow.model.train import DEMO_CONFIG
 
     tiny = dataclasses.replace(DEMO_CONFIG, epochs=2, steps_per_epoch=3, batch_size=4)
-    result = run_demo(out=tmp_path, size_km=2.0, retrain=True, train_config=tiny, train_size_km=3.0)
+    recipe = RealisticRecipe(terrains=("longyearbyen",), per_terrain=1, negatives_per_terrain=0, size_km=2.0)
+    kw = {"size_km": 2.0, "train_config": tiny, "train_size_km": 3.0, "realistic": recipe}
+    result = run_demo(out=tmp_path, retrain=True, **kw)
     text = "".join(capfd.readouterr())
-    assert "model: training unet (mobilenet_v2)" in text and "training: " in text and "model: 2 epochs" in text
+    assert "training region 2/2: train_longyearbyen_0" in text
+    assert "model: training unet (mobilenet_v2) on 2 training regions" in text
+    assert "training: " in text and "model: 2 epochs" in text
     record = json.loads((result.model / "rtsflow_model.json").read_text())
-    assert record["training"]["demo"] == training_key(0, train_config=tiny, size_km=3.0)
+    assert record["training"]["demo"] == training_key(0, train_config=tiny, size_km=3.0, realistic=recipe)
+    assert [a["n_label_polygons"] > 0 for a in record["training"]["areas"]] == [True, True]
+    assert record["training"]["demo_scene"]["detection_f1"] >= 0.0  # the demo scene's scores, recorded
     assert (result.model / "training_log.csv").exists()
     prob = open_probability(result.run / "probability_2010_2016.zarr")
     assert prob.attrs["model_sha256"] == record["weights_sha256"]
     # The same recipe again: the trained model is reused, not the shipped one.
-    run_demo(out=tmp_path, size_km=2.0, train_config=tiny, train_size_km=3.0)
+    run_demo(out=tmp_path, **kw)
     assert f"model: cached {result.model}" in "".join(capfd.readouterr())
 
 

@@ -32,6 +32,7 @@ from rtsflow.config import ConfigError, load_config, parse_config
 from rtsflow.grid import Grid
 from rtsflow.io.features import open_features
 from rtsflow.io.probability import open_probability
+from rtsflow.model.checkpoint import DEFAULT_MODEL
 
 SMALL_GRID = Grid(resolution=10.0, tile_size=32, block_tiles=2)  # 64-px blocks: the region spans 4-5 per side
 ROOT = Path(__file__).resolve().parents[1]
@@ -514,7 +515,7 @@ def test_several_periods_link_into_histories_with_carbon_and_terrain(demo_run, t
 
     out, _ = demo_run
     config = parse_config({"name": "periods", "cube": str(out / "cube.zarr"), "output": str(tmp_path / "run"),
-                           "pairs": [[2010, 2013], [2013, 2016]], "model": str(ROOT / "rtsflow" / "models" / "demo"),
+                           "pairs": [[2010, 2013], [2013, 2016]], "model": str(DEFAULT_MODEL),
                            "coregister": False, "reference": None, "inference": {"halo": 32},
                            "densities": {"cell_size": [1000]}}, base=tmp_path)  # fmt: skip
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",

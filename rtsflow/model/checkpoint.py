@@ -19,8 +19,10 @@ from rtsflow import __version__
 from rtsflow.model.factory import build_model
 from rtsflow.model.normalise import BandScaling
 
-__all__ = ["CheckpointError", "ModelSpec", "load_checkpoint", "save_checkpoint", "verify_checkpoint"]
+__all__ = ["DEFAULT_MODEL", "CheckpointError", "ModelSpec", "load_checkpoint", "save_checkpoint", "verify_checkpoint"]
 
+#: The model shipped with rtsflow: what a run uses when its config names none (recipe: ``pipelines.demo``).
+DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "models" / "default"
 WEIGHTS = "model.safetensors"
 RECORD = "rtsflow_model.json"
 _PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".bin")

@@ -1,0 +1,95 @@
+"""Realistic synthetic scenes: every realism switch of ``rtsflow.synth`` on, on real or analytic terrain.
+
+Shared by the default model's training recipe (``pipelines.demo``) and the
+generalisation benchmark (``benchmarks/bench_generalisation.py``), so that both
+draw their scenes from one definition. Real terrain and RTS outlines come from
+``../shared/data`` beside the repository (see its README for the sources).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from rtsflow.synth.generator import SynthConfig
+
+__all__ = ["DATA", "OUTLINES", "TERRAINS", "WINTER_COHERENCE", "randomised", "realistic", "terrain_path"]
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+#: Terrain name → DEM (None: the analytic generator).
+TERRAINS: dict[str, Path | None] = {
+    "analytic": None,
+    "longyearbyen": DATA / "longyearbyen" / "DEM_1995.tif",  # Svalbard, Norwegian Polar Institute
+    "st_helens": DATA / "mount_st_helens" / "2.tif",  # Mount St Helens 2000 crater DEM
+}
+# TanDEM-X is bistatic: winter coherence is high. 0.97 gives a median dDEM σ over slumps of 0.80 m on the analytic
+# terrain (1.16 m on Longyearbyen's steeper slopes); the Maier et al. Ellesmere reference RTS: 0.62 m (p10–p90
+# 0.35–1.03 m). The scenes before 2026-12-03 13:00 used 0.8 (1.7 m): 2.8× the real error.
+WINTER_COHERENCE = 0.97
+#: Real RTS outlines the slumps are drawn from (Maier Ellesmere + ARTS Taymyr TP2).
+OUTLINES = (DATA / "maier2025_ellesmere" / "reference_postprocessed.geojson",
+            DATA / "arts_bernhard2022" / "taymyr" / "SHP_RTS_TP2.shp")  # fmt: skip
+
+
+def terrain_path(terrain: str) -> Path | None:
+    """The DEM of a named terrain (``None`` for the analytic one); a clear error when it is missing."""
+    if terrain not in TERRAINS:
+        raise ValueError(f"terrain must be one of {list(TERRAINS)}, got {terrain!r}")
+    path = TERRAINS[terrain]
+    if path is not None and not path.exists():
+        raise FileNotFoundError(f"terrain {terrain!r}: {path} is missing (../shared/data beside the repository)")
+    return path
+
+
+def realistic(*, seed: int, size_km: float, terrain: str, slumps: bool = True) -> SynthConfig:
+    """A SynthConfig with every realism switch on (values: rtsflow.synth.errors / confounders docstrings).
+
+    ``slumps=False`` gives an RTS-free scene with three times the hard negatives.
+    """
+    for p in OUTLINES:
+        if not p.exists():
+            raise FileNotFoundError(f"RTS outlines: {p} is missing (../shared/data beside the repository)")
+    path = terrain_path(terrain)
+    return SynthConfig(
+        seed=seed,
+        size_km=(size_km, size_km),
+        winters=(2010, 2016),
+        ramp_m_per_km=0.05,
+        undulation_rms_m=0.5,
+        noise_correlation_px=2.0,
+        blunders_per_100km2=20.0,
+        terrain=str(path) if path else None,
+        outlines=tuple(str(p) for p in OUTLINES),
+        hard_negatives_per_km2=1.0 if slumps else 3.0,
+        slump_density=1.5 if slumps else 0.0,
+        winter_coherence=WINTER_COHERENCE,
+    )
+
+
+def randomised(*, seed: int, size_km: float, terrain: str, slumps: bool = True) -> SynthConfig:
+    """A training region with its realism drawn at random (domain randomisation, issue #12 part 2).
+
+    Ranges bracket :func:`realistic`: DEM-noise correlation 1–3 px, 0–40 unwrapping
+    blunders per 100 km², ramps 0.01–0.1 m/km, undulations 0.1–1 m, misregistration
+    up to 1–4 px, 0.5–3 hard negatives and 1–2.5 slump sites per km², 3- or 6-year
+    periods, winter coherence 0.85–0.98 (dDEM σ over slumps ~0.8–1.4 m).
+    ``slumps=False``: no slumps and 3 hard negatives per km² (an RTS-free region).
+    """
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    config = dataclasses.replace(
+        realistic(seed=seed, size_km=size_km, terrain=terrain),
+        winters=(2010, 2013) if rng.random() < 0.3 else (2010, 2016),
+        noise_correlation_px=float(rng.uniform(1.0, 3.0)),
+        blunders_per_100km2=float(rng.uniform(0.0, 40.0)),
+        ramp_m_per_km=float(rng.uniform(0.01, 0.1)),
+        undulation_rms_m=float(rng.uniform(0.1, 1.0)),
+        max_shift_px=float(rng.uniform(1.0, 4.0)),
+        hard_negatives_per_km2=float(rng.uniform(0.5, 3.0)),
+        slump_density=float(rng.uniform(1.0, 2.5)),
+        winter_coherence=float(rng.uniform(0.85, 0.98)),
+    )
+    if not slumps:
+        config = dataclasses.replace(config, slump_density=0.0, hard_negatives_per_km2=3.0)
+    return config
