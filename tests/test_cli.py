@@ -74,7 +74,8 @@ def test_demo_end_to_end_meets_the_accuracy_targets_and_resumes(demo_run):
     # No training step: the shipped model (sha256 checked on load) made the probabilities.
     assert "model: shipped default model" in r.stdout and "training: " not in text
     record = json.loads((SHIPPED_MODEL / "rtsflow_model.json").read_text())
-    assert open_probability(out / "run" / "probability_2010_2016.zarr").attrs["model_sha256"] == record["weights_sha256"]
+    prob = open_probability(out / "run" / "probability_2010_2016.zarr")
+    assert prob.attrs["model_sha256"] == record["weights_sha256"]
     m = re.search(r"detection F1 ([0-9.]+) .*pixel IoU ([0-9.]+)", r.stdout)
     assert m, r.stdout
     assert float(m.group(1)) >= 0.85 and float(m.group(2)) >= 0.7, r.stdout

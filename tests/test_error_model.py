@@ -10,10 +10,11 @@ import shapely
 import xarray as xr
 from scipy import ndimage
 
-from rtsflow.graph.error_model import error_model, fit_error_model, sample_plan
+from rtsflow.graph.error_model import error_model, sample_plan
 from rtsflow.graph.masswasting import measure
 from rtsflow.grid import Grid, Window
 from rtsflow.kernels.variogram import VariogramModel, fit_variogram, semivariance_sums
+from rtsflow.stages.polygons import fit_error_model
 
 GRID = Grid(resolution=10.0, tile_size=128, block_tiles=4)  # 512-px blocks: several per test region
 WINDOW = Window(562_176, 380_416, 1536, 1536)  # block-aligned: 3 x 3 blocks

@@ -10,9 +10,9 @@ Windows are added in order, up to ``PER_BLOCK_PAIRS`` pixel pairs per block and
 ``TARGET_PAIRS`` in all, and a two-range variogram is fitted
 (:mod:`rtsflow.kernels.variogram`).
 
-:func:`fit_error_model` reads block by block only while the selection needs
-more (the stages, in one task); :func:`error_model` builds the same lazily
-(every window's sums, then the same selection). Both give the same model.
+:func:`error_model` builds the model lazily; the reduce stage
+(:func:`rtsflow.stages.polygons.fit_error_model`, in one task) reads block by
+block only while the selection needs more. Both give the same model.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from rtsflow.kernels import gdal
 from rtsflow.kernels.coreg import nmad
 from rtsflow.kernels.variogram import LAGS_PX, VariogramModel, fit_variogram, semivariance_sums
 
-__all__ = ["error_model", "fit_error_model", "sample_plan", "stable_variogram", "window_sums"]
+__all__ = ["block_bands", "block_window_sums", "error_model", "sample_plan", "stable_variogram", "window_sums"]
 
 log = logging.getLogger(__name__)
 SAMPLE_SIZE = 256  # px: lags up to 128 px (1.3 km at 10 m) inside one window
@@ -115,13 +115,14 @@ def stable_variogram(blocks, *, resolution: float) -> VariogramModel | None:
         return None
 
 
-def _bands(features: xr.Dataset, window: Window, origin: Window):
+def block_bands(features: xr.Dataset, window: Window, origin: Window):
+    """The (lazy) ddem, ddem_sigma, water and quality of ``window`` (``None`` for a band the store lacks)."""
     sl = {"y": slice(window.row - origin.row, window.row_stop - origin.row),
           "x": slice(window.col - origin.col, window.col_stop - origin.col)}  # fmt: skip
     return [features[v].isel(sl).data if v in features else None for v in ("ddem", "ddem_sigma", "water", "quality")]
 
 
-def _block_window_sums(ddem, sigma, water, quality, polygons, *, grid: Grid, block: Window,
+def block_window_sums(ddem, sigma, water, quality, polygons, *, grid: Grid, block: Window,
                        windows: list[Window]) -> list[tuple[np.ndarray, np.ndarray]]:  # fmt: skip
     """The block's window sums in order, up to ``PER_BLOCK_PAIRS`` (all that :func:`_select` can use of it)."""
     bands, out, pairs = (ddem, sigma, water, quality), [], 0.0
@@ -139,28 +140,7 @@ def error_model(features: xr.Dataset, polygons: gpd.GeoDataFrame | Delayed | Non
     domain = grid.window_from_coords(features["x"].values, features["y"].values)
     if polygons is not None and not isinstance(polygons, Delayed):
         polygons = dask.delayed(polygons)
-    blocks = [dask.delayed(_block_window_sums)(*_bands(features, block, domain), polygons, grid=grid, block=block,
+    blocks = [dask.delayed(block_window_sums)(*block_bands(features, block, domain), polygons, grid=grid, block=block,
                                                windows=windows)
               for block, windows in sample_plan(domain, grid=grid)]  # fmt: skip
     return dask.delayed(stable_variogram)(blocks, resolution=grid.resolution)
-
-
-def fit_error_model(features: xr.Dataset, polygons: gpd.GeoDataFrame | None, *, grid: Grid) -> VariogramModel | None:
-    """At once (inside one task): read ``features`` (e.g. a store) block by block until enough pairs, and fit.
-
-    Each block's bands are read once, and only while the selection still needs them.
-    """
-    domain = grid.window_from_coords(features["x"].values, features["y"].values)
-    blocks, pairs = [], 0.0
-    for block, windows in sample_plan(domain, grid=grid):
-        if pairs >= TARGET_PAIRS:
-            break
-        # The sync scheduler: this runs inside a worker's task, whose client must not be re-entered.
-        ddem, *others = _bands(features, block, domain)
-        ddem = dask.compute(ddem, scheduler="sync")[0]
-        if np.isfinite(ddem).sum() < MIN_STABLE:  # no data here: the other bands need not be read
-            continue
-        others = dask.compute(*others, scheduler="sync")
-        blocks.append(_block_window_sums(ddem, *others, polygons, grid=grid, block=block, windows=windows))
-        pairs += sum(c[0] for _, c in blocks[-1])
-    return stable_variogram(blocks, resolution=grid.resolution)

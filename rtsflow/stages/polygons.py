@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import geopandas as gpd
 import numpy as np
@@ -32,8 +33,13 @@ from rtsflow.kernels.zonal import MAX_FIELDS, ZONAL_FIELDS
 from rtsflow.postprocess import DEFAULT_FILTERS, FilterConfig, apply_filters
 from rtsflow.stages.base import BlockJob, Stage, Upstream, block_name, run_stage
 
-__all__ = ["DensitySpec", "polygons_block", "polygons_stage", "reduce_pair", "with_carbon", "zonal_block",
-           "zonal_stage"]
+if TYPE_CHECKING:
+    import xarray as xr
+
+    from rtsflow.kernels.variogram import VariogramModel
+
+__all__ = ["DensitySpec", "fit_error_model", "polygons_block", "polygons_stage", "reduce_pair", "with_carbon",
+           "zonal_block", "zonal_stage"]
 
 
 @dataclass(frozen=True)
@@ -119,8 +125,33 @@ def zonal_stage(*, key: str, polygons: gpd.GeoDataFrame, features: Path, grid: G
                  upstream=[Upstream("features", key)])  # fmt: skip
 
 
-def _fitted_error_model(features: Path, polygons: gpd.GeoDataFrame, *, grid: Grid):
-    from rtsflow.graph.error_model import fit_error_model
+def fit_error_model(features: xr.Dataset, polygons: gpd.GeoDataFrame | None, *, grid: Grid) -> VariogramModel | None:
+    """At once (inside one task): read ``features`` (e.g. a store) block by block until enough pairs, and fit.
+
+    Each block's bands are read once, and only while the selection still needs them; the
+    same model as the lazy :func:`rtsflow.graph.error_model.error_model`.
+    """
+    import dask
+
+    from rtsflow.graph import error_model as em
+
+    domain = grid.window_from_coords(features["x"].values, features["y"].values)
+    blocks, pairs = [], 0.0
+    for block, windows in em.sample_plan(domain, grid=grid):
+        if pairs >= em.TARGET_PAIRS:
+            break
+        # The sync scheduler: this runs inside a worker's task, whose client must not be re-entered.
+        ddem, *others = em.block_bands(features, block, domain)
+        ddem = dask.compute(ddem, scheduler="sync")[0]
+        if np.isfinite(ddem).sum() < em.MIN_STABLE:  # no data here: the other bands need not be read
+            continue
+        others = dask.compute(*others, scheduler="sync")
+        blocks.append(em.block_window_sums(ddem, *others, polygons, grid=grid, block=block, windows=windows))
+        pairs += sum(c[0] for _, c in blocks[-1])
+    return em.stable_variogram(blocks, resolution=grid.resolution)
+
+
+def _fitted_error_model(features: Path, polygons: gpd.GeoDataFrame, *, grid: Grid) -> VariogramModel | None:
     from rtsflow.io.features import open_features
 
     return fit_error_model(open_features(features), polygons, grid=grid)
