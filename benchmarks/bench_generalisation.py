@@ -17,15 +17,14 @@ Per scene it prints detection P/R/F1, pixel IoU, the regional volume ratio
 per-RTS median |error|, share of RTS within 1σ) and, on the RTS-free scene,
 false positives per 100 km².
 
-``--train`` runs the leave-one-terrain-out protocol: for each held-out terrain a
-model is trained (``rtsflow.model.train``, continuing from ``--model``) on
-training regions of the *other* terrains, then evaluated on the held-out one.
-``--randomise`` draws each training region's realism at random (domain
-randomisation), ``--regions-per-terrain`` sets how many, ``--model-size medium``
-trains a larger model from scratch. Without ``--train``, ``--model`` (default:
-the shipped default model) is evaluated as is. The scenes (``realistic()``,
-``randomised()``) are defined in ``pipelines/scenes.py``, shared with the
-default model's training recipe (whose seeds are none of these).
+Without ``--train`` the shipped default model (or ``--model``) is evaluated as
+is: its training recipe (``pipelines.demo``: the demo's region plus randomised
+regions of every terrain, ``RealisticRecipe``) shares no scene with these, but
+it has seen each terrain. ``--train`` runs the leave-one-terrain-out protocol:
+per held-out terrain the same recipe without that terrain's regions is trained
+from scratch, then evaluated on the held-out scene (and, for the analytic
+terrain, on the RTS-free scene). The scenes (``realistic()``, ``randomised()``)
+are defined in ``pipelines/scenes.py``.
 
 Reference slumps with less than half of their area valid (quality mask, water)
 are not scored (``truth.min_coverage``); the line also gives recall over all.
@@ -46,7 +45,7 @@ from pathlib import Path
 
 from common import print_header
 
-from pipelines.scenes import TERRAINS, randomised, realistic
+from pipelines.scenes import TERRAINS, realistic
 
 MIN_COVERAGE = 0.5  # reference slumps with less valid dDEM are not scored (truth.min_coverage)
 
@@ -118,23 +117,6 @@ def volume_over_true_outlines(features_path: Path, truth) -> dict:
             "coverage_1sigma": float(np.mean(np.abs(v[ok] - t[ok]) <= s[ok])), "n": int(ok.sum())}  # fmt: skip
 
 
-def features_for_training(root: Path, config, *, client) -> tuple[Path, Path]:
-    """Features of a training region and its truth labels (the block-wise stages, stopped after features)."""
-    import geopandas as gpd
-
-    from pipelines.demo import prepare_region
-    from pipelines.region import run_region
-    from rtsflow.config import parse_config
-
-    region, cube = prepare_region(root, config, say=lambda m: print(m, flush=True))
-    pair = (config.winters[0], config.winters[-1])
-    doc = {"name": root.name, "output": "run", "cube": str(cube), "pairs": [list(pair)]}
-    run_region(parse_config(doc, base=root, source="bench config"), client=client, progress=False, upto="features")
-    truth = gpd.read_parquet(region.truth_slumps)
-    truth[(truth.winter_start == pair[0]) & (truth.winter_end == pair[1])].to_parquet(root / "labels.parquet")
-    return root / "run" / f"features_{pair[0]}_{pair[1]}.zarr", root / "labels.parquet"
-
-
 def line(name: str, s: dict) -> str:
     m = s.get("metrics", {})
     ratio = s["volume_m3"] / s["true_volume_m3"] if s["true_volume_m3"] else float("nan")
@@ -163,31 +145,27 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--root", type=Path, default=Path("/tmp/rtsflow-bench-generalisation"))
     ap.add_argument("--size-km", type=float, default=5.0)
-    ap.add_argument("--seed", type=int, default=100, help="Scenes use seed, seed+1, …; training regions seed+50…")
+    ap.add_argument("--seed", type=int, default=100, help="Scenes use seed, seed+1, …, seed+10 (RTS-free).")
     ap.add_argument("--model", type=Path, default=DEFAULT_MODEL)
     ap.add_argument("--terrains", nargs="+", default=list(TERRAINS), choices=list(TERRAINS))
-    ap.add_argument("--train", action="store_true", help="Leave-one-terrain-out training before each evaluation.")
-    ap.add_argument("--epochs", type=int, default=10)
-    ap.add_argument("--model-size", choices=["demo", "medium"], default="demo",
-                    help="demo: fine-tune the shipped model's shape; medium: a ResNet18 UNet (decoder 128…16) "
-                         "trained from scratch, to test whether capacity limits the fit")  # fmt: skip
-    ap.add_argument("--patience", type=int, default=5, help="Epochs without a better validation IoU before stopping.")
-    ap.add_argument("--regions-per-terrain", type=int, default=1, help="Training regions per training terrain.")
-    ap.add_argument("--randomise", action="store_true", help="Draw each training region's realism at random.")
+    ap.add_argument("--train", action="store_true",
+                    help="Leave one terrain out: per held-out terrain, train the default model's recipe "
+                         "(pipelines.demo) without that terrain's regions, from scratch; evaluate it.")  # fmt: skip
+    ap.add_argument("--epochs", type=int, help="Override the recipe's epochs (with --train).")
     args = ap.parse_args()
     print_header("generalisation")
     record = read_record(args.model)
     print(f"# model: {args.model} (sha256 {record['weights_sha256']})")
-    print(f"# scenes: {args.size_km:g} km, realism on (see realistic() in this script); train: {args.train}")
+    print(f"# scenes: {args.size_km:g} km, realism on (pipelines/scenes.py realistic()); train: {args.train}")
     args.root.mkdir(parents=True, exist_ok=True)
     results, models = {}, {}
     t0 = time.perf_counter()
+    if args.train:
+        models = _leave_one_out(args)
     with connect("local", quiet=True) as client:
         for k, terrain in enumerate(args.terrains):
-            model = args.model
-            if args.train:
-                model = models[terrain] = _leave_one_out(args, terrain, client=client)
-                print(f"# model without {terrain}: {model} (sha256 {read_record(model)['weights_sha256']})")
+            model = models.get(terrain, args.model)
+            print(f"# {terrain}: model {model} (sha256 {read_record(model)['weights_sha256']})")
             config = realistic(seed=args.seed + k, size_km=args.size_km, terrain=terrain)
             s = run_scene(args.root / f"test_{terrain}", config, model, client=client)
             results[terrain] = s
@@ -201,28 +179,30 @@ def main() -> None:
     (args.root / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
 
 
-def _leave_one_out(args, held_out: str, *, client) -> Path:
-    from rtsflow.model.train import DEMO_CONFIG, load_area, read_labels, train
+def _leave_one_out(args) -> dict[str, Path]:
+    """Per held-out terrain, the default model's recipe without that terrain, trained from scratch.
 
-    areas = []
-    for j, terrain in enumerate(TERRAINS):
-        if terrain == held_out:
-            continue
-        for r in range(args.regions_per_terrain):
-            seed = args.seed + 50 + j + 10 * r  # by the terrain's place in TERRAINS: same region whoever is held out
-            config = (randomised if args.randomise else realistic)(seed=seed, size_km=args.size_km, terrain=terrain)
-            name = f"train_{terrain}" + (f"_{r}" if r else "") + ("_random" if args.randomise else "")
-            feats, labels = features_for_training(args.root / name, config, client=client)
-            areas.append(load_area(feats, read_labels(labels), config=DEMO_CONFIG))
-    config = dataclasses.replace(DEMO_CONFIG, epochs=args.epochs, lr=1e-3, patience=args.patience,
-                                 restart_epochs=args.epochs)  # fmt: skip
-    init_from = args.model
-    if args.model_size == "medium":
-        config = dataclasses.replace(config, encoder="resnet18", decoder_channels=(128, 64, 32, 16))
-        init_from = None
-    out = args.root / (f"model_without_{held_out}" + ("" if args.model_size == "demo" else f"_{args.model_size}"))
-    train(areas, out=out, config=config, overwrite=True, init_from=init_from)
-    return out
+    Every training region is generated (and its features computed) once under ``root/training``, as
+    ``rtsflow demo --retrain`` does; the models are trained afterwards with no Dask cluster running.
+    """
+    from pipelines.demo import MODEL_TRAIN_CONFIG, RealisticRecipe, _train, _training_data, training_key
+    from rtsflow.cluster import connect
+
+    config = MODEL_TRAIN_CONFIG if args.epochs is None else dataclasses.replace(MODEL_TRAIN_CONFIG, epochs=args.epochs)
+    # The demo's own region is analytic terrain too: left out with it.
+    keys = {t: training_key(0, train_config=config, demo_region=t != "analytic",
+                            realistic=RealisticRecipe(terrains=tuple(o for o in TERRAINS if o != t)))
+            for t in args.terrains}  # fmt: skip
+    data = {}
+    with connect("local", quiet=True) as client:
+        for t, key in keys.items():
+            data[t] = _training_data(args.root / "training", key, client=client, force=False, say=print)
+    models = {}
+    for t, key in keys.items():
+        out = args.root / f"without_{t}"
+        _train(out, *data[t], key, train_config=config, say=print)
+        models[t] = out / "model"
+    return models
 
 
 if __name__ == "__main__":

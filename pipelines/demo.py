@@ -138,19 +138,22 @@ def training_key(
     train_config=None,
     size_km: float = TRAIN_SIZE_KM,
     realistic: RealisticRecipe | None = RealisticRecipe(),
+    demo_region: bool = True,
 ) -> dict:
     """The default model's recipe: the demo's training region, the realistic regions and the training config.
 
     As stored in (and read back from) the JSON record, so tuples are lists. The
-    demo's own region is synthetic (``seed + 1000``, ``size_km``); ``realistic``
-    adds the randomised regions of :class:`RealisticRecipe` (``None``: none).
+    demo's own region is synthetic (``seed + 1000``, ``size_km``, analytic
+    terrain; ``demo_region=False``: left out); ``realistic`` adds the randomised
+    regions of :class:`RealisticRecipe` (``None``: none).
     """
-    config = SynthConfig(seed=seed + TRAIN_SEED_OFFSET, size_km=(size_km, size_km))
-    synth = asdict(config)
-    # Error settings added after the demo's world was fixed are part of the recipe only when changed.
-    for key in REALISM_FIELDS:
-        if synth[key] == getattr(SynthConfig, key):
-            del synth[key]
+    synth = None
+    if demo_region:
+        synth = asdict(SynthConfig(seed=seed + TRAIN_SEED_OFFSET, size_km=(size_km, size_km)))
+        # Error settings added after the demo's world was fixed are part of the recipe only when changed.
+        for key in REALISM_FIELDS:
+            if synth[key] == getattr(SynthConfig, key):
+                del synth[key]
     doc = {"synth": synth, "realistic": realistic.to_dict() if realistic else None,
            "train": (train_config or MODEL_TRAIN_CONFIG).to_dict()}  # fmt: skip
     return json.loads(json.dumps(doc))
@@ -180,7 +183,10 @@ def _usable_model(out: Path, key: dict, *, say) -> Path | None:
 
 def _training_regions(key: dict) -> list[tuple[str, SynthConfig]]:
     """(directory name, SynthConfig) of every training region of a recipe."""
-    regions = [("train", SynthConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in key["synth"].items()}))]
+    regions = []
+    if key["synth"]:
+        regions.append(("train", SynthConfig(**{k: tuple(v) if isinstance(v, list) else v
+                                                for k, v in key["synth"].items()})))  # fmt: skip
     if key.get("realistic"):
         recipe = RealisticRecipe(**{k: tuple(v) if isinstance(v, list) else v for k, v in key["realistic"].items()})
         regions += [(f"train_{name}", config) for name, config in recipe.scenes()]
