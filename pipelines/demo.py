@@ -125,7 +125,7 @@ def _truth_file(region: SynthRegion, pair: tuple[int, int], path: Path) -> Path:
 
 
 def _model_key(model: Path) -> dict | None:
-    """The demo training recipe a model directory was trained with (``None``: not a demo model)."""
+    """The recipe (:func:`training_key`) a model directory was trained with (``None``: not trained by the demo)."""
     record = model / "rtsflow_model.json"
     if not record.exists():
         return None

@@ -793,11 +793,12 @@ def info(cube) -> None:
 @click.option("--size-km", type=float, default=5.0, show_default=True, help="Side of the square test region (km).")
 @click.option("--cluster", default="local", show_default=True, help=CLUSTER_HELP)
 @click.option("--force", is_flag=True, help="Regenerate, retrain and recompute everything.")
-@click.option("--retrain", is_flag=True, help="Train the demo model again instead of using the shipped one.")
+@click.option("--retrain", is_flag=True, help="Train the default model again instead of using the shipped one.")
 def demo(out, seed, size_km, cluster, force, retrain) -> None:
-    """Run the main job end to end on a built-in synthetic region with the shipped demo model.
+    """Run the main job end to end on a built-in synthetic region with the shipped default model.
 
-    The model is trained again (on a separate synthetic training region) with
+    The model is trained again (its recipe: the demo's training region plus 18
+    realistic regions on analytic and real terrain, pipelines/demo.py) with
     --retrain, or when no shipped or cached model has this seed's recipe.
     """
     from pipelines.demo import run_demo

@@ -104,10 +104,12 @@ class SynthConfig:
         (p10–p90 0.35–1.03 m, ``avg_height_error`` of
         ``../shared/data/maier2025_ellesmere``), which ~0.95 reproduces.
 
-    The realism settings (the last eight, :data:`REALISM_FIELDS`) keep the values
-    the shipped demo model was trained with for now (issue #12 makes them
-    realistic with a model trained for them; TanDEM-X's relative height error
-    reaches decimetres to metres over kilometres).
+    The realism settings (the last eight, :data:`REALISM_FIELDS`) default to the
+    demo's world (pixel-independent noise, analytic terrain, no confounders);
+    ``pipelines.scenes.realistic`` switches them all on, with the values the
+    default model's realistic training regions and the generalisation benchmark
+    use (TanDEM-X's relative height error reaches decimetres to metres over
+    kilometres).
     """
 
     seed: int = 0
@@ -156,7 +158,7 @@ class SynthConfig:
         return Window(int(row), int(col), max(1, round(h / grid.resolution)), max(1, round(w / grid.resolution)))
 
 
-#: Error settings added after the shipped demo model was trained (recorded in its recipe only when changed).
+#: Error settings added after the demo's world was fixed (in the model recipe's demo region only when changed).
 REALISM_FIELDS = ("ramp_m_per_km", "undulation_rms_m", "noise_correlation_px", "blunders_per_100km2", "terrain",
                   "outlines", "hard_negatives_per_km2", "winter_coherence")  # fmt: skip
 
