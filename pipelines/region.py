@@ -195,7 +195,7 @@ def run_region(
 
     if upto not in UPTO:
         raise ValueError(f"upto must be one of {UPTO}, got {upto!r}")
-    if config.model is None:  # the model shipped with rtsflow (its path and sha256 go into the run's record)
+    if config.model is None and upto != "features":  # the model shipped with rtsflow (path + sha256 recorded)
         config = dataclasses.replace(config, model=str(DEFAULT_MODEL))
     rd = RunDirectory(Path(config.output))
     # The weights' hash is part of the run's identity: a retrained model never reuses old blocks.

@@ -512,16 +512,22 @@ def test_several_periods_link_into_histories_with_carbon_and_terrain(demo_run, t
     them: both pairs' RTS tables, the history linking them, the period totals and the reports.
     """
     from rtsflow.history import STATUSES
+    from rtsflow.model.checkpoint import read_record
 
     out, _ = demo_run
+    # No `model`: the run uses the one shipped with rtsflow, and says so in its config and outputs.
     config = parse_config({"name": "periods", "cube": str(out / "cube.zarr"), "output": str(tmp_path / "run"),
-                           "pairs": [[2010, 2013], [2013, 2016]], "model": str(DEFAULT_MODEL),
+                           "pairs": [[2010, 2013], [2013, 2016]],
                            "coregister": False, "reference": None, "inference": {"halo": 32},
                            "densities": {"cell_size": [1000]}}, base=tmp_path)  # fmt: skip
+    assert config.model is None
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
                       dashboard_address=None) as lc, Client(lc) as client:  # fmt: skip
         result = run_region(config, client=client, progress=False)
     run = tmp_path / "run"
+    assert yaml.safe_load((run / "config.yaml").read_text())["model"] == str(DEFAULT_MODEL)
+    sha = open_probability(run / "probability_2010_2013.zarr").attrs["model_sha256"]
+    assert sha == read_record(DEFAULT_MODEL)["weights_sha256"]
     assert result.history == {"history": str(run / "rts_history.parquet"), "periods": str(run / "rts_periods.csv")}
     # One composite per epoch, shared by the two pairs.
     assert sorted(p.name for p in run.glob("composite_*.zarr")) == [f"composite_{e}.zarr" for e in (2010, 2013, 2016)]
