@@ -92,3 +92,17 @@ def test_the_check_fails_for_a_renamed_command_or_option():
     with pytest.raises(click.UsageError, match="no option"):
         check_command("rtsflow run CONFIG.yaml [--forse]", complete=False)
     check_command("rtsflow cube footprints cube.zarr", complete=True)
+
+
+def test_every_make_target_the_docs_name_exists():
+    """`make X` in the docs (code blocks and inline code) is a target of the Makefile."""
+    targets = set(re.findall(r"^([a-z][a-z0-9-]*):", (ROOT / "Makefile").read_text(), flags=re.M))
+    named = set()
+    for doc in DOCS:
+        if doc.exists():
+            text = doc.read_text()
+            for block in re.findall(r"```(?:bash|sh|console)?\n(.*?)```", text, flags=re.S):
+                named |= set(re.findall(r"^(?:\$ )?make ([a-z][a-z0-9-]*)", block, flags=re.M))
+            named |= set(re.findall(r"`make ([a-z][a-z0-9-]*)[^`]*`", text))
+    assert {"demo", "test"} <= named
+    assert named <= targets, f"documented but not in the Makefile: {sorted(named - targets)}"
