@@ -54,7 +54,7 @@ def test_synth_rejects_bad_winters(tmp_path):
 
 @pytest.mark.slow
 def test_demo_end_to_end_meets_the_accuracy_targets_and_resumes(demo_run):
-    """The main job as the README runs it: the shipped default model on the test region, F1 >= 0.85 vs the truth,
+    """The main job as the README runs it: the shipped default model on the test region, F1 >= 0.75 vs the truth,
     and the scores recorded with the model when it was shipped."""
     import json
     import re
@@ -78,7 +78,9 @@ def test_demo_end_to_end_meets_the_accuracy_targets_and_resumes(demo_run):
     assert prob.attrs["model_sha256"] == record["weights_sha256"]
     m = re.search(r"detection F1 ([0-9.]+) .*pixel IoU ([0-9.]+)", r.stdout)
     assert m, r.stdout
-    assert float(m.group(1)) >= 0.85 and float(m.group(2)) >= 0.7, r.stdout
+    # The default model is trained mostly on realistic scenes (18 of its 19 regions): on the demo's own, noisier
+    # world it scores below the demo-only model it replaced (F1 0.89, IoU 0.75; RESULTS.md, "The default model").
+    assert float(m.group(1)) >= 0.75 and float(m.group(2)) >= 0.65, r.stdout
     # The model reproduces the demo-scene scores recorded when it was trained (`make default-model`).
     recorded = record["training"]["demo_scene"]
     assert recorded["seed"] == 0 and recorded["size_km"] == 5.0
