@@ -1,0 +1,38 @@
+"""Realistic scenes and the default model's training recipe (pipelines.scenes, pipelines.demo)."""
+
+from __future__ import annotations
+
+import pytest
+
+from pipelines.demo import RealisticRecipe, _training_regions, training_key
+from pipelines.scenes import TERRAINS, WINTER_COHERENCE, randomised, realistic, terrain_path
+
+
+def test_the_recipe_covers_every_terrain_with_slumps_and_rts_free_regions_none_a_benchmark_scene():
+    scenes = RealisticRecipe().scenes()
+    assert len(scenes) == 3 * (5 + 1)
+    seeds = [c.seed for _, c in scenes]
+    assert len(set(seeds)) == len(seeds) and not set(seeds) & set(range(100, 111))  # bench scenes: seeds 100-110
+    assert {c.terrain for _, c in scenes} == {str(p) if p else None for p in TERRAINS.values()}
+    negatives = [c for name, c in scenes if "negatives" in name]
+    assert len(negatives) == 3 and all(c.slump_density == 0 and c.hard_negatives_per_km2 == 3.0 for c in negatives)
+    assert all(0.85 <= c.winter_coherence <= 0.98 for _, c in scenes)
+    # The key round-trips: what the record stores gives the same regions back.
+    key = training_key(0)
+    regions = _training_regions(key)
+    assert [n for n, _ in regions] == ["train"] + [f"train_{n}" for n, _ in scenes]
+    assert [c for _, c in regions[1:]] == [c for _, c in scenes]
+    assert [n for n, _ in _training_regions(training_key(0, demo_region=False))] == [f"train_{n}" for n, _ in scenes]
+
+
+def test_randomised_scenes_are_reproducible_and_realistic_ones_use_the_real_ddem_error():
+    assert randomised(seed=7, size_km=2.0, terrain="analytic") == randomised(seed=7, size_km=2.0, terrain="analytic")
+    assert randomised(seed=7, size_km=2.0, terrain="analytic") != randomised(seed=8, size_km=2.0, terrain="analytic")
+    config = realistic(seed=1, size_km=2.0, terrain="longyearbyen")
+    assert config.winter_coherence == WINTER_COHERENCE and config.terrain.endswith("DEM_1995.tif")
+    assert realistic(seed=1, size_km=2.0, terrain="analytic", slumps=False).slump_density == 0.0
+
+
+def test_an_unknown_terrain_is_named_in_the_error():
+    with pytest.raises(ValueError, match=r"terrain must be one of .*'mars'"):
+        terrain_path("mars")
