@@ -252,6 +252,7 @@ def run_demo(
     train_config=None,
     train_size_km: float = TRAIN_SIZE_KM,
     realistic: RealisticRecipe | None = RealisticRecipe(),
+    demo_region: bool = True,
 ) -> DemoResult:
     """Run the demo end to end and print where the outputs are, what was found and how well.
 
@@ -268,10 +269,10 @@ def run_demo(
     retrain
         Train the default model again (on its training regions) instead of using the
         shipped or cached one.
-    train_config, train_size_km, realistic
+    train_config, train_size_km, realistic, demo_region
         The default model's training config (default :data:`MODEL_TRAIN_CONFIG`), the
-        demo's training region and the realistic regions; any other than the
-        shipped model's recipe means training.
+        demo's training region (``demo_region=False``: none) and the realistic
+        regions; any other than the shipped model's recipe means training.
     """
     from pipelines.region import run_region
     from rtsflow.config import parse_config
@@ -287,7 +288,8 @@ def run_demo(
     with connect(cluster) as client:
         say("synthetic test region")
         region, cube = prepare_region(out, config, force=force, say=say)
-        key = training_key(seed, train_config=train_config, size_km=train_size_km, realistic=realistic)
+        key = training_key(seed, train_config=train_config, size_km=train_size_km, realistic=realistic,
+                           demo_region=demo_region)  # fmt: skip
         model = None if (retrain or force) else _usable_model(out, key, say=say)
         training = _training_data(out, key, client=client, force=force, say=say) if model is None else None
     retrained = training is not None

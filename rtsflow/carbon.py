@@ -346,8 +346,9 @@ def zone_carbon(rts: pd.DataFrame, zone: Sequence[int] | np.ndarray, *, n_zones:
     sel = zone >= 0
     mean, second, groups = _terms(rts, model)
     eps = _relative_volume_sigma(rts)
-    total = np.bincount(zone[sel], weights=mean[sel], minlength=n_zones)
-    var = np.bincount(zone[sel], weights=(eps**2 * second)[sel], minlength=n_zones)
+    # float: bincount of an empty selection (no RTS in any zone) returns integers
+    total = np.bincount(zone[sel], weights=mean[sel], minlength=n_zones).astype(float)
+    var = np.bincount(zone[sel], weights=(eps**2 * second)[sel], minlength=n_zones).astype(float)
     for v, mu_r, sd_r, mu_e, sd_e, _ in groups:
         # Parameter errors shared by the zone's RTS: A = Σ V μ_ρ, B = Σ V σ_ρ per layer (module docstring).
         a = np.zeros((n_zones, v.shape[1]))

@@ -258,3 +258,13 @@ def test_soc_raster_config_errors(tmp_path):
                      base=tmp_path)
     with pytest.raises(ConfigError, match="need a raster"):
         parse_config({**doc, "carbon": {"relative_sigma": 0.1}}, base=tmp_path)
+
+
+def test_zones_without_any_rts_carry_zero_carbon():
+    """No RTS in any zone (a cell or site where nothing was kept): zeros, not a dtype error."""
+    rts = _table(np.array([[100.0, 50.0, 0.0, 0.0]]), sigma=np.array([20.0]))
+    total, sigma = zone_carbon(rts, [-1], n_zones=2)
+    assert total.dtype == float and sigma.dtype == float
+    assert np.array_equal(total, [0.0, 0.0]) and np.array_equal(sigma, [0.0, 0.0])
+    total, sigma = zone_carbon(rts.iloc[:0], [], n_zones=3)
+    assert np.array_equal(total, np.zeros(3)) and np.array_equal(sigma, np.zeros(3))
