@@ -30,7 +30,7 @@ from pathlib import Path
 from common import print_header
 
 CHILD = r"""
-import json, resource, sys, time
+import json, sys, time
 import geopandas as gpd, xarray as xr
 from rtsflow.grid import DEFAULT_GRID as GRID
 store, path = sys.argv[1], sys.argv[2]
@@ -44,7 +44,8 @@ else:
     from rtsflow.stages.polygons import fit_error_model
     model = fit_error_model(feats, rts, grid=GRID)
 t = time.perf_counter() - t0
-rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+# VmHWM: this process's own peak (ru_maxrss would carry the parent's peak over fork + exec)
+rss = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM")) / 2**20
 print(json.dumps({"seconds": t, "peak_rss_gib": rss, "model": model.to_dict() if model else None}))
 """
 
