@@ -98,11 +98,11 @@ def test_a_bad_decision_names_the_candidate_and_writes_nothing(demo_run, tmp_pat
     assert r.returncode != 0 and "no RTS table for pair '2010_2099'" in r.stderr
 
 
-# A small budget per round (180 batches of 16 × 64² tiles, ~40 s on 2 cores): each round fine-tunes the previous
+# A small budget per round (120 batches of 16 × 64² tiles, ~30 s on 2 cores): each round fine-tunes the previous
 # model (the first: the shipped default model, trained on other regions) on what the person has confirmed so far;
 # unlabelled slumps are background to it. A gentle learning rate (3e-4) keeps what the model knew: at 1e-3 the
 # first round's recall fell from 0.66 to 0.31 (half the slumps taught as background), at 3e-4 to 0.51.
-LOOP_EPOCHS, LOOP_STEPS = 6, 30
+LOOP_EPOCHS, LOOP_STEPS = 4, 30
 SESSION = 4  # candidates a person reviews per round (largest volume loss first); the rest come back next round
 
 
