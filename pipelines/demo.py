@@ -181,16 +181,26 @@ def _usable_model(out: Path, key: dict, *, say) -> Path | None:
     return model
 
 
+def _from_json(cls, doc: dict):
+    """A frozen dataclass back from its JSON form (lists were tuples)."""
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in doc.items()})
+
+
 def _training_regions(key: dict) -> list[tuple[str, SynthConfig]]:
     """(directory name, SynthConfig) of every training region of a recipe."""
-    regions = []
-    if key["synth"]:
-        regions.append(("train", SynthConfig(**{k: tuple(v) if isinstance(v, list) else v
-                                                for k, v in key["synth"].items()})))  # fmt: skip
+    regions = [("train", _from_json(SynthConfig, key["synth"]))] if key["synth"] else []
     if key.get("realistic"):
-        recipe = RealisticRecipe(**{k: tuple(v) if isinstance(v, list) else v for k, v in key["realistic"].items()})
+        recipe = _from_json(RealisticRecipe, key["realistic"])
         regions += [(f"train_{name}", config) for name, config in recipe.scenes()]
     return regions
+
+
+def _add_to_training_record(model: Path, **fields) -> None:
+    """Add ``fields`` to the ``training`` section of a model's record (the weights' sha256 is unchanged)."""
+    record_path = model / "rtsflow_model.json"
+    record = json.loads(record_path.read_text())
+    record["training"].update(fields)
+    record_path.write_text(json.dumps(record, indent=2) + "\n")
 
 
 def _training_data(out: Path, key: dict, *, client, force: bool, say) -> tuple[list[Path], list[Path]]:
@@ -220,10 +230,7 @@ def _train(out: Path, features: list[Path], labels: list[Path], key: dict, *, tr
     say(f"model: training {train_config.architecture} ({train_config.encoder}) on {len(features)} training regions")
     result = run_training(features=features, labels=labels, out=model, config=train_config, overwrite=True,
                           progress=True)  # fmt: skip
-    record_path = model / "rtsflow_model.json"
-    record = json.loads(record_path.read_text())
-    record["training"]["demo"] = key  # what the cache is keyed on (the weights' sha256 is unchanged)
-    record_path.write_text(json.dumps(record, indent=2) + "\n")
+    _add_to_training_record(model, demo=key)  # what the cache is keyed on
     log = result.history
     say(
         f"model: {len(log)} epochs, validation IoU {log[0]['val_iou']:.3f} → best {result.metrics['val_iou']:.3f} "
@@ -234,11 +241,8 @@ def _train(out: Path, features: list[Path], labels: list[Path], key: dict, *, tr
 
 def _record_demo_scene(model: Path, *, seed: int, size_km: float, metrics: dict) -> None:
     """Keep the demo scene's scores in the model's record: what the shipped model must reproduce (a test checks)."""
-    record_path = model / "rtsflow_model.json"
-    record = json.loads(record_path.read_text())
     keys = ("detection_f1", "detection_precision", "detection_recall", "pixel_iou", "n_reference", "n_predicted")
-    record["training"]["demo_scene"] = {"seed": seed, "size_km": size_km} | {k: metrics[k] for k in keys}
-    record_path.write_text(json.dumps(record, indent=2) + "\n")
+    _add_to_training_record(model, demo_scene={"seed": seed, "size_km": size_km} | {k: metrics[k] for k in keys})
 
 
 def run_demo(
