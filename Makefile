@@ -31,7 +31,9 @@ test: $(STAMP)
 	@# A one-node SLURM on loopback for the dask-jobqueue test (installs slurm-wlm + munge as root;
 	@# where it cannot, the test skips and says why).
 	-@bash cluster/slurm/start_local_slurm.sh
-	$(VENV)/bin/python -m pytest -q tests
+	@# Two workers (CI has 2 cores; much of the suite waits on processes, clusters and I/O). Tests are
+	@# grouped per module, and all users of the shared demo run together (tests/conftest.py).
+	$(VENV)/bin/python -m pytest -q -n 2 --dist loadgroup tests
 
 bench: $(STAMP)
 	$(VENV)/bin/python benchmarks/bench_ingest.py

@@ -23,6 +23,18 @@ def shared(*parts: str) -> Path:
     return p
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    """Group tests for pytest-xdist's ``--dist loadgroup`` (``make test`` runs two workers).
+
+    A module's tests stay on one worker, so its module-scoped fixtures (a region, a run) are built
+    once; every test that reads the shared demo run is on one worker, so the demo runs once.
+    """
+    for item in items:
+        group = "demo_run" if "demo_run" in getattr(item, "fixturenames", ()) else item.path.stem
+        item.add_marker(pytest.mark.xdist_group(group))
+
+
 def tree_digest(path: Path) -> dict[str, str]:
     """sha256 of every file under a directory, keyed by relative path."""
     return {
