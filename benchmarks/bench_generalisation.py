@@ -14,8 +14,9 @@ region, with the synthetic truth for evaluation):
 
 Per scene it prints detection P/R/F1, pixel IoU, the regional volume ratio
 (detected / true), the dDEM path alone over the true outlines (regional ratio,
-per-RTS median |error|, share of RTS within 1σ) and, on the RTS-free scene,
-false positives per 100 km².
+per-RTS median |error|, share of RTS within 1σ), the recall per bin of volume SNR
+(each scored slump's ``|V| / σ_V`` over its true outline: what the dDEM can show) and, on
+the RTS-free scene, false positives per 100 km².
 
 Without ``--train`` the shipped default model (or ``--model``) is evaluated as
 is: its training recipe (``pipelines.demo``: the demo's region plus randomised
@@ -38,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import json
 import sys
 import time
@@ -95,12 +97,21 @@ def run_scene(root: Path, config, model: Path, *, client) -> dict:
         summary["metrics_all_slumps"] = evaluate_polygons(rts[rts.kept], truth).to_dict()
     summary["significance_filters"] = significance_filtered(rts, truth)
     if len(truth):
-        summary["outlines"] = volume_over_true_outlines(result.run / f"features_{pair[0]}_{pair[1]}.zarr", truth)
+        summary["outlines"] = volume_over_true_outlines(result.run / f"features_{pair[0]}_{pair[1]}.zarr", truth,
+                                                        rts=rts[rts.kept])  # fmt: skip
     return summary
 
 
-def volume_over_true_outlines(features_path: Path, truth) -> dict:
-    """The dDEM path alone: volumes measured over the true outlines vs the true volumes."""
+SNR_BINS = (0.0, 2.0, 4.0, 8.0, float("inf"))  # |V| / σ_V over the true outline
+
+
+def volume_over_true_outlines(features_path: Path, truth, *, rts=None) -> dict:
+    """The dDEM path alone: volumes measured over the true outlines vs the true volumes.
+
+    With ``rts`` (the kept detections) also the recall per bin of each slump's measured volume
+    SNR (``|V| / σ_V`` over its true outline; scored slumps only): how far detection is limited
+    by what the dDEM can show.
+    """
     import numpy as np
 
     from rtsflow.graph.dem import grid_of
@@ -113,8 +124,17 @@ def volume_over_true_outlines(features_path: Path, truth) -> dict:
     t = truth.volume_m3.to_numpy()
     ok = np.isfinite(v) & (t != 0)
     err = (v[ok] - t[ok]) / np.abs(t[ok])
-    return {"ratio": float(v[ok].sum() / t[ok].sum()), "median_abs_error": float(np.median(np.abs(err))),
-            "coverage_1sigma": float(np.mean(np.abs(v[ok] - t[ok]) <= s[ok])), "n": int(ok.sum())}  # fmt: skip
+    out = {"ratio": float(v[ok].sum() / t[ok].sum()), "median_abs_error": float(np.median(np.abs(err))),
+           "coverage_1sigma": float(np.mean(np.abs(v[ok] - t[ok]) <= s[ok])), "n": int(ok.sum())}  # fmt: skip
+    if rts is not None:
+        scored = np.nan_to_num(m.coverage.to_numpy()) >= MIN_COVERAGE
+        snr = np.abs(v) / s
+        found = truth.geometry.reset_index(drop=True).intersects(rts.to_crs(truth.crs).union_all()).to_numpy()
+        out["recall_by_snr"] = {}
+        for lo, hi in itertools.pairwise(SNR_BINS):
+            sel = scored & (snr >= lo) & (snr < hi)
+            out["recall_by_snr"][f"{lo:g}-{hi:g}"] = [int((found & sel).sum()), int(sel.sum())]
+    return out
 
 
 def line(name: str, s: dict) -> str:
@@ -133,6 +153,8 @@ def line(name: str, s: dict) -> str:
             f"recall of all {s['metrics_all_slumps']['detection_recall']:.3f}) | "
             f"over true outlines: ratio {o['ratio']:.3f}, "
             f"median |error| {o['median_abs_error']:.1%}, 1σ coverage {o['coverage_1sigma']:.0%}\n"
+            f"{'':14s} found / scored by |V|/σ over the true outline: "
+            + ", ".join(f"{k}σ {a}/{b}" for k, (a, b) in o["recall_by_snr"].items()) + "\n"
             f"{'':14s} with |V| ≥ 2σ + net loss: P {f['detection_precision']:.3f} R {f['detection_recall']:.3f} "
             f"F1 {f['detection_f1']:.3f} | volume ratio {f['volume_m3'] / s['true_volume_m3']:.3f} | "
             f"{f['n_rts']} RTS")  # fmt: skip

@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import sys
 from pathlib import Path
 
 import pytest
+
+# Under pytest-xdist each worker gets its share of the cores for its math libraries (torch, BLAS; inherited
+# by the CLI processes and Dask workers it starts): two workers each running torch on every core slow each
+# other down far more than twice (OpenMP threads spin while they wait).
+if _workers := int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0")):
+    for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ.setdefault(_var, str(max(1, (os.cpu_count() or 1) // _workers)))
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
