@@ -128,7 +128,8 @@ def volume_over_true_outlines(features_path: Path, truth, *, rts=None) -> dict:
            "coverage_1sigma": float(np.mean(np.abs(v[ok] - t[ok]) <= s[ok])), "n": int(ok.sum())}  # fmt: skip
     if rts is not None:
         scored = np.nan_to_num(m.coverage.to_numpy()) >= MIN_COVERAGE
-        snr = np.abs(v) / s
+        with np.errstate(divide="ignore", invalid="ignore"):  # slumps with no valid pixel: NaN, never scored
+            snr = np.abs(v) / s
         found = truth.geometry.reset_index(drop=True).intersects(rts.to_crs(truth.crs).union_all()).to_numpy()
         out["recall_by_snr"] = {}
         for lo, hi in itertools.pairwise(SNR_BINS):
