@@ -108,6 +108,10 @@ SNR_BINS = (0.0, 2.0, 4.0, 8.0, float("inf"))  # |V| / σ_V over the true outlin
 def volume_over_true_outlines(features_path: Path, truth, *, rts=None) -> dict:
     """The dDEM path alone: volumes measured over the true outlines vs the true volumes.
 
+    Scored as detection is: slumps with at least ``MIN_COVERAGE`` valid dDEM (the rest
+    is mostly under the quality mask, its volume an extrapolation of a few pixels); plain
+    volumes and volumes against the local reference (``local``).
+
     With ``rts`` (the kept detections) also the recall per bin of each slump's measured volume
     SNR (``|V| / σ_V`` over its true outline; scored slumps only): how far detection is limited
     by what the dDEM can show.
@@ -120,14 +124,20 @@ def volume_over_true_outlines(features_path: Path, truth, *, rts=None) -> dict:
 
     feats = open_features(features_path)
     m = measure(truth[["geometry"]].reset_index(drop=True), feats, grid=grid_of(feats)).compute()
-    v, s = m.volume_m3.to_numpy(), m.volume_sigma_m3.to_numpy()
     t = truth.volume_m3.to_numpy()
-    ok = np.isfinite(v) & (t != 0)
-    err = (v[ok] - t[ok]) / np.abs(t[ok])
-    out = {"ratio": float(v[ok].sum() / t[ok].sum()), "median_abs_error": float(np.median(np.abs(err))),
-           "coverage_1sigma": float(np.mean(np.abs(v[ok] - t[ok]) <= s[ok])), "n": int(ok.sum())}  # fmt: skip
+    scored = np.nan_to_num(m.coverage.to_numpy()) >= MIN_COVERAGE  # as the detection scores: seen slumps only
+
+    def scores(v, s):
+        ok = np.isfinite(v) & (t != 0) & scored
+        err = (v[ok] - t[ok]) / np.abs(t[ok])
+        return {"ratio": float(v[ok].sum() / t[ok].sum()), "median_abs_error": float(np.median(np.abs(err))),
+                "coverage_1sigma": float(np.mean(np.abs(v[ok] - t[ok]) <= s[ok])), "n": int(ok.sum())}  # fmt: skip
+
+    v, s = m.volume_m3.to_numpy(), m.volume_sigma_m3.to_numpy()
+    out = scores(v, s)
+    # The same against each slump's local reference (the stable ground 30–100 m around it).
+    out["local"] = scores(m.volume_local_m3.to_numpy(), m.volume_local_sigma_m3.to_numpy())
     if rts is not None:
-        scored = np.nan_to_num(m.coverage.to_numpy()) >= MIN_COVERAGE
         with np.errstate(divide="ignore", invalid="ignore"):  # slumps with no valid pixel: NaN, never scored
             snr = np.abs(v) / s
         found = truth.geometry.reset_index(drop=True).intersects(rts.to_crs(truth.crs).union_all()).to_numpy()
@@ -152,8 +162,10 @@ def line(name: str, s: dict) -> str:
             f"F1 {m['detection_f1']:.3f} | pixel IoU {m['pixel_iou']:.3f} | volume ratio {ratio:.3f} | "
             f"{s['n_rts']} RTS for {s['n_true']} true ({m['n_ignored']} < {MIN_COVERAGE:.0%} valid, not scored; "
             f"recall of all {s['metrics_all_slumps']['detection_recall']:.3f}) | "
-            f"over true outlines: ratio {o['ratio']:.3f}, "
-            f"median |error| {o['median_abs_error']:.1%}, 1σ coverage {o['coverage_1sigma']:.0%}\n"
+            f"over {o['n']} scored true outlines: ratio {o['ratio']:.3f}, "
+            f"median |error| {o['median_abs_error']:.1%}, 1σ coverage {o['coverage_1sigma']:.0%}; "
+            f"local reference: ratio {o['local']['ratio']:.3f}, median |error| {o['local']['median_abs_error']:.1%}, "
+            f"1σ coverage {o['local']['coverage_1sigma']:.0%}\n"
             f"{'':14s} found / scored by |V|/σ over the true outline: "
             + ", ".join(f"{k}σ {a}/{b}" for k, (a, b) in o["recall_by_snr"].items()) + "\n"
             f"{'':14s} with |V| ≥ 2σ + net loss: P {f['detection_precision']:.3f} R {f['detection_recall']:.3f} "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from rtsflow.kernels.local_reference import MIN_RING_PIXELS, RING_FIELDS, difference_terms, histogram_median
 from rtsflow.kernels.variogram import VariogramModel
 from rtsflow.kernels.zonal import DEPTH_LAYERS, MAX_FIELDS, ZONAL_FIELDS
 
@@ -19,6 +20,7 @@ def mass_wasting_table(
     nominal_area: float,
     correlation_length: float = 200.0,
     error_model: VariogramModel | None = None,
+    resolution: float = 10.0,
 ) -> pd.DataFrame:
     """Area, elevation and volume change with uncertainties, one row per polygon.
 
@@ -41,6 +43,19 @@ def mass_wasting_table(
         (``correlation_length``, m) and σ_V = σ_rms · A / √n_eff: for a slump
         smaller than one correlation area the error is fully correlated (σ_rms · A).
 
+    Local reference (:mod:`rtsflow.kernels.local_reference`)
+    ---------------------------------------------------------
+    ``reference_dh_m``
+        Median dDEM of the stable ring 30–100 m around the RTS (NaN with fewer than
+        ``MIN_RING_PIXELS`` stable pixels or beyond ±5 m); ``reference_n_pixels`` its pixels.
+    ``volume_local_m3``
+        (mean(dh) − ``reference_dh_m``) · area: the volume relative to the ground around
+        the RTS, free of the long-range error both share (and of any real change of the
+        surroundings, e.g. regional subsidence, which it removes too).
+    ``volume_local_sigma_m3``
+        Its 1σ: the error of the difference of the two area means under the same error
+        model (the long range cancels), with the ring's own RMS σ.
+
     Parameters
     ----------
     sums, maxima
@@ -55,6 +70,8 @@ def mass_wasting_table(
         L of the fixed-length error model (m), used without ``error_model``.
     error_model
         The pair's fitted two-range error model.
+    resolution
+        Pixel size (m) of the raster the ring terms are integrated on.
     """
     f = {name: sums[:, i] for i, name in enumerate(ZONAL_FIELDS)}
     m = {name: maxima[:, i] for i, name in enumerate(MAX_FIELDS)}
@@ -88,11 +105,29 @@ def mass_wasting_table(
                 "quality_fraction": f["n_quality"] / f["n_total"],
             }
         )
+        model = error_model if error_model is not None else VariogramModel.single(correlation_length)
+        ring = sums[:, [ZONAL_FIELDS.index(name) for name in RING_FIELDS]]
+        n_ring = f["ring_n_pixels"]
+        reference = np.where(n_ring >= MIN_RING_PIXELS, histogram_median(ring[:, 3:]), np.nan)
+        sigma_ring = np.sqrt(f["ring_sum_sigma2"] / f["ring_n_sigma"])
+        v_pp, v_rr, v_pr = difference_terms(model, area, resolution=resolution)
+        var_local = sigma_rms**2 * v_pp + sigma_ring**2 * v_rr - 2.0 * sigma_rms * sigma_ring * v_pr
+        out["reference_dh_m"] = reference
+        out["reference_n_pixels"] = n_ring.astype(np.int64)
+        out["volume_local_m3"] = volume - reference * area
+        out["volume_local_sigma_m3"] = area * np.sqrt(np.maximum(var_local, 0.0))
         for i, (top, bottom) in enumerate(DEPTH_LAYERS):
             name = f"loss_{top:g}_{bottom:g}m_m3" if np.isfinite(bottom) else f"loss_below_{top:g}m_m3"
             out[name] = f[f"loss_layer_{i}_m3"] * scale
         out["years"] = years
-        for col in ("volume_m3", "loss_m3", "volume_sigma_eq8_m3", "volume_sigma_m3"):
+        for col in (
+            "volume_m3",
+            "loss_m3",
+            "volume_sigma_eq8_m3",
+            "volume_sigma_m3",
+            "volume_local_m3",
+            "volume_local_sigma_m3",
+        ):
             out[col.replace("_m3", "_per_year_m3")] = out[col] / years
         out["area_per_year_m2"] = out["area_m2"] / years
     return out

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from rtsflow.kernels.local_reference import RING_FIELDS, ring_sums
+
 __all__ = ["DEPTH_LAYERS", "ZONAL_FIELDS", "combine_zonal", "zonal_sums"]
 
 #: Loss-depth layers (m) whose volumes are reported (the last is open-ended).
@@ -28,6 +30,7 @@ ZONAL_FIELDS = (
     "n_water",
     "n_quality",
     *(f"loss_layer_{i}_m3" for i in range(len(DEPTH_LAYERS))),
+    *RING_FIELDS,  # the stable ring around each polygon (rtsflow.kernels.local_reference)
 )
 MAX_FIELDS = ("max_abs_dh", "max_loss_m")
 
@@ -41,6 +44,7 @@ def zonal_sums(
     pixel_area: np.ndarray,
     water: np.ndarray | None = None,
     quality: np.ndarray | None = None,
+    ring: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per-label sums and maxima over one block.
 
@@ -56,6 +60,9 @@ def zonal_sums(
         True ground area of each pixel (m²).
     water, quality
         Masks (1 = water / unusable) counted per polygon.
+    ring
+        Label (as ``labels``) of the polygon whose stable ring each pixel lies in
+        (:func:`rtsflow.kernels.local_reference.ring_labels`); ``None``: no ring sums.
 
     Returns
     -------
@@ -104,7 +111,11 @@ def zonal_sums(
         # Part of each pixel's loss column that lies between depths top and bottom.
         part = np.clip(depth - top, 0.0, bottom - top)
         cols[f"loss_layer_{i}_m3"] = bc(-part * a)
-    sums = np.stack([cols[f] for f in ZONAL_FIELDS], axis=1)
+    if ring is None:
+        rings = np.zeros((n_labels, len(RING_FIELDS)))
+    else:
+        rings = ring_sums(ring, n_labels=n_labels, ddem=ddem, sigma=sigma, water=water, quality=quality)
+    sums = np.concatenate([np.stack([cols[f] for f in ZONAL_FIELDS[: -len(RING_FIELDS)]], axis=1), rings], axis=1)
     maxima = np.zeros((n_labels, len(MAX_FIELDS)))
     if lab.size:
         np.maximum.at(maxima[:, 0], lab, np.abs(dz))

@@ -28,6 +28,7 @@ from rtsflow.graph.polygons import _block_pieces, polygons_from_mask
 from rtsflow.graph.rts_terrain import assemble_terrain, block_terrain
 from rtsflow.grid import Grid, Window
 from rtsflow.io.blocks import GridStore
+from rtsflow.kernels.local_reference import ring_halo_px
 from rtsflow.kernels.rts_terrain import TERRAIN_FIELDS, WATER_SEARCH_PX
 from rtsflow.kernels.zonal import MAX_FIELDS, ZONAL_FIELDS
 from rtsflow.postprocess import DEFAULT_FILTERS, FilterConfig, apply_filters
@@ -82,10 +83,14 @@ def zonal_block(block: tuple[int, int], *, features: str, grid: Grid, domain: Wi
     """
     win = grid.block_window(*block)
     store = GridStore(features, grid=grid, domain=domain)
-    ddem, sigma = store.read("ddem", win), store.read("ddem_sigma", win)
-    water = store.read("water", win) if "water" in store.ds else None
-    quality = store.read("quality", win) if "quality" in store.ds else None
-    sums, maxima = block_sums(polygons, ddem, sigma, water, quality, grid=grid, window=win)
+    halo = ring_halo_px(resolution=grid.resolution)  # the stable rings around RTS by the block's edges
+    grown = _grow(win, halo)
+    ddem, sigma = store.read("ddem", grown), store.read("ddem_sigma", grown)
+    water = store.read("water", grown) if "water" in store.ds else None
+    quality = store.read("quality", grown) if "quality" in store.ds else None
+    sums, maxima = block_sums(polygons, ddem, sigma, water, quality, grid=grid, window=win, halo=halo)
+    inner = (slice(halo, -halo), slice(halo, -halo))
+    ddem, water, quality = (None if a is None else a[inner] for a in (ddem, water, quality))
     valid = {d.label: valid_area(ddem, quality, water, window=win, grid=grid, regions=d.regions,
                                  cell_size=d.cell_size) for d in densities}  # fmt: skip
     out = {"rows": polygons["_row"].to_numpy(), "sums": sums, "maxima": maxima, "valid": valid,
@@ -112,11 +117,13 @@ def polygons_stage(*, key: str, probability: Path, grid: Grid, domain: Window, b
 def zonal_stage(*, key: str, polygons: gpd.GeoDataFrame, features: Path, grid: Grid, domain: Window,
                 blocks: Sequence[tuple[int, int]], densities: Sequence[DensitySpec],
                 terrain: Path | None = None) -> Stage:  # fmt: skip
-    """Zonal sums per block; each job carries only the polygons that overlap its block (``_row``: their index)."""
+    """Zonal sums per block; each job carries only the polygons that overlap its block or reach it with their
+    stable ring (``_row``: their index)."""
     tree = polygons.sindex
+    reach = ring_halo_px(resolution=grid.resolution)
     jobs = []
     for b in blocks:
-        box = shapely.box(*grid.bounds(grid.block_window(*b)))
+        box = shapely.box(*grid.bounds(_grow(grid.block_window(*b), reach)))
         hit = np.sort(tree.query(box)) if len(polygons) else np.zeros(0, dtype=int)
         jobs.append(BlockJob(b, args={"polygons": polygons.iloc[hit]}))
     return Stage(name="zonal", key=key, function=zonal_block, jobs=jobs, resume=False,
@@ -214,7 +221,8 @@ def reduce_pair(
         model = client.submit(_fitted_error_model, features, polygons, grid=grid,
                               key=f"error_model-{key}-{uuid.uuid4().hex[:8]}").result()  # fmt: skip
     measured = assemble_measures(polygons, [(sums, maxima)], years=years, nominal_area=grid.pixel_area_nominal,
-                                 correlation_length=correlation_length, error_model=model)  # fmt: skip
+                                 correlation_length=correlation_length, error_model=model,
+                                 resolution=grid.resolution)  # fmt: skip
     sigma_model = measured.attrs["error_model"]
     if terrain is not None:
         t_sums, t_min = np.zeros((n, len(TERRAIN_FIELDS))), np.full((n, 1), np.inf)
