@@ -89,8 +89,9 @@ def build(out: Path, *, blocks: int) -> tuple[Path, Path]:
     return store, rts_path
 
 
-def run(store: Path, rts: Path, path: str) -> dict:
-    r = subprocess.run([sys.executable, "-c", CHILD, str(store), path, str(rts)], capture_output=True, text=True)
+def run(store: Path, rts: Path, path: str, *, child: str = CHILD) -> dict:
+    """Run ``child`` (a script printing one JSON line) in a fresh process on the store."""
+    r = subprocess.run([sys.executable, "-c", child, str(store), path, str(rts)], capture_output=True, text=True)
     if r.returncode:
         raise RuntimeError(r.stderr[-3000:])
     return json.loads(r.stdout.strip().splitlines()[-1])

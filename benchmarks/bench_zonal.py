@@ -18,13 +18,10 @@ The polygons' own sums must agree exactly. Usage::
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-from bench_error_model import build
+from bench_error_model import build, run
 from common import print_header
 
 CHILD = r"""
@@ -68,13 +65,6 @@ print(json.dumps({"seconds": t, "peak_rss_gib": rss, "own": sums[:, :n_own].toli
 """
 
 
-def run(store: Path, rts: Path, path: str) -> dict:
-    r = subprocess.run([sys.executable, "-c", CHILD, str(store), path, str(rts)], capture_output=True, text=True)
-    if r.returncode:
-        raise RuntimeError(r.stderr[-3000:])
-    return json.loads(r.stdout.strip().splitlines()[-1])
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--blocks", type=int, default=2, help="The store is this many 4096² blocks a side.")
@@ -85,8 +75,8 @@ def main() -> None:
     t0 = time.perf_counter()
     store, rts = build(args.out, blocks=args.blocks)
     print(f"store: {args.blocks} x {args.blocks} blocks of 4096² px ({time.perf_counter() - t0:.0f} s)")
-    plain = run(store, rts, "plain")
-    rings = run(store, rts, "rings")
+    plain = run(store, rts, "plain", child=CHILD)
+    rings = run(store, rts, "rings", child=CHILD)
     n = args.blocks**2
     print(f"without rings (baseline): {plain['seconds'] / n:.2f} s per block, peak RSS {plain['peak_rss_gib']:.2f} GiB "
           "(ratio 1.00)")  # fmt: skip
