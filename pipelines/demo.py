@@ -33,8 +33,8 @@ TRAIN_SEED_OFFSET = 1000
 TRAIN_SIZE_KM = 8.0
 #: The default model as `rtsflow demo --retrain` trains it (``make default-model`` refreshes the shipped copy).
 SHIPPED_MODEL = DEFAULT_MODEL
-#: Its training: the demo's compact UNet, from scratch, longer (19 regions instead of one).
-MODEL_TRAIN_CONFIG = replace(DEMO_CONFIG, epochs=30, steps_per_epoch=40, restart_epochs=30, patience=8)
+#: Its training: the demo's compact UNet, from scratch, longer (37 regions instead of one, 60 epochs).
+MODEL_TRAIN_CONFIG = replace(DEMO_CONFIG, epochs=60, steps_per_epoch=40, restart_epochs=60, patience=15)
 
 
 @dataclass(frozen=True)
@@ -49,8 +49,8 @@ class RealisticRecipe:
     """
 
     terrains: tuple[str, ...] = tuple(TERRAINS)
-    per_terrain: int = 5
-    negatives_per_terrain: int = 1
+    per_terrain: int = 10
+    negatives_per_terrain: int = 2
     size_km: float = 5.0
     seed: int = 3000
 

@@ -78,7 +78,7 @@ def test_demo_end_to_end_meets_the_accuracy_targets_and_resumes(demo_run):
     assert prob.attrs["model_sha256"] == record["weights_sha256"]
     m = re.search(r"detection F1 ([0-9.]+) .*pixel IoU ([0-9.]+)", r.stdout)
     assert m, r.stdout
-    # The default model is trained mostly on realistic scenes (18 of its 19 regions): on the demo's own, noisier
+    # The default model is trained mostly on realistic scenes (36 of its 37 regions): on the demo's own, noisier
     # world it scores below the demo-only model it replaced (F1 0.89, IoU 0.75; RESULTS.md, "The default model").
     assert float(m.group(1)) >= 0.75 and float(m.group(2)) >= 0.65, r.stdout
     # The model reproduces the demo-scene scores recorded when it was trained (`make default-model`).
