@@ -104,13 +104,13 @@ def test_the_shipped_default_model_is_todays_recipe_loads_and_learned():
 
     import pandas as pd
 
-    from pipelines.demo import SHIPPED_MODEL, training_key
+    from pipelines.demo import SHIPPED_MODEL, _training_regions, training_key
     from rtsflow.model.checkpoint import load_checkpoint
 
     _, record = load_checkpoint(SHIPPED_MODEL)  # sha256 of the weights checked
     assert record["training"]["demo"] == training_key(0)
     # Trained on the demo's region and on realistic regions of every terrain (analytic and real DEMs).
-    assert len(record["training"]["areas"]) == 1 + 3 * (10 + 2)
+    assert len(record["training"]["areas"]) == len(_training_regions(training_key(0)))
     assert {"analytic", "longyearbyen", "st_helens"} == set(record["training"]["demo"]["realistic"]["terrains"])
     assert (SHIPPED_MODEL / "model.safetensors").stat().st_size < 12e6
     log = pd.read_csv(SHIPPED_MODEL / "training_log.csv")

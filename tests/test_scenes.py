@@ -9,13 +9,15 @@ from pipelines.scenes import TERRAINS, WINTER_COHERENCE, randomised, realistic, 
 
 
 def test_the_recipe_covers_every_terrain_with_slumps_and_rts_free_regions_none_a_benchmark_scene():
-    scenes = RealisticRecipe().scenes()
-    assert len(scenes) == 3 * (10 + 2)
+    recipe = RealisticRecipe()
+    scenes = recipe.scenes()
+    assert len(scenes) == len(TERRAINS) * (recipe.per_terrain + recipe.negatives_per_terrain)
     seeds = [c.seed for _, c in scenes]
     assert len(set(seeds)) == len(seeds) and not set(seeds) & set(range(100, 111))  # bench scenes: seeds 100-110
     assert {c.terrain for _, c in scenes} == {str(p) if p else None for p in TERRAINS.values()}
     negatives = [c for name, c in scenes if "negatives" in name]
-    assert len(negatives) == 3 * 2 and all(c.slump_density == 0 and c.hard_negatives_per_km2 == 3.0 for c in negatives)
+    assert len(negatives) == len(TERRAINS) * recipe.negatives_per_terrain
+    assert all(c.slump_density == 0 and c.hard_negatives_per_km2 == 3.0 for c in negatives)
     assert all(0.85 <= c.winter_coherence <= 0.98 for _, c in scenes)
     # The key round-trips: what the record stores gives the same regions back.
     key = training_key(0)
