@@ -13,7 +13,7 @@ def test_the_recipe_covers_every_terrain_with_slumps_and_rts_free_regions_none_a
     scenes = recipe.scenes()
     assert len(scenes) == len(TERRAINS) * (recipe.per_terrain + recipe.negatives_per_terrain)
     seeds = [c.seed for _, c in scenes]
-    assert len(set(seeds)) == len(seeds) and not set(seeds) & set(range(100, 111))  # bench scenes: seeds 100-110
+    assert len(set(seeds)) == len(seeds) and not set(seeds) & set(range(100, 113))  # bench scenes: seeds 100-112
     assert {c.terrain for _, c in scenes} == {str(p) if p else None for p in TERRAINS.values()}
     negatives = [c for name, c in scenes if "negatives" in name]
     assert len(negatives) == len(TERRAINS) * recipe.negatives_per_terrain
