@@ -3,16 +3,19 @@
 Scenes (each synthesised, ingested and run through ``rtsflow run`` like a user's
 region, with the synthetic truth for evaluation):
 
-- one per *terrain*: the analytic generator, the Longyearbyen DEM (Svalbard,
+- ``--scenes`` (default 3) per *terrain*: the analytic generator, the Longyearbyen DEM (Svalbard,
   ``../shared/data/longyearbyen``) and the Mount St Helens 2000 crater DEM
   (``../shared/data/mount_st_helens``), each with the dDEM error of real
   TanDEM-X slumps (``pipelines.scenes.WINTER_COHERENCE``), correlated DEM noise,
   unwrapping blunders, larger ramps and undulations, real RTS outlines (Maier
   Ellesmere + Taymyr TP2) and hard negatives;
-- an RTS-free scene full of hard negatives (gullies, bank retreat, snow drifts,
+- as many RTS-free scenes full of hard negatives (gullies, bank retreat, snow drifts,
   spoil heaps, thinning ice) on each terrain.
 
-Per scene it prints detection P/R/F1, pixel IoU, the regional volume ratio
+One scene of 25 km² holds 10–35 slumps (St Helens' crater the fewest), too few to tell
+a real change of F1 or of a 1-σ coverage from the draw; the scores of a terrain pool its
+scenes (every slump and every km² counted once, :func:`pool`), and each scene is printed
+too. Per terrain it prints detection P/R/F1, pixel IoU, the regional volume ratio
 (detected / true), the dDEM path alone over the true outlines (regional ratio,
 per-RTS median |error|, share of RTS within 1σ), the recall per bin of volume SNR
 (each scored slump's ``|V| / σ_V`` over its true outline: what the dDEM can show) and, on
@@ -60,7 +63,7 @@ def _filter_grid() -> dict:
     from rtsflow.postprocess import FilterConfig
 
     grid = {}
-    for area, snr, loss in itertools.product((1000.0, 2000.0), (None, 1.5, 2.0, 3.0), (False, True)):
+    for area, snr, loss in itertools.product((1000.0, 2000.0), (None, 1.5, 2.0, 3.0, 4.0, 5.0), (False, True)):
         label = "+".join([f"area≥{area:g}"] + ([f"|V|≥{snr:g}σ"] if snr else []) + (["loss"] if loss else []))
         grid[label] = FilterConfig(min_area_m2=area, min_volume_snr=snr, max_volume_m3=0.0 if loss else None)
     return grid
@@ -111,10 +114,20 @@ def choose_postprocessing(results: dict, *, validation: list[str], max_fp_per_10
     return min(FILTER_GRID, key=score)
 
 
-def run_scene(root: Path, config, model: Path, *, client) -> dict:
-    """Synthesise + ingest + ``run_region``; the run's summary (with metrics when there is truth)."""
+@dataclasses.dataclass
+class SceneResult:
+    """One scene's run, as the pooled scores need it (``outline``: per-slump arrays, scenes with slumps)."""
+
+    name: str
+    summary: dict
+    rts: object  # GeoDataFrame: every polygon, with ``kept``
+    truth: object  # GeoDataFrame: the pair's true slumps
+    outline: dict | None = None
+
+
+def run_scene(root: Path, config, model: Path, *, client) -> SceneResult:
+    """Synthesise + ingest + ``run_region``; the run's summary, polygons, truth and the dDEM path over the truth."""
     import geopandas as gpd
-    import numpy as np
 
     from pipelines.demo import prepare_region
     from pipelines.region import run_region
@@ -130,20 +143,76 @@ def run_scene(root: Path, config, model: Path, *, client) -> dict:
         truth.to_parquet(root / "truth.parquet")
         # Slumps mostly under the quality mask cannot be seen: not scored (the line also gives recall over all).
         doc["truth"] = {"path": str(root / "truth.parquet"), "min_coverage": MIN_COVERAGE}
-    result = run_region(parse_config(doc, base=root, source="bench config"), client=client, force=True, progress=False)
-    summary = dict(result.pairs[f"{pair[0]}_{pair[1]}"])
-    summary["true_volume_m3"] = float(truth.volume_m3.sum()) if len(truth) else 0.0
-    summary["n_true"] = len(truth)
-    rts = gpd.read_parquet(result.run / f"rts_{pair[0]}_{pair[1]}.parquet")
-    if len(truth):
-        from rtsflow.evaluate import evaluate_polygons
+    run_region(parse_config(doc, base=root, source="bench config"), client=client, force=True, progress=False)
+    return read_scene(root, pair=pair, truth=truth)
 
-        summary["metrics_all_slumps"] = evaluate_polygons(rts[rts.kept], truth).to_dict()
-    ignore = None
+
+def read_scene(root: Path, *, pair: tuple[int, int], truth=None) -> SceneResult:
+    """A scene's results from its run directory (``--rescore``: score again without running)."""
+    import geopandas as gpd
+
+    run = root / "run"
+    if truth is None:
+        path = root / "truth.parquet"  # written by run_scene for scenes with slumps
+        truth = gpd.read_parquet(path) if path.exists() else None
+    summary = json.loads((run / f"summary_{pair[0]}_{pair[1]}.json").read_text())
+    rts = gpd.read_parquet(run / f"rts_{pair[0]}_{pair[1]}.parquet")
+    if truth is None:
+        truth = rts.iloc[:0]
+    outline = None
     if len(truth):
-        summary["outlines"] = volume_over_true_outlines(result.run / f"features_{pair[0]}_{pair[1]}.zarr", truth,
-                                                        rts=rts[rts.kept])  # fmt: skip
-        ignore = ~np.asarray(summary["outlines"].pop("scored"))
+        outline = volume_over_true_outlines(run / f"features_{pair[0]}_{pair[1]}.zarr", truth, rts=rts[rts.kept])
+    return SceneResult(name=root.name, summary=summary, rts=rts, truth=truth, outline=outline)
+
+
+POOL_OFFSET_M = 100_000.0  # scenes of a terrain are moved this far apart (x) before their polygons are pooled
+
+
+def pool(scenes: list[SceneResult]) -> dict:
+    """Scores of one or more scenes taken together (as one scene of all their slumps and ground).
+
+    Each scene's polygons and truth are moved ``k · POOL_OFFSET_M`` east (scene k), so that
+    detection P/R/F1 and pixel IoU count every slump once, exactly as for a single scene.
+    """
+    import geopandas as gpd
+    import numpy as np
+    import pandas as pd
+    import shapely
+
+    from rtsflow.evaluate import evaluate_polygons
+
+    def moved(gdf, k):
+        out = gdf.copy()
+        out["geometry"] = shapely.transform(out.geometry.values, lambda xy: xy + np.array([k * POOL_OFFSET_M, 0.0]))
+        return gpd.GeoDataFrame(out, geometry="geometry", crs=gdf.crs)
+
+    def concat(frames):
+        frames = [f for f in frames if len(f)]
+        return gpd.GeoDataFrame(pd.concat(frames, ignore_index=True), crs=frames[0].crs) if frames else None
+
+    rts = concat([moved(s.rts, k) for k, s in enumerate(scenes)])
+    if rts is None:  # nothing found anywhere: an empty frame with the columns the filters read
+        rts = scenes[0].rts
+    truth = concat([moved(s.truth, k) for k, s in enumerate(scenes)])
+    summary = {
+        "scenes": [s.name for s in scenes],
+        "n_rts": sum(s.summary["n_rts"] for s in scenes),
+        "valid_area_km2": sum(s.summary["valid_area_km2"] for s in scenes),
+        "volume_m3": sum(s.summary["volume_m3"] for s in scenes),
+        "true_volume_m3": float(truth.volume_m3.sum()) if truth is not None else 0.0,
+        "n_true": len(truth) if truth is not None else 0,
+    }
+    ignore = None
+    if truth is not None:
+        arrays = {k: np.concatenate([s.outline[k] for s in scenes if s.outline is not None])
+                  for k in scenes[0].outline}  # fmt: skip
+        ignore = ~arrays["scored"]
+        kept = rts[rts.kept]
+        summary["metrics"] = evaluate_polygons(kept, truth, ignore=ignore).to_dict()
+        summary["metrics_all_slumps"] = evaluate_polygons(kept, truth).to_dict()
+        summary["outlines"] = outline_scores(arrays)
+    else:
+        truth = rts.iloc[:0]
     summary["filter_grid"] = filter_grid_scores(rts, truth, ignore=ignore, valid_area_km2=summary["valid_area_km2"])
     return summary
 
@@ -152,15 +221,13 @@ SNR_BINS = (0.0, 2.0, 4.0, 8.0, float("inf"))  # |V| / σ_V over the true outlin
 
 
 def volume_over_true_outlines(features_path: Path, truth, *, rts=None) -> dict:
-    """The dDEM path alone: volumes measured over the true outlines vs the true volumes.
+    """The dDEM path alone: volumes measured over the true outlines, per true slump (arrays for :func:`outline_scores`).
 
-    Scored as detection is: slumps with at least ``MIN_COVERAGE`` valid dDEM (the rest
-    is mostly under the quality mask, its volume an extrapolation of a few pixels); plain
-    volumes and volumes against the local reference (``local``).
-
-    With ``rts`` (the kept detections) also the recall per bin of each slump's measured volume
-    SNR (``|V| / σ_V`` over its true outline; scored slumps only): how far detection is limited
-    by what the dDEM can show.
+    ``t`` the true volumes; ``v``, ``s`` the measured volumes and their σ; ``v_local``,
+    ``s_local`` the same against the local reference; ``scored``: slumps with at least
+    ``MIN_COVERAGE`` valid dDEM, scored as detection is (the rest is mostly under the
+    quality mask, its volume an extrapolation of a few pixels); ``found``: the slump
+    intersects a kept detection (``rts``).
     """
     import numpy as np
 
@@ -170,8 +237,27 @@ def volume_over_true_outlines(features_path: Path, truth, *, rts=None) -> dict:
 
     feats = open_features(features_path)
     m = measure(truth[["geometry"]].reset_index(drop=True), feats, grid=grid_of(feats)).compute()
-    t = truth.volume_m3.to_numpy()
-    scored = np.nan_to_num(m.coverage.to_numpy()) >= MIN_COVERAGE  # as the detection scores: seen slumps only
+    found = np.zeros(len(truth), bool)
+    if rts is not None and len(rts):
+        found = truth.geometry.reset_index(drop=True).intersects(rts.to_crs(truth.crs).union_all()).to_numpy()
+    return {
+        "t": truth.volume_m3.to_numpy(dtype=float),
+        "v": m.volume_m3.to_numpy(dtype=float),
+        "s": m.volume_sigma_m3.to_numpy(dtype=float),
+        "v_local": m.volume_local_m3.to_numpy(dtype=float),
+        "s_local": m.volume_local_sigma_m3.to_numpy(dtype=float),
+        "scored": np.nan_to_num(m.coverage.to_numpy(dtype=float)) >= MIN_COVERAGE,
+        "found": found,
+    }
+
+
+def outline_scores(a: dict) -> dict:
+    """Regional ratio, per-RTS median |error| and 1σ coverage over the scored true outlines (plain and
+    ``local``), and the recall per bin of each scored slump's volume SNR (``|V| / σ_V`` over its true
+    outline): how far detection is limited by what the dDEM can show."""
+    import numpy as np
+
+    t, scored = a["t"], a["scored"]
 
     def scores(v, s):
         ok = np.isfinite(v) & (t != 0) & scored
@@ -179,19 +265,14 @@ def volume_over_true_outlines(features_path: Path, truth, *, rts=None) -> dict:
         return {"ratio": float(v[ok].sum() / t[ok].sum()), "median_abs_error": float(np.median(np.abs(err))),
                 "coverage_1sigma": float(np.mean(np.abs(v[ok] - t[ok]) <= s[ok])), "n": int(ok.sum())}  # fmt: skip
 
-    v, s = m.volume_m3.to_numpy(), m.volume_sigma_m3.to_numpy()
-    out = scores(v, s)
-    out["scored"] = scored.tolist()  # for the caller (the run's ignore mask); not a score
-    # The same against each slump's local reference (the stable ground 30–100 m around it).
-    out["local"] = scores(m.volume_local_m3.to_numpy(), m.volume_local_sigma_m3.to_numpy())
-    if rts is not None:
-        with np.errstate(divide="ignore", invalid="ignore"):  # slumps with no valid pixel: NaN, never scored
-            snr = np.abs(v) / s
-        found = truth.geometry.reset_index(drop=True).intersects(rts.to_crs(truth.crs).union_all()).to_numpy()
-        out["recall_by_snr"] = {}
-        for lo, hi in itertools.pairwise(SNR_BINS):
-            sel = scored & (snr >= lo) & (snr < hi)
-            out["recall_by_snr"][f"{lo:g}-{hi:g}"] = [int((found & sel).sum()), int(sel.sum())]
+    out = scores(a["v"], a["s"])
+    out["local"] = scores(a["v_local"], a["s_local"])
+    with np.errstate(divide="ignore", invalid="ignore"):  # slumps with no valid pixel: NaN, never scored
+        snr = np.abs(a["v"]) / a["s"]
+    out["recall_by_snr"] = {}
+    for lo, hi in itertools.pairwise(SNR_BINS):
+        sel = scored & (snr >= lo) & (snr < hi)
+        out["recall_by_snr"][f"{lo:g}-{hi:g}"] = [int((a["found"] & sel).sum()), int(sel.sum())]
     return out
 
 
@@ -228,39 +309,46 @@ def main() -> None:
     ap.add_argument("--root", type=Path, default=Path("/tmp/rtsflow-bench-generalisation"))
     ap.add_argument("--size-km", type=float, default=5.0)
     ap.add_argument("--seed", type=int, default=100,
-                    help="Scenes use seed, seed+1, … (with slumps), seed+10, seed+11, … (RTS-free).")  # fmt: skip
+                    help="Scene k of terrain t: seed + t + 3k (with slumps), seed + 10 + t + 3k (RTS-free).")
+    ap.add_argument("--scenes", type=int, default=3,
+                    help="Scenes per terrain of each kind; the scores pool them (each is also printed).")  # fmt: skip
     ap.add_argument("--model", type=Path, default=DEFAULT_MODEL)
     ap.add_argument("--terrains", nargs="+", default=list(TERRAINS), choices=list(TERRAINS))
     ap.add_argument("--train", action="store_true",
                     help="Leave one terrain out: per held-out terrain, train the default model's recipe "
                          "(pipelines.demo) without that terrain's regions, from scratch; evaluate it.")  # fmt: skip
     ap.add_argument("--epochs", type=int, help="Override the recipe's epochs (with --train).")
+    ap.add_argument("--rescore", action="store_true",
+                    help="Score the scenes' existing runs under --root again (e.g. new filters); run nothing.")
     args = ap.parse_args()
     print_header("generalisation")
     record = read_record(args.model)
     print(f"# model: {args.model} (sha256 {record['weights_sha256']})")
     print(f"# scenes: {args.size_km:g} km, realism on (pipelines/scenes.py realistic()); train: {args.train}")
     args.root.mkdir(parents=True, exist_ok=True)
-    results, models = {}, {}
+    results, models = {"scenes": {}}, {}
     t0 = time.perf_counter()
-    if args.train:
+    if args.train and not args.rescore:
         models = _leave_one_out(args)
     with connect("local", quiet=True) as client:
-        for k, terrain in enumerate(args.terrains):
-            model = models.get(terrain, args.model)
-            print(f"# {terrain}: model {model} (sha256 {read_record(model)['weights_sha256']})")
-            config = realistic(seed=args.seed + k, size_km=args.size_km, terrain=terrain)
-            s = run_scene(args.root / f"test_{terrain}", config, model, client=client)
-            results[terrain] = s
-            print(line(terrain, s), flush=True)
-        # One RTS-free scene per terrain (the analytic one, seed + 10, is the first bench's); with --train
-        # each is judged by the model that never saw its terrain.
-        for k, terrain in enumerate(args.terrains):
-            config = realistic(seed=args.seed + 10 + k, size_km=args.size_km, terrain=terrain, slumps=False)
-            root = args.root / ("negatives" if terrain == "analytic" else f"negatives_{terrain}")
-            s = run_scene(root, config, models.get(terrain, args.model), client=client)
-            results[f"negatives {terrain}"] = s
-            print(line(f"negatives {terrain}", s), flush=True)
+        for kind in ("slumps", "negatives"):
+            for t, terrain in enumerate(args.terrains):
+                model = models.get(terrain, args.model)  # with --train: the model that never saw this terrain
+                if models:
+                    print(f"# {terrain}: model {model} (sha256 {read_record(model)['weights_sha256']})")
+                scenes = []
+                for k in range(args.scenes):
+                    config, root = scene_of(args, terrain=terrain, t=t, k=k, slumps=kind == "slumps")
+                    if args.rescore:
+                        scenes.append(read_scene(root, pair=(config.winters[0], config.winters[-1])))
+                    else:
+                        scenes.append(run_scene(root, config, model, client=client))
+                    results["scenes"][root.name] = pool(scenes[-1:])
+                    if args.scenes > 1:
+                        print("  " + line(root.name, results["scenes"][root.name]).replace("\n", "\n  "), flush=True)
+                name = terrain if kind == "slumps" else f"negatives {terrain}"
+                results[name] = pool(scenes)
+                print(line(name, results[name]), flush=True)
     n_fp = sum(results[f"negatives {t}"]["n_rts"] for t in args.terrains)
     area = sum(results[f"negatives {t}"]["valid_area_km2"] for t in args.terrains)
     print(f"RTS-free, all terrains: {n_fp} false positives in {area:.1f} km² = {100.0 * n_fp / area:.1f} per 100 km²")
@@ -277,6 +365,18 @@ def main() -> None:
                   flush=True)  # fmt: skip
     print(f"# {time.perf_counter() - t0:.0f} s")
     (args.root / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+
+
+def scene_of(args, *, terrain: str, t: int, k: int, slumps: bool) -> tuple[object, Path]:
+    """Scene ``k`` of terrain index ``t`` (with slumps or RTS-free): its SynthConfig and directory.
+
+    Scene 0 keeps the directory names of the one-scene benchmark (``test_<terrain>``, ``negatives``
+    for the analytic terrain, ``negatives_<terrain>``); the others add ``_<k>``.
+    """
+    seed = args.seed + (0 if slumps else 10) + t + 3 * k
+    config = realistic(seed=seed, size_km=args.size_km, terrain=terrain, slumps=slumps)
+    name = f"test_{terrain}" if slumps else ("negatives" if terrain == "analytic" else f"negatives_{terrain}")
+    return config, args.root / (name if k == 0 else f"{name}_{k}")
 
 
 def _leave_one_out(args) -> dict[str, Path]:

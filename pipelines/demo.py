@@ -46,6 +46,12 @@ class RealisticRecipe:
     each ``size_km`` on a side, realism drawn by :func:`pipelines.scenes.randomised`
     (seeds ``seed + 100·t + r``, ``seed + 100·t + 50 + r`` for terrain index ``t``:
     none is a scene of the generalisation benchmark).
+
+    ``hard_negative_labels``: label each region's hard negatives (the generator's
+    confounders: pits, spoil heaps, snow drifts, gullies, ice, lakes, river banks) as
+    rejected candidates (``label`` 0), so that training draws tiles holding them as
+    hard negatives (:data:`rtsflow.model.train.HARD_NEGATIVE_SHARE` of the negative
+    draws) instead of only as they fall among random background tiles.
     """
 
     terrains: tuple[str, ...] = tuple(TERRAINS)
@@ -53,6 +59,7 @@ class RealisticRecipe:
     negatives_per_terrain: int = 2
     size_km: float = 5.0
     seed: int = 3000
+    hard_negative_labels: bool = False
 
     def scenes(self) -> list[tuple[str, SynthConfig]]:
         """(name, SynthConfig) of every region, in a fixed order."""
@@ -69,7 +76,10 @@ class RealisticRecipe:
         return out
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "terrains": list(self.terrains)}
+        doc = {**asdict(self), "terrains": list(self.terrains)}
+        if not self.hard_negative_labels:  # added after models were shipped: in the key only when on
+            del doc["hard_negative_labels"]
+        return doc
 
 
 @dataclass
@@ -115,11 +125,18 @@ def prepare_region(out: Path, config: SynthConfig, *, force: bool = False, say=p
     return region, cube
 
 
-def _truth_file(region: SynthRegion, pair: tuple[int, int], path: Path) -> Path:
+def _truth_file(region: SynthRegion, pair: tuple[int, int], path: Path, *, hard_negatives: bool = False) -> Path:
+    """The region's true slumps of ``pair`` as a label file; with ``hard_negatives`` its confounders too (label 0)."""
     import geopandas as gpd
+    import pandas as pd
 
     truth = gpd.read_parquet(region.truth_slumps)
     truth = truth[(truth.winter_start == pair[0]) & (truth.winter_end == pair[1])]
+    if hard_negatives:
+        confounders = gpd.read_parquet(region.truth_confounders)
+        confounders = confounders[["kind", "geometry"]].to_crs(truth.crs).assign(label=0)
+        truth = gpd.GeoDataFrame(pd.concat([truth.assign(label=1), confounders], ignore_index=True),
+                                 geometry="geometry", crs=truth.crs)  # fmt: skip
     truth.to_parquet(path)
     return path
 
@@ -210,6 +227,7 @@ def _training_data(out: Path, key: dict, *, client, force: bool, say) -> tuple[l
 
     features, labels = [], []
     regions = _training_regions(key)
+    hard_negatives = bool((key.get("realistic") or {}).get("hard_negative_labels"))
     for k, (name, config) in enumerate(regions, start=1):
         say(f"training region {k}/{len(regions)}: {name}")
         pair = (config.winters[0], config.winters[-1])
@@ -218,7 +236,7 @@ def _training_data(out: Path, key: dict, *, client, force: bool, say) -> tuple[l
                                   base=out / name, source="demo training config")  # fmt: skip
         result = run_region(run_config, client=client, force=force, progress=k == 1, upto="features")
         features.append(result.run / f"features_{pair[0]}_{pair[1]}.zarr")
-        labels.append(_truth_file(region, pair, out / name / "labels.parquet"))
+        labels.append(_truth_file(region, pair, out / name / "labels.parquet", hard_negatives=hard_negatives))
     return features, labels
 
 

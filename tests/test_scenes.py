@@ -13,7 +13,7 @@ def test_the_recipe_covers_every_terrain_with_slumps_and_rts_free_regions_none_a
     scenes = recipe.scenes()
     assert len(scenes) == len(TERRAINS) * (recipe.per_terrain + recipe.negatives_per_terrain)
     seeds = [c.seed for _, c in scenes]
-    assert len(set(seeds)) == len(seeds) and not set(seeds) & set(range(100, 113))  # bench scenes: seeds 100-112
+    assert len(set(seeds)) == len(seeds) and not set(seeds) & set(range(100, 120))  # bench scenes: seeds 100-118
     assert {c.terrain for _, c in scenes} == {str(p) if p else None for p in TERRAINS.values()}
     negatives = [c for name, c in scenes if "negatives" in name]
     assert len(negatives) == len(TERRAINS) * recipe.negatives_per_terrain
@@ -38,3 +38,33 @@ def test_randomised_scenes_are_reproducible_and_realistic_ones_use_the_real_ddem
 def test_an_unknown_terrain_is_named_in_the_error():
     with pytest.raises(ValueError, match=r"terrain must be one of .*'mars'"):
         terrain_path("mars")
+
+
+def test_hard_negative_labels_put_every_confounder_in_the_label_file_as_a_rejected_candidate(tmp_path):
+    """The recipe's ``hard_negative_labels``: slumps of the pair as label 1, the generator's confounders as 0
+    (what training draws as hard negatives); off, the key is what the shipped model's record holds."""
+    import geopandas as gpd
+
+    from pipelines.demo import _truth_file
+    from rtsflow.model.train import read_labels
+    from rtsflow.synth.generator import synthesize
+
+    assert "hard_negative_labels" not in training_key(0)["realistic"]
+    key = training_key(0, realistic=RealisticRecipe(hard_negative_labels=True))
+    assert key["realistic"]["hard_negative_labels"] is True
+    assert [c for _, c in _training_regions(key)] == [c for _, c in _training_regions(training_key(0))]
+
+    config = randomised(seed=5, size_km=1.5, terrain="analytic")
+    region = synthesize(tmp_path / "region", config=config)
+    pair = (config.winters[0], config.winters[-1])
+    slumps = gpd.read_parquet(region.truth_slumps)
+    slumps = slumps[(slumps.winter_start == pair[0]) & (slumps.winter_end == pair[1])]
+    confounders = gpd.read_parquet(region.truth_confounders)
+    assert len(slumps) > 0 and len(confounders) > 0
+    plain = read_labels(_truth_file(region, pair, tmp_path / "plain.parquet"), negatives=True)
+    assert (plain.label == 1).all() and len(plain) == len(slumps)
+    labels = read_labels(_truth_file(region, pair, tmp_path / "hard.parquet", hard_negatives=True), negatives=True)
+    assert (labels.label == 1).sum() == len(slumps) and (labels.label == 0).sum() == len(confounders)
+    assert sorted(labels[labels.label == 0].kind) == sorted(confounders.kind)
+    assert labels[labels.label == 0].geometry.union_all().equals(confounders.geometry.union_all())
+    assert len(read_labels(tmp_path / "hard.parquet")) == len(slumps)  # the RTS themselves are unchanged
