@@ -56,7 +56,9 @@ def region(tmp_path_factory):
     from rtsflow.synth.generator import SynthConfig, synthesize
 
     root = tmp_path_factory.mktemp("stages")
-    config = SynthConfig(seed=21, size_km=(3.0, 3.0), winters=PAIR, obs_per_winter=3, slump_density=3.0)
+    # Unwrapping blunders too: the stage screens them as the lazy graph does (tests/test_blunders.py).
+    config = SynthConfig(seed=21, size_km=(3.0, 3.0), winters=PAIR, obs_per_winter=3, slump_density=3.0,
+                         blunders_per_100km2=500.0)
     synth = synthesize(root / "region", config=config)
     cube = root / "cube.zarr"
     ingest(synth.products, cube=cube, grid=GRID, scheduler="threads")

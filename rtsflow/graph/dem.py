@@ -14,7 +14,7 @@ from rtsflow.graph.coreg import DEFAULT_COREG, CoregConfig, coregister
 from rtsflow.grid import Grid
 from rtsflow.kernels.composite import weighted_composite
 from rtsflow.kernels.error import sigma_h
-from rtsflow.kernels.quality import sar_quality_mask
+from rtsflow.kernels.quality import sar_quality_mask, unwrapping_blunders
 from rtsflow.selection import SelectionRules, select_observations
 
 __all__ = ["DEFAULT_COMPOSITE", "CompositeConfig", "observation_error", "quality_mask", "seasonal_composites"]
@@ -35,6 +35,17 @@ class CompositeConfig:
         Quality-mask thresholds (γ, radians).
     rules
         Observation selection.
+    max_slope_deg
+        Steepest reference slope (°) counted as stable ground for co-registration fits.
+    blunder_hoa_fraction
+        With a reference DEM: pixels of an InSAR observation farther than this fraction of its
+        height of ambiguity from the reference (after co-registration) are flagged as
+        phase-unwrapping blunders (:func:`rtsflow.kernels.quality.unwrapping_blunders`) and
+        left out of the composite where other observations of the epoch are not flagged;
+        where all are (two or more), the surface itself has moved that far (a deep slump since
+        the reference) and all are used; a lone flagged observation is dropped
+        (:mod:`rtsflow.kernels.composite`). ``None``: no screen. Unscreened, one blunder of
+        k·HoA in one of three observations moves the composite by ~k·HoA/3 over its patch.
     """
 
     method: str = "coherence"
@@ -43,6 +54,7 @@ class CompositeConfig:
     max_incidence: float = 1.0
     rules: SelectionRules = field(default_factory=SelectionRules)
     max_slope_deg: float = 40.0
+    blunder_hoa_fraction: float | None = 0.5
 
 
 DEFAULT_COMPOSITE = CompositeConfig()
@@ -87,8 +99,9 @@ def quality_mask(cube: xr.Dataset, *, min_coherence: float = 0.3, max_incidence:
     return out.rename("bad")
 
 
-def _composite_block(dem: np.ndarray, sigma: np.ndarray, weight: np.ndarray, *, method: str) -> np.ndarray:
-    comp, sig, count = weighted_composite(dem, sigma, weights=weight, method=method)
+def _composite_block(dem: np.ndarray, sigma: np.ndarray, weight: np.ndarray, blunder: np.ndarray | None = None, *,
+                     method: str) -> np.ndarray:  # fmt: skip
+    comp, sig, count = weighted_composite(dem, sigma, weights=weight, method=method, blunder=blunder)
     return np.stack([comp.astype(np.float32), sig.astype(np.float32), count.astype(np.float32)])
 
 
@@ -147,14 +160,18 @@ def seasonal_composites(
     bad = quality_mask(cube, min_coherence=config.min_coherence, max_incidence=config.max_incidence)
     dem = cube["dem"].where(~bad)
     weight = xr.where(cube["kind"] == "insar", cube["coherence"], np.float32(1.0)).astype(np.float32)
-    obs_fits = None
+    obs_fits = blunder = None
     if reference is not None:
         dem, obs_fits = _align_observations(cube, dem, bad, used[used.epoch.isin(winters)].obs.to_numpy(),
                                             reference=reference, water=water, config=config, coreg=coreg)  # fmt: skip
+        if config.blunder_hoa_fraction is not None:
+            blunder = _blunders(dem, reference, cube, fraction=config.blunder_hoa_fraction)
     layers = []
     for w in winters:
         idx = used.obs[used.epoch == w].to_numpy()
         stack = [a.isel(obs=idx).data.rechunk({0: -1}) for a in (dem, sig, weight)]
+        if blunder is not None:
+            stack.append(blunder.isel(obs=idx).data.rechunk({0: -1}))
         out = da.map_blocks(
             _composite_block, *stack, method=config.method, drop_axis=0, new_axis=0,
             chunks=((3,), *stack[0].chunks[1:]), dtype=np.float32, meta=np.empty((0, 0, 0), np.float32),
@@ -182,6 +199,13 @@ def seasonal_composites(
     if obs_fits is not None:
         ds = ds.merge(obs_fits)
     return ds, selection
+
+
+def _blunders(dem: xr.DataArray, reference: xr.DataArray, cube: xr.Dataset, *, fraction: float) -> xr.DataArray:
+    """Unwrapping blunders of every InSAR observation against the reference (lazy; DEM-only products: none)."""
+    flags = xr.apply_ufunc(unwrapping_blunders, dem, reference, cube["hoa"].astype(np.float32),
+                           kwargs={"fraction": fraction}, dask="parallelized", output_dtypes=[bool])  # fmt: skip
+    return flags & (cube["kind"] == "insar")
 
 
 def _align_observations(cube, dem, bad, obs_idx, *, reference, water, config, coreg):

@@ -27,7 +27,7 @@ from rtsflow.io.footprints import FootprintIndex
 from rtsflow.kernels.composite import CompositeAccumulator
 from rtsflow.kernels.coreg import apply_fit, fit_block, resolve_fallbacks
 from rtsflow.kernels.error import sigma_h
-from rtsflow.kernels.quality import sar_quality_mask
+from rtsflow.kernels.quality import sar_quality_mask, unwrapping_blunders
 from rtsflow.kernels.terrain import slope_horn
 from rtsflow.stages.base import BlockJob, Stage, Upstream
 from rtsflow.stages.stores import FitStore, GridVariable, create_fit_store, create_grid_store
@@ -130,8 +130,14 @@ def composite_block(
     fits: str | None,
     out: str,
     obs: list[ObsMeta],
+    reference: str | None = None,
 ) -> dict:
-    """The weighted composite of one block, accumulated observation by observation (co-registered if ``fits``)."""
+    """The weighted composite of one block, accumulated observation by observation (co-registered if ``fits``).
+
+    With ``fits`` and ``reference`` (the cube's reference DEM, which the fits align to) and
+    ``composite.blunder_hoa_fraction`` set, InSAR pixels off the reference by more than that
+    fraction of their HoA are dropped as unwrapping blunders, as the lazy graph does.
+    """
     if not obs:
         return {"status": "skipped", "reason": "no observation of the epoch in the block"}
     store = GridStore(cube, grid=grid, domain=domain)
@@ -140,6 +146,7 @@ def composite_block(
     acc = CompositeAccumulator(win.shape, method=composite.method)
     # The 3 x 3 neighbourhood of fits is read once for all the block's observations.
     resolved = resolved_fits(FitStore(fits), block, [m[1] for m in obs]) if fits else None
+    screen = resolved is not None and reference is not None and composite.blunder_hoa_fraction is not None
     for meta in obs:
         # Work only where the observation can reach: its data tiles grown by the halo a shift may pull
         # from (pixels beyond get no data from it whatever the fit, so the sums are the same as over
@@ -155,7 +162,13 @@ def composite_block(
                             origin=(core.row - win.row, core.col - win.col), halo=halo)  # fmt: skip
         else:
             dem = dem[inner]
-        acc.add(dem, sigma[inner], weights=weight[inner], where=core.relative_to(win))
+        blunder = None
+        if screen:  # DEM-only products carry no HoA: never flagged (as in the lazy graph)
+            blunder = np.zeros(core.shape, dtype=bool)
+            if meta[2] == "insar":
+                blunder = unwrapping_blunders(dem, store.read(reference, core), meta[3],
+                                              fraction=composite.blunder_hoa_fraction)  # fmt: skip
+        acc.add(dem, sigma[inner], weights=weight[inner], where=core.relative_to(win), blunder=blunder)
     h, sigma, count = acc.result()
     write_block(out, {"dem": (("y", "x"), h.astype(np.float32)), "sigma": (("y", "x"), sigma.astype(np.float32)),
                       "n_obs": (("y", "x"), count.astype(np.int16))},
@@ -226,8 +239,10 @@ def composite_stage(
     fits: Path | None,
     out: Path,
     attrs: dict | None = None,
+    reference: str | None = None,
 ) -> Stage:
-    """The composite stage of one epoch; with ``fits`` (a ``coreg_obs`` store) observations are co-registered."""
+    """The composite stage of one epoch; with ``fits`` (a ``coreg_obs`` store) observations are co-registered
+    (and, with ``reference``, the layer the fits align to, screened for unwrapping blunders)."""
     halo = coreg_halo(coreg) if fits is not None and coreg is not None else 0
 
     def create():
@@ -245,7 +260,7 @@ def composite_stage(
                   "coregistered_to_reference": int(fits is not None), **(attrs or {})})  # fmt: skip
 
     params = dict(cube=cube, grid=grid, domain=domain, composite=composite, coreg=coreg,
-                  fits=None if fits is None else str(fits), out=str(out))  # fmt: skip
+                  fits=None if fits is None else str(fits), out=str(out), reference=reference)  # fmt: skip
     upstream = [Upstream("coreg_obs", str(epoch), radius=1)] if fits is not None else []
     jobs, skip = _obs_jobs(blocks, footprints, selected, halo=halo, domain=domain)
     return Stage(name="composite", key=str(epoch), function=composite_block, params=params, jobs=jobs, skip=skip,
