@@ -126,7 +126,8 @@ def new_stages(cube: Path, run: Path, model: Path, client) -> list[tuple[str, in
                                                     water="water", coreg=coreg, out=run / f"coreg_obs_{e}.zarr",
                                                     **common))  # fmt: skip
         builders.append(lambda e=e: composite_stage(epoch=e, selected=plan.selected[e], coreg=coreg,
-                                                    fits=run / f"coreg_obs_{e}.zarr", out=composites[e], **common))
+                                                    fits=run / f"coreg_obs_{e}.zarr", reference="reference_dem",
+                                                    out=composites[e], **common))  # fmt: skip
     builders += [
         lambda: coreg_pair_stage(cube=plan.cube, composites=composites, water="water", coreg=coreg,
                                  out=run / "coreg_pair.zarr", **pcommon),

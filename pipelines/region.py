@@ -307,8 +307,7 @@ def _run_epochs(client, rd, config: RunConfig, plan: RegionPlan, result, say, pr
             _record(result, run_stage(client, rd, stage, progress=progress), say)
         out = rd.path / f"composite_{epoch}.zarr"
         stage = composite_stage(epoch=epoch, selected=plan.selected[epoch], coreg=coreg, fits=fits, out=out,
-                                attrs={"reference": plan.reference or ""}, reference=plan.reference,
-                                **common)  # fmt: skip
+                                reference=plan.reference, **common)  # fmt: skip
         _record(result, run_stage(client, rd, stage, progress=progress), say)
         stores[epoch] = out
     return stores

@@ -74,8 +74,8 @@ class CompositeAccumulator:
             for name in ("sum_w", "sum_wh", "sum_w2s2", "count"):
                 setattr(self.clean, name, getattr(self, name).copy())
         if self.clean is not None:
-            kept = None if blunder is None else np.where(blunder, np.nan, dem)
-            self.clean.add(dem if kept is None else kept, sigma, weights=weights, where=where)
+            self.clean._add(dem if blunder is None else np.where(blunder, np.nan, dem), sigma, weights=weights,
+                            where=where)  # fmt: skip
         self._add(dem, sigma, weights=weights, where=where)
 
     def _add(self, dem, sigma, *, weights, where) -> None:

@@ -147,6 +147,7 @@ def composite_block(
     # The 3 x 3 neighbourhood of fits is read once for all the block's observations.
     resolved = resolved_fits(FitStore(fits), block, [m[1] for m in obs]) if fits else None
     screen = resolved is not None and reference is not None and composite.blunder_hoa_fraction is not None
+    ref = store.read(reference, win) if screen else None  # once per block, for every observation
     for meta in obs:
         # Work only where the observation can reach: its data tiles grown by the halo a shift may pull
         # from (pixels beyond get no data from it whatever the fit, so the sums are the same as over
@@ -162,13 +163,11 @@ def composite_block(
                             origin=(core.row - win.row, core.col - win.col), halo=halo)  # fmt: skip
         else:
             dem = dem[inner]
-        blunder = None
-        if screen:  # DEM-only products carry no HoA: never flagged (as in the lazy graph)
-            blunder = np.zeros(core.shape, dtype=bool)
-            if meta[2] == "insar":
-                blunder = unwrapping_blunders(dem, store.read(reference, core), meta[3],
-                                              fraction=composite.blunder_hoa_fraction)  # fmt: skip
-        acc.add(dem, sigma[inner], weights=weight[inner], where=core.relative_to(win), blunder=blunder)
+        at = core.relative_to(win)
+        blunder = None  # DEM-only products carry no HoA: never flagged (as in the lazy graph)
+        if screen and meta[2] == "insar":
+            blunder = unwrapping_blunders(dem, ref[at], meta[3], fraction=composite.blunder_hoa_fraction)
+        acc.add(dem, sigma[inner], weights=weight[inner], where=at, blunder=blunder)
     h, sigma, count = acc.result()
     write_block(out, {"dem": (("y", "x"), h.astype(np.float32)), "sigma": (("y", "x"), sigma.astype(np.float32)),
                       "n_obs": (("y", "x"), count.astype(np.int16))},
@@ -257,7 +256,8 @@ def composite_stage(
             "n_obs": var("number of observations", "1",
                          "Observations that passed selection and the quality mask at this pixel.", "int16"),
         }, attrs={"title": f"rtsflow winter composite {epoch}", "epoch": int(epoch), "Conventions": "CF-1.10",
-                  "coregistered_to_reference": int(fits is not None), **(attrs or {})})  # fmt: skip
+                  "coregistered_to_reference": int(fits is not None), "reference": reference or "",
+                  **(attrs or {})})  # fmt: skip
 
     params = dict(cube=cube, grid=grid, domain=domain, composite=composite, coreg=coreg,
                   fits=None if fits is None else str(fits), out=str(out), reference=reference)  # fmt: skip
