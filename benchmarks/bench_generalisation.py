@@ -67,13 +67,18 @@ def _filter_grid() -> dict:
 
     grid = {}
     for area, snr, loss in itertools.product((1000.0, 2000.0), (None, 1.5, 2.0, 3.0, 4.0, 5.0), (False, True)):
-        label = "+".join([f"area≥{area:g}"] + ([f"|V|≥{snr:g}σ"] if snr else []) + (["loss"] if loss else []))
-        grid[label] = FilterConfig(min_area_m2=area, min_volume_snr=snr, max_volume_m3=0.0 if loss else None)
+        grid[filter_label(area=area, snr=snr, loss=loss)] = FilterConfig(
+            min_area_m2=area, min_volume_snr=snr, max_volume_m3=0.0 if loss else None)  # fmt: skip
     return grid
 
 
+def filter_label(*, area: float = 1000.0, snr: float | None = None, loss: bool = False) -> str:
+    """The :data:`FILTER_GRID` label of a setting (minimum area, volume SNR, net loss only)."""
+    return "+".join([f"area≥{area:g}"] + ([f"|V|≥{snr:g}σ"] if snr else []) + (["loss"] if loss else []))
+
+
 FILTER_GRID = _filter_grid()  # the first entry is the run's default (the paper's filters)
-SIGNIFICANT = "area≥1000+|V|≥2σ+loss"  # the optional filters on (rtsflow.postprocess.FilterConfig)
+SIGNIFICANT = filter_label(snr=2.0, loss=True)  # the optional filters on (rtsflow.postprocess.FilterConfig)
 
 
 def filter_grid_scores(rts, truth, *, ignore, valid_area_km2: float) -> dict:
@@ -215,8 +220,7 @@ def pool(scenes: list[SceneResult]) -> dict:
         summary["metrics_all_slumps"] = evaluate_polygons(kept, truth).to_dict()
         # Scored as above over the slumps the dDEM shows clearly (|V| ≥ VISIBLE_SNR σ over the true outline):
         # what the detector makes of what it can see; detections of fainter slumps count neither way.
-        with np.errstate(divide="ignore", invalid="ignore"):
-            visible = np.abs(arrays["v"]) / arrays["s"] >= VISIBLE_SNR
+        visible = volume_snr(arrays) >= VISIBLE_SNR
         summary["metrics_visible"] = evaluate_polygons(kept, truth, ignore=ignore | ~visible).to_dict()
         summary["outlines"] = outline_scores(arrays)
     else:
@@ -261,6 +265,14 @@ def volume_over_true_outlines(features_path: Path, truth, *, rts=None) -> dict:
     }
 
 
+def volume_snr(a: dict):
+    """Each true slump's ``|V| / σ_V`` over its outline (NaN where no pixel is valid: never scored)."""
+    import numpy as np
+
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.abs(a["v"]) / a["s"]
+
+
 def outline_scores(a: dict) -> dict:
     """Regional ratio, per-RTS median |error| and 1σ coverage over the scored true outlines (plain and
     ``local``), and the recall per bin of each scored slump's volume SNR (``|V| / σ_V`` over its true
@@ -277,8 +289,7 @@ def outline_scores(a: dict) -> dict:
 
     out = scores(a["v"], a["s"])
     out["local"] = scores(a["v_local"], a["s_local"])
-    with np.errstate(divide="ignore", invalid="ignore"):  # slumps with no valid pixel: NaN, never scored
-        snr = np.abs(a["v"]) / a["s"]
+    snr = volume_snr(a)
     out["recall_by_snr"] = {}
     for lo, hi in itertools.pairwise(SNR_BINS):
         sel = scored & (snr >= lo) & (snr < hi)
@@ -393,7 +404,7 @@ def main() -> None:
         ceiling = results[t]["outlines"]["ceiling"]
         cells = []
         for k, c in ceiling.items():
-            label = f"area≥1000+|V|≥{k}σ"
+            label = filter_label(snr=float(k))
             cells.append(f"{k}σ: F1 {g[label]['detection_f1']:.2f}, FP {n[label]['fp_per_100km2']:.1f}, "
                          f"ceiling F1 {c['f1']:.2f}")  # fmt: skip
         print(f"{t:14s} " + " | ".join(cells), flush=True)
