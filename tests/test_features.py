@@ -21,7 +21,7 @@ from rtsflow.kernels.composite import weighted_composite
 from rtsflow.kernels.ddem import ddem_norm
 from rtsflow.kernels.error import sigma_h
 from rtsflow.kernels.quality import sar_quality_mask
-from rtsflow.kernels.terrain import slope_horn
+from rtsflow.kernels.terrain import downslope_horn, slope_horn
 from rtsflow.products import write_sidecar
 from rtsflow.selection import SelectionRules, winter_of
 from rtsflow.synth.observations import render_observation, schedule
@@ -87,6 +87,7 @@ def _numpy_reference(ds: xr.Dataset, earlier: int, later: int) -> dict[str, np.n
     out["ddem_sigma"] = np.hypot(comps[later][1], comps[earlier][1])
     out["ddem_norm"] = ddem_norm(out["ddem"], out["ddem_sigma"])
     out["slope"] = slope_horn(comps[earlier][0], resolution=GRID.resolution)
+    out["downslope_east"], out["downslope_north"] = downslope_horn(comps[earlier][0], resolution=GRID.resolution)
     out["quality"] = ((comps[earlier][2] == 0) | (comps[later][2] == 0)).astype("uint8")
     return out
 
