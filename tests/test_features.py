@@ -12,7 +12,7 @@ import rasterio
 import xarray as xr
 
 from rtsflow.graph.dem import CompositeConfig, seasonal_composites
-from rtsflow.graph.features import DOWNSLOPE_BANDS, MODEL_BANDS, pair_features
+from rtsflow.graph.features import MODEL_BANDS, pair_features
 from rtsflow.grid import DEFAULT_GRID, Window
 from rtsflow.ingest import ingest, ingest_mask
 from rtsflow.io.cube import open_cube
@@ -21,7 +21,7 @@ from rtsflow.kernels.composite import weighted_composite
 from rtsflow.kernels.ddem import ddem_norm
 from rtsflow.kernels.error import sigma_h
 from rtsflow.kernels.quality import sar_quality_mask
-from rtsflow.kernels.terrain import downslope_horn, slope_horn
+from rtsflow.kernels.terrain import slope_horn
 from rtsflow.products import write_sidecar
 from rtsflow.selection import SelectionRules, winter_of
 from rtsflow.synth.observations import render_observation, schedule
@@ -87,7 +87,6 @@ def _numpy_reference(ds: xr.Dataset, earlier: int, later: int) -> dict[str, np.n
     out["ddem_sigma"] = np.hypot(comps[later][1], comps[earlier][1])
     out["ddem_norm"] = ddem_norm(out["ddem"], out["ddem_sigma"])
     out["slope"] = slope_horn(comps[earlier][0], resolution=GRID.resolution)
-    out["downslope_east"], out["downslope_north"] = downslope_horn(comps[earlier][0], resolution=GRID.resolution)
     out["quality"] = ((comps[earlier][2] == 0) | (comps[later][2] == 0)).astype("uint8")
     return out
 
@@ -110,8 +109,7 @@ def test_features_do_not_depend_on_chunking(region_cube):
         assert f.ddem.data.chunksize == (chunk, chunk)
         out[chunk] = f.compute()
     a, b = out[1024], out[4096]
-    fits = ("coreg_shift_x", "coreg_shift_y", "coreg_status")
-    for name in (*MODEL_BANDS, *DOWNSLOPE_BANDS, "quality", "water", "n_obs", *fits):
+    for name in (*MODEL_BANDS, "quality", "water", "n_obs", "coreg_shift_x", "coreg_shift_y", "coreg_status"):
         np.testing.assert_array_equal(a[name].values, b[name].values, err_msg=name)
     assert int(a.coreg_status.values.ravel()[0]) == 0  # the block was fitted
 
@@ -124,7 +122,7 @@ def test_water_mask_and_attributes(region_cube, small_region):
     win = GRID.window_from_coords(ds.x.values, ds.y.values)
     ys, xs = small_region.window.relative_to(win)
     np.testing.assert_array_equal(f.water.values[ys, xs], truth)
-    for name in (*MODEL_BANDS, *DOWNSLOPE_BANDS, "quality", "water", "n_obs"):
+    for name in (*MODEL_BANDS, "quality", "water", "n_obs"):
         for key in ("long_name", "units", "description"):
             assert key in f[name].attrs, (name, key)
     assert f.attrs["years"] == 6.0

@@ -15,7 +15,7 @@ from rtsflow.kernels.composite import weighted_composite
 from rtsflow.kernels.coreg import FIT_FIELDS, STATUS, apply_fit, fit_block, nmad, resolve_fallbacks
 from rtsflow.kernels.ddem import ddem, ddem_norm, ddem_sigma
 from rtsflow.kernels.quality import sar_quality_mask
-from rtsflow.kernels.terrain import downslope_horn, slope_horn
+from rtsflow.kernels.terrain import slope_horn
 from rtsflow.synth.observations import render_observation, schedule
 from rtsflow.synth.scene import Scene
 
@@ -120,27 +120,6 @@ def test_horn_slope_plane_and_brute_force():
             dx = ((w[0, 2] + 2 * w[1, 2] + w[2, 2]) - (w[0, 0] + 2 * w[1, 0] + w[2, 0])) / (8 * res)
             dy = ((w[2, 0] + 2 * w[2, 1] + w[2, 2]) - (w[0, 0] + 2 * w[0, 1] + w[0, 2])) / (8 * res)
             assert s[i, j] == pytest.approx(np.degrees(np.arctan(np.hypot(dx, dy))), rel=1e-5)
-
-
-def test_downslope_points_downhill_with_sin_slope_length():
-    res = 10.0
-    yy, xx = np.mgrid[0:20, 0:30] * res  # rows run south
-    a, b = -0.3, 0.1  # z falls to the east (x) and to the north (rows run south, z rises with the row)
-    east, north = downslope_horn(a * xx + b * yy, resolution=res)
-    assert np.isnan(east[0]).all() and np.isnan(north[:, -1]).all()
-    norm = np.sqrt(1 + a**2 + b**2)
-    np.testing.assert_allclose(east[1:-1, 1:-1], -a / norm, rtol=1e-5)  # > 0: downhill is east
-    np.testing.assert_allclose(north[1:-1, 1:-1], b / norm, rtol=1e-5)  # > 0: downhill is north
-    slope = np.radians(slope_horn(a * xx + b * yy, resolution=res))
-    np.testing.assert_allclose(np.hypot(east, north)[1:-1, 1:-1], np.sin(slope[1:-1, 1:-1]), rtol=1e-5)
-    # A hill: everywhere downhill is away from the summit, and flat ground gives 0, not an arbitrary aspect.
-    yy, xx = np.mgrid[-15:16, -15:16].astype(float)
-    east, north = downslope_horn(50 * np.exp(-(xx**2 + yy**2) / 50), resolution=res)
-    inner = (slice(2, -2), slice(2, -2))
-    away = east * xx + north * -yy  # position vector (east, north) = (x, −row)
-    assert (away[inner][np.hypot(xx, yy)[inner] > 1.5] > 0).all()
-    flat_e, flat_n = downslope_horn(np.full((5, 5), 7.0), resolution=res)
-    assert (flat_e[1:-1, 1:-1] == 0).all() and (flat_n[1:-1, 1:-1] == 0).all()
 
 
 # -- co-registration ------------------------------------------------------------------------

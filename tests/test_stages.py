@@ -26,7 +26,7 @@ from rtsflow.carbon import CarbonModel
 from rtsflow.config import parse_config
 from rtsflow.graph.dem import seasonal_composites
 from rtsflow.graph.densities import regional_densities
-from rtsflow.graph.features import DOWNSLOPE_BANDS, MODEL_BANDS, pair_features
+from rtsflow.graph.features import MODEL_BANDS, pair_features
 from rtsflow.grid import Grid
 from rtsflow.ingest import ingest, ingest_mask, ingest_reference_dem
 from rtsflow.io.cube import cube_info, cube_store, open_cube
@@ -155,7 +155,7 @@ def test_composites_equal_the_lazy_graph(run, lazy):
 def test_features_equal_the_lazy_graph(run, lazy):
     feats, _ = lazy
     store = open_features(run["out"] / f"features_{KEY}.zarr").compute()
-    for name in (*MODEL_BANDS, *DOWNSLOPE_BANDS, "quality", "water", "n_obs", *(f"coreg_{f}" for f in FIT_FIELDS)):
+    for name in (*MODEL_BANDS, "quality", "water", "n_obs", *(f"coreg_{f}" for f in FIT_FIELDS)):
         np.testing.assert_array_equal(store[name].values, feats[name].values, err_msg=name)
     assert store.attrs["years"] == feats.attrs["years"] == 6.0
 

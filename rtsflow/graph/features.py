@@ -13,14 +13,12 @@ from rtsflow.grid import Grid
 from rtsflow.kernels.ddem import ddem as ddem_kernel
 from rtsflow.kernels.ddem import ddem_norm as ddem_norm_kernel
 from rtsflow.kernels.ddem import ddem_sigma as ddem_sigma_kernel
-from rtsflow.kernels.terrain import downslope_horn, slope_horn
+from rtsflow.kernels.terrain import slope_horn
 
-__all__ = ["DOWNSLOPE_BANDS", "MODEL_BANDS", "downslope", "pair_features", "slope"]
+__all__ = ["MODEL_BANDS", "pair_features", "slope"]
 
 #: Model input channels, in order (Maier et al. 2025).
 MODEL_BANDS = ("ddem_norm", "ddem", "ddem_sigma", "slope")
-#: Which way is downhill (the surface normal's east and north components): optional model inputs.
-DOWNSLOPE_BANDS = ("downslope_east", "downslope_north")
 
 
 def slope(dem: xr.DataArray, *, resolution: float) -> xr.DataArray:
@@ -30,29 +28,6 @@ def slope(dem: xr.DataArray, *, resolution: float) -> xr.DataArray:
         meta=np.empty((0, 0), np.float32),
     )  # fmt: skip
     return xr.DataArray(data, dims=dem.dims, coords=dem.coords)
-
-
-def _downslope_component(dem: np.ndarray, *, resolution: float, component: int) -> np.ndarray:
-    return downslope_horn(dem, resolution=resolution)[component]
-
-
-def downslope(dem: xr.DataArray, *, resolution: float) -> tuple[xr.DataArray, xr.DataArray]:
-    """East and north components of the downslope direction × sin(slope) (see :func:`downslope_horn`), lazily."""
-    out = []
-    for component in (0, 1):
-        data = da.map_overlap(
-            _downslope_component, dem.data, depth=1, boundary=np.nan, resolution=resolution, component=component,
-            dtype=np.float32, meta=np.empty((0, 0), np.float32),
-        )  # fmt: skip
-        out.append(xr.DataArray(data, dims=dem.dims, coords=dem.coords))
-    return out[0], out[1]
-
-
-def downslope_attrs(component: str, earlier: int) -> dict:
-    """CF attributes of a downslope band (``component``: ``"east"`` or ``"north"``), shared with the stage store."""
-    return {"long_name": f"downslope direction × sin(slope), {component} component", "units": "1",
-            "description": f"Horizontal {component} component of the unit surface normal of the earlier composite "
-            f"({earlier}), Horn gradient: points downhill, 0 on flat ground, ±1 on a vertical face."}  # fmt: skip
 
 
 def _attrs(long_name: str, units: str, description: str) -> dict:
@@ -115,7 +90,6 @@ def pair_features(
     else:
         water_mask = xr.zeros_like(h1, dtype=np.uint8)
     slope_deg = slope(h1, resolution=grid.resolution)
-    down_east, down_north = downslope(h1, resolution=grid.resolution)
 
     fits = None
     if coreg is not None:
@@ -141,8 +115,6 @@ def pair_features(
                 "normalised elevation change", "1", "dDEM / σ_dDEM (Maier et al. 2025, Eq. 2).")),
             "slope": slope_deg.astype(np.float32).assign_attrs(_attrs(
                 "terrain slope", "degree", f"Horn slope of the earlier composite ({earlier}).")),
-            "downslope_east": down_east.assign_attrs(downslope_attrs("east", earlier), grid_mapping="spatial_ref"),
-            "downslope_north": down_north.assign_attrs(downslope_attrs("north", earlier), grid_mapping="spatial_ref"),
             "quality": quality.astype(np.uint8).assign_attrs(_attrs(
                 "SAR quality mask", "1", "1 = unusable: no observation passed selection and the SAR "
                 "quality mask (layover/shadow, coherence, incidence) in one of the two winters.")),

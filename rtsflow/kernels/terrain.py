@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["downslope_horn", "gradient_horn", "slope_horn"]
+__all__ = ["gradient_horn", "slope_horn"]
 
 
 def slope_horn(dem: np.ndarray, *, resolution: float) -> np.ndarray:
@@ -40,29 +40,3 @@ def gradient_horn(dem: np.ndarray, *, resolution: float) -> tuple[np.ndarray, np
     dzdx = ((c + 2 * f + i) - (a + 2 * d + g)) / (8.0 * resolution)
     dzdn = ((a + 2 * b + c) - (g + 2 * h + i)) / (8.0 * resolution)
     return dzdx, dzdn
-
-
-def downslope_horn(dem: np.ndarray, *, resolution: float) -> tuple[np.ndarray, np.ndarray]:
-    """``(east, north)`` horizontal components of the unit surface normal: which way is downhill, and how steeply.
-
-    The normal ``(-∂z/∂x, -∂z/∂y, 1) / √(1 + |∇z|²)`` leans downslope; its
-    horizontal part is the downslope unit vector times sin(slope), so it is
-    continuous (0 on flat ground, where an aspect angle is undefined) and lies
-    in [-1, 1]. Horn's weights; the outermost row and column are NaN as in
-    :func:`slope_horn` (pass a 1-pixel halo).
-    """
-    z = np.asarray(dem, dtype=np.float64)
-    east = np.full(z.shape, np.nan, dtype=np.float32)
-    north = np.full(z.shape, np.nan, dtype=np.float32)
-    if z.shape[0] >= 3 and z.shape[1] >= 3:
-        dzdx, dzdn = gradient_horn(z, resolution=resolution)
-        # √(1 + |∇z|²), in place (a 4096² block: no more float64 temporaries than the slope)
-        norm = np.square(dzdx)
-        norm += 1.0
-        norm += np.square(dzdn)
-        np.sqrt(norm, out=norm)
-        np.divide(dzdx, norm, out=dzdx)
-        np.divide(dzdn, norm, out=dzdn)
-        np.negative(dzdx, out=east[1:-1, 1:-1], casting="same_kind")
-        np.negative(dzdn, out=north[1:-1, 1:-1], casting="same_kind")
-    return east, north

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-__all__ = ["DEFAULT_NORMALISATION", "DOWNSLOPE_NORMALISATION", "BandScaling", "normalise"]
+__all__ = ["DEFAULT_NORMALISATION", "BandScaling", "normalise"]
 
 
 @dataclass(frozen=True)
@@ -33,12 +33,6 @@ DEFAULT_NORMALISATION: tuple[BandScaling, ...] = (
     BandScaling("ddem", -20.0, 20.0),
     BandScaling("ddem_sigma", 0.0, 10.0),
     BandScaling("slope", 0.0, 90.0),
-)
-
-#: The downslope direction × sin(slope) (``rtsflow.graph.features.DOWNSLOPE_BANDS``) is already in [-1, 1].
-DOWNSLOPE_NORMALISATION: tuple[BandScaling, ...] = (
-    BandScaling("downslope_east", -1.0, 1.0),
-    BandScaling("downslope_north", -1.0, 1.0),
 )
 
 

@@ -121,41 +121,18 @@ def validation_tiles(valid: np.ndarray, is_val: np.ndarray, *, tile: int) -> np.
     return np.asarray(out, dtype=int).reshape(-1, 2)
 
 
-def augment(
-    x: np.ndarray,
-    y: np.ndarray,
-    valid: np.ndarray,
-    rng: np.random.Generator,
-    *,
-    p: float = 0.5,
-    vector: tuple[int, int] | None = None,
-):
+def augment(x: np.ndarray, y: np.ndarray, valid: np.ndarray, rng: np.random.Generator, *, p: float = 0.5):
     """Flips, 90° rotations and a 3-px Gaussian blur of the inputs, each with probability ``p`` (paper Sec. 2.4).
 
-    ``x`` is ``(band, y, x)`` (rows southward, columns eastward); ``y`` and ``valid`` are
-    ``(y, x)``. ``vector``: the band indices of an ``(east, north)`` vector field (e.g. the
-    downslope direction), which turns with the image: a flip reverses one component, a
-    quarter turn swaps them, so the augmented tile is the tile of the turned terrain.
-    Returns new arrays.
+    ``x`` is ``(band, y, x)``; ``y`` and ``valid`` are ``(y, x)``. Returns new arrays.
     """
-    e, n = vector if vector is not None else (None, None)
-    x = np.array(x, dtype=np.float32, copy=True) if vector is not None else x
-
-    if rng.random() < p:  # mirror east-west
+    if rng.random() < p:
         x, y, valid = x[:, :, ::-1], y[:, ::-1], valid[:, ::-1]
-        if e is not None:
-            x[e] = -x[e]
-    if rng.random() < p:  # mirror north-south
+    if rng.random() < p:
         x, y, valid = x[:, ::-1, :], y[::-1, :], valid[::-1, :]
-        if n is not None:
-            x[n] = -x[n]
     if rng.random() < p:
         k = int(rng.integers(1, 4))
         x, y, valid = np.rot90(x, k, axes=(1, 2)), np.rot90(y, k), np.rot90(valid, k)
-        if e is not None:
-            # np.rot90 turns the picture anticlockwise (north up): (east, north) → (−north, east) per turn.
-            for _ in range(k):
-                x[e], x[n] = -x[n], x[e].copy()
     x = np.ascontiguousarray(x)
     if rng.random() < p:
         # 3-px kernel: σ = 0.5 px truncated at 1 px (radius 1).

@@ -22,11 +22,8 @@ import numpy as np
 
 from rtsflow.model.checkpoint import ModelSpec, save_checkpoint
 from rtsflow.model.factory import build_model
-from rtsflow.model.normalise import DEFAULT_NORMALISATION, DOWNSLOPE_NORMALISATION, BandScaling, normalise
+from rtsflow.model.normalise import DEFAULT_NORMALISATION, BandScaling, normalise
 from rtsflow.model.samples import TilePool, augment, candidate_tiles, split_cells, validation_tiles
-
-#: Bands that are the components of one vector (east, north): they turn with augmented tiles.
-DOWNSLOPE_BANDS = tuple(s.band for s in DOWNSLOPE_NORMALISATION)
 
 __all__ = ["DEMO_CONFIG", "TrainConfig", "TrainResult", "TrainingArea", "load_area", "read_labels", "train"]
 
@@ -90,11 +87,6 @@ class TrainConfig:
             raise ValueError(f"loss must be 'dice' or 'bce+dice', got {self.loss!r}")
         if [s.band for s in self.normalisation] != list(self.bands):
             raise ValueError(f"normalisation bands {[s.band for s in self.normalisation]} != bands {list(self.bands)}")
-        for scaling in self.normalisation:
-            # A flip or turn negates a downslope component; the scaled value follows only if 0 maps to 0.
-            if scaling.band in DOWNSLOPE_BANDS and scaling.low != -scaling.high:
-                raise ValueError(f"band {scaling.band!r}: scaling must be symmetric about 0, "
-                                 f"got [{scaling.low}, {scaling.high}]")  # fmt: skip
         if self.tile % 32:
             raise ValueError(f"tile must be a multiple of 32 (encoder strides), got {self.tile}")
         if not 0 < self.val_fraction < 1:
@@ -254,16 +246,7 @@ def _masked_loss(logits, target, valid, kind: str):
     return dice + bce
 
 
-def _vector_bands(config: TrainConfig) -> tuple[int, int] | None:
-    """Indices of the downslope (east, north) bands when the model has both (they turn with augmented tiles)."""
-    bands = list(config.bands)
-    if not all(b in bands for b in DOWNSLOPE_BANDS):
-        return None
-    return bands.index(DOWNSLOPE_BANDS[0]), bands.index(DOWNSLOPE_BANDS[1])
-
-
 def _draw(rng, areas, pools: list[TilePool], config: TrainConfig):
-    vector = _vector_bands(config)
     pos = [(i, rc) for i, pl in enumerate(pools) for rc in pl.positive]
     neg = [(i, rc) for i, pl in enumerate(pools) for rc in pl.negative]
     hard = [(i, rc) for i, pl in enumerate(pools) for rc in pl.hard]
@@ -279,7 +262,7 @@ def _draw(rng, areas, pools: list[TilePool], config: TrainConfig):
         a = areas[i]
         x, y, v = a.x[:, r : r + t, c : c + t], a.label[r : r + t, c : c + t], a.valid[r : r + t, c : c + t]
         if config.augment:
-            x, y, v = augment(x, y, v, rng, vector=vector)
+            x, y, v = augment(x, y, v, rng)
         xs.append(x)
         ys.append(y)
         vs.append(v)

@@ -18,14 +18,13 @@ import numpy as np
 import xarray as xr
 
 from rtsflow.graph.coreg import _FIT_DOC, CoregConfig
-from rtsflow.graph.features import downslope_attrs
 from rtsflow.grid import Grid, Window
 from rtsflow.io.blocks import GridStore, block_region, write_block
 from rtsflow.kernels.coreg import FIT_FIELDS, STATUS, apply_fit, fit_block, resolve_fallbacks
 from rtsflow.kernels.ddem import ddem as ddem_kernel
 from rtsflow.kernels.ddem import ddem_norm as ddem_norm_kernel
 from rtsflow.kernels.ddem import ddem_sigma as ddem_sigma_kernel
-from rtsflow.kernels.terrain import downslope_horn, slope_horn
+from rtsflow.kernels.terrain import slope_horn
 from rtsflow.stages.base import BlockJob, Stage, Upstream
 from rtsflow.stages.composite import _grow, coreg_halo
 from rtsflow.stages.stores import FitStore, GridVariable, create_fit_store, create_grid_store
@@ -94,13 +93,12 @@ def features_block(
     fits: str | None,
     out: str,
 ) -> dict:
-    """The pair features of one block (dDEM, σ, dDEM_norm, slope, downslope, quality, water, n_obs, the block's fit)."""
+    """The pair features of one block (dDEM, σ, dDEM_norm, slope, quality, water, n_obs, the block's fit)."""
     e, lt = GridStore(earlier, grid=grid, domain=domain), GridStore(later, grid=grid, domain=domain)
     c = GridStore(cube, grid=grid, domain=domain)
     win = grid.block_window(*block)
     max_slope = coreg.max_slope_deg if coreg is not None else 40.0
     h1, slope, quality, water_mask, _, (n1, n2) = _stable(e, lt, c, win, water=water, max_slope=max_slope)
-    down_east, down_north = (part[1:-1, 1:-1] for part in downslope_horn(h1, resolution=grid.resolution))
     h1 = h1[1:-1, 1:-1]
     if fits:
         halo = coreg_halo(coreg)
@@ -120,8 +118,6 @@ def features_block(
         "ddem_sigma": (yx, d_sigma),
         "ddem_norm": (yx, d_norm),
         "slope": (yx, slope.astype(np.float32)),
-        "downslope_east": (yx, down_east),
-        "downslope_north": (yx, down_north),
         "quality": (yx, quality.astype(np.uint8)),
         "water": (yx, water_mask),
         "n_obs": (("winter", "y", "x"), np.stack([n1, n2]).astype(np.int16)),
@@ -199,8 +195,6 @@ def features_stage(
                 "normalised elevation change", "1", "dDEM / σ_dDEM (Maier et al. 2025, Eq. 2).")),
             "slope": GridVariable("float32", _attrs(
                 "terrain slope", "degree", f"Horn slope of the earlier composite ({earlier}).")),
-            "downslope_east": GridVariable("float32", downslope_attrs("east", earlier)),
-            "downslope_north": GridVariable("float32", downslope_attrs("north", earlier)),
             "quality": GridVariable("uint8", _attrs(
                 "SAR quality mask", "1", "1 = unusable: no observation passed selection and the SAR "
                 "quality mask (layover/shadow, coherence, incidence) in one of the two winters.")),
