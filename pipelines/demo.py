@@ -52,6 +52,14 @@ class RealisticRecipe:
     rejected candidates (``label`` 0), so that training draws tiles holding them as
     hard negatives (:data:`rtsflow.model.train.HARD_NEGATIVE_SHARE` of the negative
     draws) instead of only as they fall among random background tiles.
+
+    ``spacing_km``: put region ``i`` on its own place of the grid, on a lattice of
+    this spacing east and south of the demo's centre (0: all at the demo's centre, as
+    the first shipped models had them). Training splits training from validation by
+    grid-anchored cells (:func:`rtsflow.model.samples.split_cells`), so regions
+    stacked on one place share the same few cells, and the whole validation set is
+    a handful of draws (399 or 45 validation tiles of 37 regions, by seed). Apart,
+    each region draws its own cells.
     """
 
     terrains: tuple[str, ...] = tuple(TERRAINS)
@@ -60,6 +68,7 @@ class RealisticRecipe:
     size_km: float = 5.0
     seed: int = 3000
     hard_negative_labels: bool = False
+    spacing_km: float = 0.0
 
     def scenes(self) -> list[tuple[str, SynthConfig]]:
         """(name, SynthConfig) of every region, in a fixed order."""
@@ -73,12 +82,36 @@ class RealisticRecipe:
                 config = randomised(seed=self.seed + 100 * t + 50 + r, size_km=self.size_km, terrain=terrain,
                                     slumps=False)  # fmt: skip
                 out.append((f"{terrain}_negatives_{r}", config))
+        if self.spacing_km:
+            n = len(out)
+            out = [(name, replace(config, center_lonlat=self._place(i, n))) for i, (name, config) in enumerate(out)]
         return out
+
+    def _place(self, i: int, n: int) -> tuple[float, float]:
+        """Centre (lon, lat) of region ``i`` of ``n``: a square lattice east and south of the demo's centre."""
+        import math
+
+        from pyproj import Transformer
+
+        from rtsflow.grid import GRID_CRS
+
+        if self.spacing_km < 2 * self.size_km:  # a gap at least a region wide: no split cell in two regions
+            raise ValueError(f"spacing_km ({self.spacing_km:g}) must be at least twice size_km ({self.size_km:g})")
+        cols = math.ceil(math.sqrt(n))
+        row, col = divmod(i, cols)
+        to_grid = Transformer.from_crs("EPSG:4326", GRID_CRS, always_xy=True)
+        cx, cy = to_grid.transform(*SynthConfig.center_lonlat)
+        x, y = cx + 1000.0 * self.spacing_km * (col + 1), cy - 1000.0 * self.spacing_km * row
+        lon, lat = to_grid.transform(x, y, direction="INVERSE")
+        return (round(lon, 6), round(lat, 6))
 
     def to_dict(self) -> dict:
         doc = {**asdict(self), "terrains": list(self.terrains)}
-        if not self.hard_negative_labels:  # added after models were shipped: in the key only when on
+        # Added after models were shipped: in the key only when set.
+        if not self.hard_negative_labels:
             del doc["hard_negative_labels"]
+        if not self.spacing_km:
+            del doc["spacing_km"]
         return doc
 
 

@@ -27,6 +27,39 @@ def test_the_recipe_covers_every_terrain_with_slumps_and_rts_free_regions_none_a
     assert [n for n, _ in _training_regions(training_key(0, demo_region=False))] == [f"train_{n}" for n, _ in scenes]
 
 
+def test_spaced_regions_each_draw_their_own_split_cells():
+    """With ``spacing_km`` every training region lies on its own place of the grid: no two share a split cell, so
+    the validation set is many independent draws; the regions are otherwise the unspaced recipe's."""
+    import dataclasses
+
+    import numpy as np
+
+    from pipelines.demo import MODEL_TRAIN_CONFIG
+    from rtsflow.synth.generator import SynthConfig
+
+    spaced = RealisticRecipe(spacing_km=10.0)
+    scenes = spaced.scenes()
+    unspaced = RealisticRecipe(spacing_km=0.0).scenes()
+    assert [dataclasses.replace(c, center_lonlat=SynthConfig.center_lonlat) for _, c in scenes] == [
+        c for _, c in unspaced
+    ]
+    demo = SynthConfig(size_km=(8.0, 8.0)).window()  # the demo's own training region, at the default centre
+    cells = set()
+    for w in [demo] + [c.window() for _, c in scenes]:
+        assert w.height == w.width == round(w.height)
+        rows = np.arange(w.row, w.row + w.height) // MODEL_TRAIN_CONFIG.split_size
+        cols = np.arange(w.col, w.col + w.width) // MODEL_TRAIN_CONFIG.split_size
+        mine = {(r, c) for r in np.unique(rows) for c in np.unique(cols)}
+        assert not mine & cells, w  # no split cell in two regions
+        cells |= mine
+    # In the key only when set (earlier models' records have no such field), and a round trip keeps the places.
+    assert "spacing_km" not in training_key(0, realistic=RealisticRecipe(spacing_km=0.0))["realistic"]
+    key = training_key(0, realistic=spaced)
+    assert [c for _, c in _training_regions(key)[1:]] == [c for _, c in scenes]
+    with pytest.raises(ValueError, match=r"spacing_km \(6\) must be at least twice size_km \(5\)"):
+        RealisticRecipe(spacing_km=6.0).scenes()
+
+
 def test_randomised_scenes_are_reproducible_and_realistic_ones_use_the_real_ddem_error():
     assert randomised(seed=7, size_km=2.0, terrain="analytic") == randomised(seed=7, size_km=2.0, terrain="analytic")
     assert randomised(seed=7, size_km=2.0, terrain="analytic") != randomised(seed=8, size_km=2.0, terrain="analytic")

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["TilePool", "augment", "candidate_tiles", "split_cells", "validation_tiles"]
+__all__ = ["TilePool", "augment", "candidate_tiles", "cell_ids", "split_cells", "validation_tiles"]
 
 
 def _box_sums(a: np.ndarray, size: int, stride: int) -> np.ndarray:
@@ -50,7 +50,8 @@ def split_cells(
     return is_val
 
 
-def _cell_id(shape, origin, split_size) -> np.ndarray:
+def cell_ids(shape: tuple[int, int], origin: tuple[int, int], split_size: int) -> np.ndarray:
+    """Per pixel: an integer naming its split cell on the global grid (equal ids = the same place)."""
     rows = (origin[0] + np.arange(shape[0])) // split_size
     cols = (origin[1] + np.arange(shape[1])) // split_size
     return rows[:, None] * 1_000_003 + cols[None, :]
@@ -95,7 +96,7 @@ def candidate_tiles(
         raise ValueError(f"split_size ({split_size}) must be at least the tile size ({tile})")
     n_valid, R, C = _box_sums(valid, tile, stride)
     n_pos, _, _ = _box_sums(label > 0, tile, stride)
-    cell = _cell_id(valid.shape, origin, split_size)
+    cell = cell_ids(valid.shape, origin, split_size)
     same_cell = (cell[R, C] == cell[R + tile - 1, C + tile - 1]) if R.size else np.zeros(R.shape, bool)
     ok = same_cell & (n_valid >= min_valid * tile * tile)
     val = is_val[R, C]

@@ -15,6 +15,7 @@ import csv
 import logging
 import shutil
 import time
+import warnings
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -23,15 +24,17 @@ import numpy as np
 from rtsflow.model.checkpoint import ModelSpec, save_checkpoint
 from rtsflow.model.factory import build_model
 from rtsflow.model.normalise import DEFAULT_NORMALISATION, BandScaling, normalise
-from rtsflow.model.samples import TilePool, augment, candidate_tiles, split_cells, validation_tiles
+from rtsflow.model.samples import TilePool, augment, candidate_tiles, cell_ids, split_cells, validation_tiles
 
-__all__ = ["DEMO_CONFIG", "TrainConfig", "TrainResult", "TrainingArea", "load_area", "read_labels", "train"]
+__all__ = ["DEMO_CONFIG", "TrainConfig", "TrainResult", "TrainingArea", "load_area", "read_labels", "split_areas", "train"]
 
 log = logging.getLogger(__name__)
 LOG_NAME = "training_log.csv"
 # Share of the background tiles drawn from tiles holding a rejected candidate, when there are any: the
 # false positives a person rejected are what the model most needs to unlearn (Xia et al. 2022).
 HARD_NEGATIVE_SHARE = 0.5
+# Fewer distinct validation cells than this and validation scores are a lottery (a warning says so).
+MIN_VALIDATION_CELLS = 10
 
 
 @dataclass(frozen=True)
@@ -311,6 +314,42 @@ def _validate(model, areas, val_sets, config: TrainConfig, device: str):
     }
 
 
+def split_areas(
+    areas: list[TrainingArea], *, config: TrainConfig
+) -> tuple[list[TilePool], list[tuple[np.ndarray, np.ndarray]], int]:
+    """Each area's training tile pool and validation tiles (with its validation mask), and the validation cells.
+
+    Returns ``(train_pools, val_sets, n_cells)``: ``n_cells`` is how many distinct split
+    cells of the grid hold validation pixels. Areas on the same place of the grid share
+    its cells, so it counts the independent draws the validation set rests on.
+    """
+    train_pools, val_sets = [], []
+    cells: set[int] = set()
+    for a in areas:
+        is_val = split_cells(
+            a.valid.shape,
+            origin=a.origin,
+            split_size=config.split_size,
+            val_fraction=config.val_fraction,
+            seed=config.seed,
+        )
+        tr, _ = candidate_tiles(
+            a.valid,
+            a.label,
+            is_val,
+            origin=a.origin,
+            tile=config.tile,
+            split_size=config.split_size,
+            stride=config.sample_stride,
+            min_positive_px=config.min_positive_px,
+            negative=a.negative,
+        )
+        train_pools.append(tr)
+        val_sets.append((validation_tiles(a.valid, is_val, tile=config.tile), is_val))
+        cells.update(np.unique(cell_ids(a.valid.shape, a.origin, config.split_size)[is_val & a.valid]).tolist())
+    return train_pools, val_sets, len(cells)
+
+
 def train(
     areas: list[TrainingArea],
     *,
@@ -343,31 +382,8 @@ def train(
     torch.manual_seed(config.seed)
     if device == "cpu":
         torch.use_deterministic_algorithms(True)
-    train_pools, val_sets = [], []
-    n_val_tiles = 0
-    for a in areas:
-        is_val = split_cells(
-            a.valid.shape,
-            origin=a.origin,
-            split_size=config.split_size,
-            val_fraction=config.val_fraction,
-            seed=config.seed,
-        )
-        tr, _ = candidate_tiles(
-            a.valid,
-            a.label,
-            is_val,
-            origin=a.origin,
-            tile=config.tile,
-            split_size=config.split_size,
-            stride=config.sample_stride,
-            min_positive_px=config.min_positive_px,
-            negative=a.negative,
-        )
-        vt = validation_tiles(a.valid, is_val, tile=config.tile)
-        train_pools.append(tr)
-        val_sets.append((vt, is_val))
-        n_val_tiles += len(vt)
+    train_pools, val_sets, val_cells = split_areas(areas, config=config)
+    n_val_tiles = sum(len(vt) for vt, _ in val_sets)
     n_pos = sum(len(p.positive) for p in train_pools)
     n_neg = sum(len(p.negative) for p in train_pools)
     n_hard = sum(len(p.hard) for p in train_pools)
@@ -378,8 +394,17 @@ def train(
             f"no validation tiles: the areas cover too few split cells of {config.split_size} px; "
             "lower split_size or raise val_fraction"
         )
-    log.info("training tiles: %d with slumps, %d without (%d with rejected candidates); %d validation tiles",
-             n_pos, n_neg, n_hard, n_val_tiles)  # fmt: skip
+    log.info("training tiles: %d with slumps, %d without (%d with rejected candidates); %d validation tiles "
+             "in %d split cells", n_pos, n_neg, n_hard, n_val_tiles, val_cells)  # fmt: skip
+    if val_cells < MIN_VALIDATION_CELLS:
+        # Areas stacked on one place of the grid share its cells: the validation set is then a few draws, and
+        # the checkpoint its scores pick is luck (37 synthetic regions on one place: 399 or 45 tiles, by seed).
+        warnings.warn(
+            f"the validation set lies in only {val_cells} split cells of {config.split_size} px (distinct "
+            f"places on the grid): its scores, and the checkpoint they choose, will be noisy; train on areas "
+            f"spread over more of the grid or lower split_size",
+            stacklevel=2,
+        )
 
     model = build_model(
         architecture=config.architecture,
@@ -411,7 +436,7 @@ def train(
         "areas": [a.source for a in areas],
         "config": config.to_dict(),
         "tiles": {"train_positive": n_pos, "train_negative": n_neg, "train_hard_negative": n_hard,
-                  "validation": n_val_tiles},
+                  "validation": n_val_tiles, "validation_cells": val_cells},
     }
     if n_hard:
         training_info["hard_negative_share"] = HARD_NEGATIVE_SHARE
