@@ -55,7 +55,7 @@ class RealisticRecipe:
 
     ``spacing_km``: put region ``i`` on its own place of the grid, on a lattice of
     this spacing east and south of the demo's centre (0: all at the demo's centre, as
-    the first shipped models had them). Training splits training from validation by
+    the models shipped before 2026-12-04 23:00 had them). Training splits training from validation by
     grid-anchored cells (:func:`rtsflow.model.samples.split_cells`), so regions
     stacked on one place share the same few cells, and the whole validation set is
     a handful of draws (399 or 45 validation tiles of 37 regions, by seed). Apart,
@@ -68,7 +68,7 @@ class RealisticRecipe:
     size_km: float = 5.0
     seed: int = 3000
     hard_negative_labels: bool = False
-    spacing_km: float = 0.0
+    spacing_km: float = 10.0
 
     def scenes(self) -> list[tuple[str, SynthConfig]]:
         """(name, SynthConfig) of every region, in a fixed order."""

@@ -26,7 +26,16 @@ from rtsflow.model.factory import build_model
 from rtsflow.model.normalise import DEFAULT_NORMALISATION, BandScaling, normalise
 from rtsflow.model.samples import TilePool, augment, candidate_tiles, cell_ids, split_cells, validation_tiles
 
-__all__ = ["DEMO_CONFIG", "TrainConfig", "TrainResult", "TrainingArea", "load_area", "read_labels", "split_areas", "train"]
+__all__ = [
+    "DEMO_CONFIG",
+    "TrainConfig",
+    "TrainResult",
+    "TrainingArea",
+    "load_area",
+    "read_labels",
+    "split_areas",
+    "train",
+]
 
 log = logging.getLogger(__name__)
 LOG_NAME = "training_log.csv"
