@@ -29,7 +29,7 @@ from scipy import ndimage
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipelines.demo import _from_json, _training_regions
-from rtsflow.model.train import TrainConfig, load_area, read_labels, split_areas
+from rtsflow.model.train import TrainConfig, _pad_tile, load_area, read_labels, split_areas
 
 
 def _predict(model, area, tiles, *, tile: int, threshold: float) -> np.ndarray:
@@ -41,9 +41,7 @@ def _predict(model, area, tiles, *, tile: int, threshold: float) -> np.ndarray:
         for r, c in tiles:
             x = area.x[:, r : r + tile, c : c + tile]
             h, w = x.shape[1:]
-            xp = np.zeros((x.shape[0], tile, tile), np.float32)
-            xp[:, :h, :w] = x
-            p = torch.sigmoid(model(torch.from_numpy(xp[None]))[0, 0]).numpy()[:h, :w]
+            p = torch.sigmoid(model(torch.from_numpy(_pad_tile(x, tile, 0.0)[None]))[0, 0]).numpy()[:h, :w]
             pred[r : r + h, c : c + w] = p >= threshold
     return pred
 

@@ -37,6 +37,10 @@ SHIPPED_MODEL = DEFAULT_MODEL
 MODEL_TRAIN_CONFIG = replace(DEMO_CONFIG, epochs=60, steps_per_epoch=40, restart_epochs=60, patience=15)
 
 
+#: RealisticRecipe fields added after models were shipped with it (in the recipe's key only when set).
+_ADDED_AFTER_SHIPPING = ("hard_negative_labels", "spacing_km")
+
+
 @dataclass(frozen=True)
 class RealisticRecipe:
     """The realistic part of the default model's training data: randomised scenes on each terrain.
@@ -83,12 +87,12 @@ class RealisticRecipe:
                                     slumps=False)  # fmt: skip
                 out.append((f"{terrain}_negatives_{r}", config))
         if self.spacing_km:
-            n = len(out)
-            out = [(name, replace(config, center_lonlat=self._place(i, n))) for i, (name, config) in enumerate(out)]
+            places = self._places(len(out))
+            out = [(name, replace(config, center_lonlat=c)) for (name, config), c in zip(out, places, strict=True)]
         return out
 
-    def _place(self, i: int, n: int) -> tuple[float, float]:
-        """Centre (lon, lat) of region ``i`` of ``n``: a square lattice east and south of the demo's centre."""
+    def _places(self, n: int) -> list[tuple[float, float]]:
+        """Centres (lon, lat) of ``n`` regions: a square lattice east and south of the demo's centre."""
         import math
 
         from pyproj import Transformer
@@ -98,20 +102,22 @@ class RealisticRecipe:
         if self.spacing_km < 2 * self.size_km:  # a gap at least a region wide: no split cell in two regions
             raise ValueError(f"spacing_km ({self.spacing_km:g}) must be at least twice size_km ({self.size_km:g})")
         cols = math.ceil(math.sqrt(n))
-        row, col = divmod(i, cols)
         to_grid = Transformer.from_crs("EPSG:4326", GRID_CRS, always_xy=True)
         cx, cy = to_grid.transform(*SynthConfig.center_lonlat)
-        x, y = cx + 1000.0 * self.spacing_km * (col + 1), cy - 1000.0 * self.spacing_km * row
-        lon, lat = to_grid.transform(x, y, direction="INVERSE")
-        return (round(lon, 6), round(lat, 6))
+        step = 1000.0 * self.spacing_km
+        places = []
+        for i in range(n):
+            row, col = divmod(i, cols)
+            lon, lat = to_grid.transform(cx + step * (col + 1), cy - step * row, direction="INVERSE")
+            places.append((round(lon, 6), round(lat, 6)))
+        return places
 
     def to_dict(self) -> dict:
         doc = {**asdict(self), "terrains": list(self.terrains)}
-        # Added after models were shipped: in the key only when set.
-        if not self.hard_negative_labels:
-            del doc["hard_negative_labels"]
-        if not self.spacing_km:
-            del doc["spacing_km"]
+        # Fields added after models were shipped are in the key only when set, so those models' keys still match.
+        for name in _ADDED_AFTER_SHIPPING:
+            if not doc[name]:
+                del doc[name]
         return doc
 
 

@@ -29,7 +29,7 @@ def test_the_recipe_covers_every_terrain_with_slumps_and_rts_free_regions_none_a
 
 def test_spaced_regions_each_draw_their_own_split_cells():
     """With ``spacing_km`` every training region lies on its own place of the grid: no two share a split cell, so
-    the validation set is many independent draws; the regions are otherwise the unspaced recipe's."""
+    the validation set is many independent draws; their configs are otherwise the unspaced recipe's."""
     import dataclasses
 
     import numpy as np

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["TilePool", "augment", "candidate_tiles", "cell_ids", "split_cells", "validation_tiles"]
+__all__ = ["TilePool", "augment", "candidate_tiles", "cell_ids", "cells_holding", "split_cells", "validation_tiles"]
 
 
 def _box_sums(a: np.ndarray, size: int, stride: int) -> np.ndarray:
@@ -55,6 +55,19 @@ def cell_ids(shape: tuple[int, int], origin: tuple[int, int], split_size: int) -
     rows = (origin[0] + np.arange(shape[0])) // split_size
     cols = (origin[1] + np.arange(shape[1])) // split_size
     return rows[:, None] * 1_000_003 + cols[None, :]
+
+
+def cells_holding(mask: np.ndarray, *, origin: tuple[int, int], split_size: int) -> set[tuple[int, int]]:
+    """(row, col) on the global grid of every split cell in which ``mask`` has a True pixel."""
+    if not mask.size:
+        return set()
+    rows = (origin[0] + np.arange(mask.shape[0])) // split_size
+    cols = (origin[1] + np.arange(mask.shape[1])) // split_size
+    r0 = np.flatnonzero(np.diff(rows, prepend=rows[0] - 1))  # first pixel of each cell row / column
+    c0 = np.flatnonzero(np.diff(cols, prepend=cols[0] - 1))
+    held = np.logical_or.reduceat(np.logical_or.reduceat(mask, r0, axis=0), c0, axis=1)
+    i, j = np.nonzero(held)
+    return set(zip(rows[r0[i]].tolist(), cols[c0[j]].tolist(), strict=True))
 
 
 @dataclass(frozen=True)

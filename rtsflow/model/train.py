@@ -24,7 +24,7 @@ import numpy as np
 from rtsflow.model.checkpoint import ModelSpec, save_checkpoint
 from rtsflow.model.factory import build_model
 from rtsflow.model.normalise import DEFAULT_NORMALISATION, BandScaling, normalise
-from rtsflow.model.samples import TilePool, augment, candidate_tiles, cell_ids, split_cells, validation_tiles
+from rtsflow.model.samples import TilePool, augment, candidate_tiles, cells_holding, split_cells, validation_tiles
 
 __all__ = [
     "DEMO_CONFIG",
@@ -333,7 +333,7 @@ def split_areas(
     its cells, so it counts the independent draws the validation set rests on.
     """
     train_pools, val_sets = [], []
-    cells: set[int] = set()
+    cells: set[tuple[int, int]] = set()
     for a in areas:
         is_val = split_cells(
             a.valid.shape,
@@ -355,7 +355,7 @@ def split_areas(
         )
         train_pools.append(tr)
         val_sets.append((validation_tiles(a.valid, is_val, tile=config.tile), is_val))
-        cells.update(np.unique(cell_ids(a.valid.shape, a.origin, config.split_size)[is_val & a.valid]).tolist())
+        cells |= cells_holding(is_val & a.valid, origin=a.origin, split_size=config.split_size)
     return train_pools, val_sets, len(cells)
 
 
