@@ -34,7 +34,8 @@ TRAIN_SIZE_KM = 8.0
 #: The default model as `rtsflow demo --retrain` trains it (``make default-model`` refreshes the shipped copy).
 SHIPPED_MODEL = DEFAULT_MODEL
 #: Its training: the demo's compact UNet, from scratch, longer (37 regions instead of one, 60 epochs).
-MODEL_TRAIN_CONFIG = replace(DEMO_CONFIG, epochs=60, steps_per_epoch=40, restart_epochs=60, patience=15)
+MODEL_TRAIN_CONFIG = replace(DEMO_CONFIG, epochs=60, steps_per_epoch=40, restart_epochs=60, patience=15,
+                             select_by="pixel_iou")  # fmt: skip
 
 
 #: RealisticRecipe fields added after models were shipped with it (in the recipe's key only when set).
@@ -210,8 +211,10 @@ def training_key(
         for key in REALISM_FIELDS:
             if synth[key] == getattr(SynthConfig, key):
                 del synth[key]
-    doc = {"synth": synth, "realistic": realistic.to_dict() if realistic else None,
-           "train": (train_config or MODEL_TRAIN_CONFIG).to_dict()}  # fmt: skip
+    train = (train_config or MODEL_TRAIN_CONFIG).to_dict()
+    if train["select_by"] == "pixel_iou":  # how models were chosen before the choice was a setting: keys still match
+        del train["select_by"], train["min_object_m2"]
+    doc = {"synth": synth, "realistic": realistic.to_dict() if realistic else None, "train": train}
     return json.loads(json.dumps(doc))
 
 
@@ -232,8 +235,11 @@ def _usable_model(out: Path, key: dict, *, say) -> Path | None:
     record = verify_checkpoint(model)  # the weights' sha256 (the run builds the model itself)
     metrics = record.get("validation_metrics", {})
     sha = record["weights_sha256"]
-    say(f"model: shipped default model (sha256 {sha[:12]}…, validation IoU {metrics.get('val_iou', float('nan')):.3f}; "
-        f"`rtsflow demo --retrain` trains it again) → {model}")  # fmt: skip
+    scores = f"validation IoU {metrics.get('val_iou', float('nan')):.3f}"
+    if "val_detection_f1" in metrics:
+        scores += f", detection F1 {metrics['val_detection_f1']:.3f}"
+    say(f"model: shipped default model (sha256 {sha[:12]}…, {scores}; `rtsflow demo --retrain` trains it again) "
+        f"→ {model}")  # fmt: skip
     return model
 
 
@@ -289,9 +295,11 @@ def _train(out: Path, features: list[Path], labels: list[Path], key: dict, *, tr
                           progress=True)  # fmt: skip
     _add_to_training_record(model, demo=key)  # what the cache is keyed on
     log = result.history
+    best = result.metrics
     say(
-        f"model: {len(log)} epochs, validation IoU {log[0]['val_iou']:.3f} → best {result.metrics['val_iou']:.3f} "
-        f"(epoch {result.best_epoch}); log {result.log}"
+        f"model: {len(log)} epochs, validation IoU {log[0]['val_iou']:.3f} → {best['val_iou']:.3f}, detection F1 "
+        f"{best['val_detection_f1']:.3f}, {best['val_false_objects']} false objects at the checkpoint chosen by "
+        f"{train_config.select_by} (epoch {result.best_epoch}); log {result.log}"
     )
     return model
 

@@ -309,6 +309,11 @@ def features(cube, pair, out, water, reference, weighting, epoch, all_months, ho
 @click.option("--lr", type=float, default=None, help="Peak learning rate (lower it to fine-tune with --init-from).")
 @click.option("--patience", type=int, default=None, help="Epochs without a better validation score before stopping.")
 @click.option("--loss", type=click.Choice(["dice", "bce+dice"]), default=None)
+@click.option("--select-by", type=click.Choice(["f1_iou", "pixel_iou"]), default=None,
+              help="Validation score that chooses the checkpoint (default f1_iou: geometric mean of object-level "
+                   "detection F1 and pixel IoU; false objects count).")
+@click.option("--min-object-area", type=float, default=None,
+              help="Smallest predicted object (m²) that validation counts (default 1000, the post-processing's).")
 @click.option("--seed", type=int, default=None)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
 @click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True)
@@ -332,6 +337,8 @@ def train(
     lr,
     patience,
     loss,
+    select_by,
+    min_object_area,
     seed,
     device,
     precision,
@@ -364,6 +371,8 @@ def train(
             lr=lr,
             patience=patience,
             loss=loss,
+            select_by=select_by,
+            min_object_m2=min_object_area,
             seed=seed,
             max_minutes=max_minutes,
         ).items()
@@ -385,7 +394,11 @@ def train(
     except ValueError as e:
         raise click.ClickException(str(e)) from None
     m = result.metrics
-    click.echo(f"best epoch {result.best_epoch}: validation IoU {m['val_iou']:.3f}, F1 {m['val_f1']:.3f}")
+    click.echo(
+        f"best epoch {result.best_epoch} (by {config.select_by}): validation pixel IoU {m['val_iou']:.3f}, "
+        f"detection F1 {m['val_detection_f1']:.3f}, {m['val_false_objects']} false objects "
+        f"({m['val_false_per_100km2']:.1f} per 100 km²)"
+    )
     click.echo(f"checkpoint: {out} (sha256 {result.spec.sha256[:12]}…); log: {result.log}")
 
 

@@ -124,20 +124,29 @@ def evaluate_polygons(
     )  # fmt: skip
 
 
-def evaluate_rasters(predicted: np.ndarray, reference: np.ndarray, *, valid: np.ndarray | None = None) -> Metrics:
+def evaluate_rasters(
+    predicted: np.ndarray, reference: np.ndarray, *, valid: np.ndarray | None = None, min_pixels: int = 1
+) -> Metrics:
     """The same metrics from boolean rasters (objects = 4-connected regions).
 
     ``valid`` (optional) restricts the comparison, e.g. to the labelled area
-    (reference rasters often use 255 for no data).
+    (reference rasters often use 255 for no data). Predicted objects of fewer than
+    ``min_pixels`` pixels are dropped first, as the post-processing's minimum area
+    drops polygons (4-connected, as vectorising a raster outlines them).
     """
     p = np.asarray(predicted, dtype=bool)
     r = np.asarray(reference, dtype=bool)
     if valid is not None:
         p, r = p & valid, r & valid
-    tp = np.sum(p & r)
-    pixel_p, pixel_r = _ratio(tp, p.sum()), _ratio(tp, r.sum())
     four = ndimage.generate_binary_structure(2, 1)
     pl, npred = ndimage.label(p, structure=four)
+    if min_pixels > 1 and npred:
+        small = np.bincount(pl.ravel()) < min_pixels
+        small[0] = False
+        p = p & ~small[pl]
+        pl, npred = ndimage.label(p, structure=four)
+    tp = np.sum(p & r)
+    pixel_p, pixel_r = _ratio(tp, p.sum()), _ratio(tp, r.sum())
     rl, nref = ndimage.label(r, structure=four)
     both = (pl > 0) & (rl > 0)
     pairs = np.unique(np.stack([pl[both], rl[both]]), axis=1) if both.any() else np.zeros((2, 0), int)

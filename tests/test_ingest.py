@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -468,9 +469,13 @@ def test_parallel_ingest_on_local_cluster_equals_serial(tmp_path, small_region):
     serial = tmp_path / "serial.zarr"
     ingest(small_region.products, cube=serial, scheduler="sync")
     parallel = tmp_path / "parallel.zarr"
+    threads = os.environ.get("OMP_NUM_THREADS")
     with local_cluster(n_workers=2, dashboard_address=None) as lc, Client(lc) as client:
         ingest(small_region.products, cube=parallel)
         ran_on = {ts.split("://")[-1] for ts in client.run(lambda: 1)}
+        workers_threads = set(client.run(lambda: os.environ.get("OMP_NUM_THREADS")).values())
+        # Workers run single-threaded BLAS/OpenMP; this process (which may train with torch) keeps its setting.
+        assert workers_threads == {threads or "1"} and os.environ.get("OMP_NUM_THREADS") == threads
     assert len(ran_on) == 2
     a, b = open_cube(serial), open_cube(parallel)
     for name in CUBE_VARIABLES:

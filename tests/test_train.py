@@ -13,7 +13,16 @@ import xarray as xr
 from rtsflow.model.checkpoint import read_record
 from rtsflow.model.normalise import DEFAULT_NORMALISATION, normalise
 from rtsflow.model.samples import augment, candidate_tiles, cell_ids, split_cells, validation_tiles
-from rtsflow.model.train import DEMO_CONFIG, TrainConfig, TrainingArea, load_area, read_labels, train
+from rtsflow.model.train import (
+    DEMO_CONFIG,
+    TrainConfig,
+    TrainingArea,
+    _validate,
+    load_area,
+    read_labels,
+    split_areas,
+    train,
+)
 
 
 def _blobs(n=384, seed=0, n_blobs=40):
@@ -32,7 +41,7 @@ def _blobs(n=384, seed=0, n_blobs=40):
     bands = np.stack([ddem / sigma, ddem, sigma, slope]).astype(np.float32)
     bands[:, :40, :40] = np.nan
     x, valid = normalise(bands, DEFAULT_NORMALISATION)
-    return TrainingArea(x=x, valid=valid, label=label, origin=(1000, 2000), source={"test": "blobs"})
+    return TrainingArea(x=x, valid=valid, label=label, origin=(1000, 2000), source={"test": "blobs"}, resolution=10.0)
 
 
 def test_train_and_validation_tiles_never_touch():
@@ -142,15 +151,55 @@ def trained(tmp_path_factory):
         return train([_blobs()], out=out, config=TINY, progress=False)
 
 
+def test_validation_counts_false_objects_in_the_validation_cells():
+    # One slump, one 6 × 6-px false depression (3 600 m² at 10 m) and one 2 × 2-px speck per 128-px cell.
+    n, split = 384, 128
+    ddem_norm = np.zeros((n, n), np.float32)
+    label = np.zeros((n, n), np.uint8)
+    yy, xx = np.mgrid[:n, :n]
+    for r0 in range(0, n, split):
+        for c0 in range(0, n, split):
+            disk = (yy - r0 - 40) ** 2 + (xx - c0 - 40) ** 2 < 8**2
+            label[disk], ddem_norm[disk] = 1, -8.0
+            ddem_norm[r0 + 80 : r0 + 86, c0 + 80 : c0 + 86] = -8.0
+            ddem_norm[r0 + 100 : r0 + 102, c0 + 20 : c0 + 22] = -8.0
+    bands = np.stack([ddem_norm, ddem_norm, np.ones((n, n)), np.full((n, n), 5.0)]).astype(np.float32)
+    x, valid = normalise(bands, DEFAULT_NORMALISATION)
+    area = TrainingArea(x=x, valid=valid, label=label, origin=(8 * split, 16 * split), resolution=10.0)
+    config = dataclasses.replace(TINY, val_fraction=0.4)
+    _, val_sets, n_cells = split_areas([area], config=config)
+    assert 0 < n_cells < 9
+
+    def model(t):  # an exact detector here: a slump wherever dDEM/σ < -4 (normalised: -10…10 → -1…1)
+        return (-0.4 - t[:, :1]) * 50.0
+
+    m = _validate(model, [area], val_sets, config, "cpu")
+    assert m["val_detection_recall"] == 1.0  # every slump in a validation cell found
+    assert m["val_false_objects"] == n_cells  # one 36-px false object per validation cell, the specks too small
+    assert m["val_detection_precision"] == pytest.approx(0.5)
+    val_km2 = n_cells * split**2 * 1e-4
+    assert m["val_false_per_100km2"] == pytest.approx(100 * n_cells / val_km2)
+    assert m["val_score"] == pytest.approx(np.sqrt(m["val_detection_f1"] * m["val_iou"]))
+    # A floor above 36 px (3 600 m²) drops the false objects, as the post-processing's minimum area would.
+    m = _validate(model, [area], val_sets, dataclasses.replace(config, min_object_m2=4000.0), "cpu")
+    assert m["val_false_objects"] == 0 and m["val_detection_f1"] == 1.0
+    # By pixel IoU alone the score is the IoU.
+    m = _validate(model, [area], val_sets, dataclasses.replace(config, select_by="pixel_iou"), "cpu")
+    assert m["val_score"] == m["val_iou"]
+
+
 def test_training_learns_logs_and_keeps_best(trained):
     log = pd.read_csv(trained.log)
     assert list(log.epoch) == list(range(1, len(log) + 1)) and len(log) == TINY.epochs
-    assert {"train_loss", "val_loss", "val_iou", "val_f1", "lr"} <= set(log.columns)
+    assert {"train_loss", "val_loss", "val_iou", "val_f1", "val_detection_f1", "val_false_objects", "val_score",
+            "lr"} <= set(log.columns)  # fmt: skip
     assert log.val_iou.max() > log.val_iou.iloc[0] + 0.1  # validation IoU rises
     assert log.val_iou.max() > 0.5
+    # The default score: geometric mean of detection F1 and pixel IoU; it chose the checkpoint.
+    np.testing.assert_allclose(log.val_score, np.sqrt(log.val_detection_f1 * log.val_iou))
     record = read_record(trained.spec.path)
-    assert record["training"]["best_epoch"] == int(log.val_iou.idxmax()) + 1
-    assert record["validation_metrics"]["val_iou"] == pytest.approx(log.val_iou.max())
+    assert record["training"]["best_epoch"] == int(log.val_score.idxmax()) + 1
+    assert record["validation_metrics"]["val_score"] == pytest.approx(log.val_score.max())
     assert record["tile_size"] == 64 and record["bands"] == list(TINY.bands)
     assert record["training"]["config"]["seed"] == 0 and "stopped" in record["training"]
 

@@ -6,7 +6,9 @@ cosine warm restarts, flips / 90° rotations / 3-px blur at p = 0.5. Training
 and validation tiles come from disjoint split cells of the global grid;
 batches hold tiles with and without slumps in a fixed ratio; the loss ignores
 pixels without valid input. Every epoch is logged to CSV and the checkpoint
-with the best validation IoU is kept.
+with the best validation score is kept: by default the geometric mean of
+object-level detection F1 and pixel IoU on the validation cells, so that a
+dozen small false objects, which hardly move pixel IoU, count against an epoch.
 """
 
 from __future__ import annotations
@@ -44,6 +46,9 @@ LOG_NAME = "training_log.csv"
 HARD_NEGATIVE_SHARE = 0.5
 # Fewer distinct validation cells than this and validation scores are a lottery (a warning says so).
 MIN_VALIDATION_CELLS = 10
+# How the checkpoint is chosen (``TrainConfig.select_by``): the validation pixel IoU alone, or the geometric mean
+# of detection F1 (objects, false ones included) and pixel IoU.
+SELECT_BY = ("pixel_iou", "f1_iou")
 
 
 @dataclass(frozen=True)
@@ -60,7 +65,16 @@ class TrainConfig:
     restart_epochs
         Epochs of the first cosine cycle (``CosineAnnealingWarmRestarts`` T_0).
     patience
-        Epochs without a better validation IoU before stopping.
+        Epochs without a better validation score before stopping.
+    select_by
+        The validation score that chooses the checkpoint: ``"f1_iou"`` (default), the
+        geometric mean of object-level detection F1 and pixel IoU, or ``"pixel_iou"``.
+        Pixel IoU hardly moves for a dozen small false objects that a map user sees
+        at once; detection F1 counts them (two seeds of the same recipe: validation IoU
+        0.541 vs 0.542, false objects on the validation cells 8.3 vs 20.2 per 100 km²).
+    min_object_m2
+        Predicted objects smaller than this are not counted (the post-processing's
+        ``min_area_m2``, which drops them from the map).
     positive_fraction
         Share of each batch drawn from tiles that contain slumps.
     max_minutes
@@ -93,8 +107,12 @@ class TrainConfig:
     device: str = "auto"
     precision: str = "fp32"
     max_minutes: float | None = None
+    select_by: str = "f1_iou"
+    min_object_m2: float = 1000.0
 
     def __post_init__(self):
+        if self.select_by not in SELECT_BY:
+            raise ValueError(f"select_by must be one of {SELECT_BY}, got {self.select_by!r}")
         if self.loss not in ("dice", "bce+dice"):
             raise ValueError(f"loss must be 'dice' or 'bce+dice', got {self.loss!r}")
         if [s.band for s in self.normalisation] != list(self.bands):
@@ -140,6 +158,7 @@ class TrainingArea:
     origin: tuple[int, int]  # global (row, col) of [0, 0]
     source: dict = field(default_factory=dict)
     negative: np.ndarray | None = None  # (y, x) bool: inside a rejected candidate (hard negative), or None
+    resolution: float | None = None  # m per pixel (None: object sizes and areas in pixels)
 
 
 def read_labels(path: str | Path, *, where: str | None = None, negatives: bool = False):
@@ -231,6 +250,7 @@ def load_area(features_path: str | Path, labels, *, config: TrainConfig) -> Trai
             "n_negative_polygons": len(rejected),
         },
         negative=negative,
+        resolution=float(res),
     )
 
 
@@ -289,11 +309,17 @@ def _pad_tile(a: np.ndarray, t: int, fill) -> np.ndarray:
 def _validate(model, areas, val_sets, config: TrainConfig, device: str):
     import torch
 
+    from rtsflow.evaluate import evaluate_rasters
+
     t = config.tile
     tp = fp = fn = 0
+    n_pred = n_tp_pred = n_ref = n_tp_ref = 0
+    km2 = 0.0
     losses = []
     with torch.inference_mode():
         for a, (tiles, is_val) in zip(areas, val_sets, strict=True):
+            # The area's prediction, stitched from its (non-overlapping) validation tiles, for counting objects.
+            pred_area = np.zeros(a.valid.shape, bool)
             for k in range(0, len(tiles), config.batch_size):
                 batch = tiles[k : k + config.batch_size]
                 x = np.stack([_pad_tile(a.x[:, r : r + t, c : c + t], t, 0.0) for r, c in batch])
@@ -312,14 +338,38 @@ def _validate(model, areas, val_sets, config: TrainConfig, device: str):
                 tp += int((pred & truth).sum())
                 fp += int((pred & ~truth).sum())
                 fn += int((~pred & truth).sum())
+                for (r, c), p in zip(batch, pred, strict=True):
+                    h, w = pred_area[r : r + t, c : c + t].shape
+                    pred_area[r : r + h, c : c + w] = p[:h, :w]
+            inside = is_val & a.valid
+            px_m2 = a.resolution**2 if a.resolution else None
+            min_px = max(1, int(np.ceil(config.min_object_m2 / px_m2))) if px_m2 else 1
+            obj = evaluate_rasters(pred_area, a.label > 0, valid=inside, min_pixels=min_px)
+            n_pred, n_tp_pred = n_pred + obj.n_predicted, n_tp_pred + obj.n_tp_predicted
+            n_ref, n_tp_ref = n_ref + obj.n_reference, n_tp_ref + obj.n_tp_reference
+            km2 += inside.sum() * px_m2 / 1e6 if px_m2 else float("nan")
     iou = tp / (tp + fp + fn) if (tp + fp + fn) else float("nan")
     f1 = 2 * tp / (2 * tp + fp + fn) if (tp + fp + fn) else float("nan")
+    det_p = n_tp_pred / n_pred if n_pred else float("nan")
+    det_r = n_tp_ref / n_ref if n_ref else float("nan")
+    # No prediction at all while slumps are there is F1 0 (precision is undefined, recall 0).
+    det_f1 = 2 * det_p * det_r / (det_p + det_r) if det_p + det_r > 0 else (0.0 if n_ref else float("nan"))
+    if config.select_by == "f1_iou" and np.isfinite(det_f1) and np.isfinite(iou):
+        score = float(np.sqrt(det_f1 * iou))
+    else:  # pixel IoU, or no slump in the validation cells (detection F1 undefined)
+        score = iou
     return {
         "val_loss": float(np.mean(losses)) if losses else float("nan"),
         "val_iou": iou,
         "val_f1": f1,
         "val_precision": tp / (tp + fp) if tp + fp else float("nan"),
         "val_recall": tp / (tp + fn) if tp + fn else float("nan"),
+        "val_detection_f1": det_f1,
+        "val_detection_precision": det_p,
+        "val_detection_recall": det_r,
+        "val_false_objects": n_pred - n_tp_pred,
+        "val_false_per_100km2": 100 * (n_pred - n_tp_pred) / km2 if km2 else float("nan"),
+        "val_score": score,
     }
 
 
@@ -368,7 +418,7 @@ def train(
     overwrite: bool = False,
     init_from: str | Path | None = None,
 ) -> TrainResult:
-    """Train a model; keep the checkpoint with the best validation IoU in ``out``.
+    """Train a model; keep the checkpoint with the best validation score (``config.select_by``) in ``out``.
 
     ``init_from``: a checkpoint to continue from (the next round of the iterative mapping loop); its
     architecture, encoder, bands and normalisation must be the config's. Its path and sha256 go into the
@@ -438,12 +488,14 @@ def train(
     staging.mkdir(parents=True)
     log_path = staging / LOG_NAME
     history: list[dict] = []
-    best = {"val_iou": -1.0}
+    best = {"val_score": -1.0}
     best_epoch, stale, t0 = -1, 0, time.perf_counter()
     stopped = "epochs"
     training_info = {
         "areas": [a.source for a in areas],
         "config": config.to_dict(),
+        # CPU results are bit-identical only at the same thread count (the order of float sums changes).
+        "torch_threads": torch.get_num_threads(),
         "tiles": {"train_positive": n_pos, "train_negative": n_neg, "train_hard_negative": n_hard,
                   "validation": n_val_tiles, "validation_cells": val_cells},
     }
@@ -482,14 +534,17 @@ def train(
             }
             history.append(row)
             _write_log(log_path, history)
-            bar.set_postfix_str(f"loss {row['train_loss']:.3f}, val IoU {row['val_iou']:.3f}")
-            bar.update()
-            # Better IoU wins; an equal one (e.g. 0 while a sparse label set leaves the validation cells with
-            # hardly any slump) goes to the lower validation loss, so training is not stuck on epoch 1.
-            better = row["val_iou"] > best["val_iou"] or (
-                row["val_iou"] == best["val_iou"] and row["val_loss"] < best.get("val_loss", np.inf)
+            bar.set_postfix_str(
+                f"loss {row['train_loss']:.3f}, val IoU {row['val_iou']:.3f}, "
+                f"detection F1 {row['val_detection_f1']:.3f}"
             )
-            if np.isfinite(row["val_iou"]) and better:
+            bar.update()
+            # A better score wins; an equal one (e.g. 0 while a sparse label set leaves the validation cells with
+            # hardly any slump) goes to the lower validation loss, so training is not stuck on epoch 1.
+            better = row["val_score"] > best["val_score"] or (
+                row["val_score"] == best["val_score"] and row["val_loss"] < best.get("val_loss", np.inf)
+            )
+            if np.isfinite(row["val_score"]) and better:
                 best, best_epoch, stale = row, epoch + 1, 0
                 save_checkpoint(
                     model,
@@ -508,14 +563,14 @@ def train(
             else:
                 stale += 1
             if stale >= config.patience:
-                stopped = f"early stopping after {config.patience} epochs without a better validation IoU"
+                stopped = f"early stopping after {config.patience} epochs without a better validation score"
                 break
             if config.max_minutes is not None and time.perf_counter() - t0 > 60 * config.max_minutes:
                 stopped = f"time cap of {config.max_minutes} min"
                 break
     if best_epoch < 0:
         shutil.rmtree(staging, ignore_errors=True)
-        raise RuntimeError("validation IoU was never finite: the validation cells hold no valid pixels")
+        raise RuntimeError("the validation score was never finite: the validation cells hold no valid pixels")
     # Record how training ended next to the log, then move the checkpoint into place.
     import json
 
