@@ -309,9 +309,9 @@ def features(cube, pair, out, water, reference, weighting, epoch, all_months, ho
 @click.option("--lr", type=float, default=None, help="Peak learning rate (lower it to fine-tune with --init-from).")
 @click.option("--patience", type=int, default=None, help="Epochs without a better validation score before stopping.")
 @click.option("--loss", type=click.Choice(["dice", "bce+dice"]), default=None)
-@click.option("--select-by", type=click.Choice(["f1_iou", "pixel_iou"]), default=None,
-              help="Validation score that chooses the checkpoint (default f1_iou: geometric mean of object-level "
-                   "detection F1 and pixel IoU; false objects count).")
+@click.option("--select-by", type=click.Choice(["f05_iou", "f1_iou", "pixel_iou"]), default=None,
+              help="Validation score that chooses the checkpoint (default f05_iou: geometric mean of pixel IoU and "
+                   "object-level detection F0.5, so false objects count).")
 @click.option("--min-object-area", type=float, default=None,
               help="Smallest predicted object (m²) that validation counts (default 1000, the post-processing's).")
 @click.option("--seed", type=int, default=None)

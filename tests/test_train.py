@@ -179,7 +179,11 @@ def test_validation_counts_false_objects_in_the_validation_cells():
     assert m["val_detection_precision"] == pytest.approx(0.5)
     val_km2 = n_cells * split**2 * 1e-4
     assert m["val_false_per_100km2"] == pytest.approx(100 * n_cells / val_km2)
-    assert m["val_score"] == pytest.approx(np.sqrt(m["val_detection_f1"] * m["val_iou"]))
+    # F0.5 weighs precision twice: 1.25 P R / (0.25 P + R) = 0.556 at P = 0.5, R = 1 (F1: 0.667).
+    assert m["val_detection_f05"] == pytest.approx(1.25 * 0.5 / 1.125) and m["val_detection_f1"] == pytest.approx(2 / 3)
+    assert m["val_score"] == pytest.approx(np.sqrt(m["val_detection_f05"] * m["val_iou"]))
+    m1 = _validate(model, [area], val_sets, dataclasses.replace(config, select_by="f1_iou"), "cpu")
+    assert m1["val_score"] == pytest.approx(np.sqrt(m1["val_detection_f1"] * m1["val_iou"]))
     # A floor above 36 px (3 600 m²) drops the false objects, as the post-processing's minimum area would.
     m = _validate(model, [area], val_sets, dataclasses.replace(config, min_object_m2=4000.0), "cpu")
     assert m["val_false_objects"] == 0 and m["val_detection_f1"] == 1.0
@@ -195,8 +199,8 @@ def test_training_learns_logs_and_keeps_best(trained):
             "lr"} <= set(log.columns)  # fmt: skip
     assert log.val_iou.max() > log.val_iou.iloc[0] + 0.1  # validation IoU rises
     assert log.val_iou.max() > 0.5
-    # The default score: geometric mean of detection F1 and pixel IoU; it chose the checkpoint.
-    np.testing.assert_allclose(log.val_score, np.sqrt(log.val_detection_f1 * log.val_iou))
+    # The default score: geometric mean of detection F0.5 and pixel IoU; it chose the checkpoint.
+    np.testing.assert_allclose(log.val_score, np.sqrt(log.val_detection_f05 * log.val_iou))
     record = read_record(trained.spec.path)
     assert record["training"]["best_epoch"] == int(log.val_score.idxmax()) + 1
     assert record["validation_metrics"]["val_score"] == pytest.approx(log.val_score.max())
