@@ -218,6 +218,8 @@ def training_key(
     train = (train_config or MODEL_TRAIN_CONFIG).to_dict()
     if train["select_by"] == "pixel_iou":  # how models were chosen before the choice was a setting: keys still match
         del train["select_by"], train["min_object_m2"]
+    if train["split_seed"] is None:  # the split drawn by the training seed, as before the split had its own
+        del train["split_seed"]
     doc = {"synth": synth, "realistic": realistic.to_dict() if realistic else None, "train": train}
     return json.loads(json.dumps(doc))
 

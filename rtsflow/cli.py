@@ -315,6 +315,8 @@ def features(cube, pair, out, water, reference, weighting, epoch, all_months, ho
 @click.option("--min-object-area", type=float, default=None,
               help="Smallest predicted object (m²) that validation counts (default 1000, the post-processing's).")
 @click.option("--seed", type=int, default=None)
+@click.option("--split-seed", type=int, default=None,
+              help="Seed of the train/validation split alone (default: --seed); fix it to compare seeds.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
 @click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True)
 @click.option("--max-minutes", type=float, default=None, help="Stop after the epoch that crosses this wall time.")
@@ -340,6 +342,7 @@ def train(
     select_by,
     min_object_area,
     seed,
+    split_seed,
     device,
     precision,
     max_minutes,
@@ -374,6 +377,7 @@ def train(
             select_by=select_by,
             min_object_m2=min_object_area,
             seed=seed,
+            split_seed=split_seed,
             max_minutes=max_minutes,
         ).items()
         if v is not None

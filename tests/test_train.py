@@ -82,6 +82,18 @@ def test_areas_on_one_place_share_their_validation_cells():
     assert one[2] == len(np.unique(cell_ids(area.valid.shape, area.origin, TINY.split_size)[is_val & area.valid]))
 
 
+def test_split_seed_keeps_the_validation_cells_across_training_seeds():
+    area = _blobs(n=768)
+    cells = {}
+    for seed, split_seed in [(0, None), (1, None), (1, 0), (2, 0)]:
+        config = dataclasses.replace(TINY, seed=seed, split_seed=split_seed)
+        _, val_sets, _ = split_areas([area], config=config)
+        cells[seed, split_seed] = val_sets[0][1]
+    assert not np.array_equal(cells[0, None], cells[1, None])  # by default each seed draws its own split
+    np.testing.assert_array_equal(cells[1, 0], cells[0, None])  # a fixed split seed: the same cells
+    np.testing.assert_array_equal(cells[2, 0], cells[0, None])
+
+
 def test_rejected_candidates_are_drawn_as_hard_negatives():
     """Tiles holding a rejected candidate (and no slump) form the hard pool; training draws them as often as said."""
     from rtsflow.model.train import HARD_NEGATIVE_SHARE, _draw

@@ -78,6 +78,12 @@ class TrainConfig:
     min_object_m2
         Predicted objects smaller than this are not counted (the post-processing's
         ``min_area_m2``, which drops them from the map).
+    seed
+        Seeds the weights, the tile draws and (unless ``split_seed`` is set) the split.
+    split_seed
+        Seeds the train/validation split alone (default: ``seed``). Fix it to train several
+        seeds on the same validation cells, so that their validation scores can choose
+        between the runs.
     positive_fraction
         Share of each batch drawn from tiles that contain slumps.
     max_minutes
@@ -112,6 +118,7 @@ class TrainConfig:
     max_minutes: float | None = None
     select_by: str = "f05_iou"
     min_object_m2: float = 1000.0
+    split_seed: int | None = None
 
     def __post_init__(self):
         if self.select_by not in SELECT_BY:
@@ -401,7 +408,7 @@ def split_areas(
             origin=a.origin,
             split_size=config.split_size,
             val_fraction=config.val_fraction,
-            seed=config.seed,
+            seed=config.seed if config.split_seed is None else config.split_seed,
         )
         tr, _ = candidate_tiles(
             a.valid,
