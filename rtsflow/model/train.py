@@ -7,7 +7,7 @@ and validation tiles come from disjoint split cells of the global grid;
 batches hold tiles with and without slumps in a fixed ratio; the loss ignores
 pixels without valid input. Every epoch is logged to CSV and the checkpoint
 with the best validation score is kept: by default the geometric mean of
-object-level detection F1 and pixel IoU on the validation cells, so that a
+object-level detection F0.5 and pixel IoU on the validation cells, so that a
 dozen small false objects, which hardly move pixel IoU, count against an epoch.
 """
 
