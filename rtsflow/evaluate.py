@@ -125,7 +125,12 @@ def evaluate_polygons(
 
 
 def evaluate_rasters(
-    predicted: np.ndarray, reference: np.ndarray, *, valid: np.ndarray | None = None, min_pixels: int = 1
+    predicted: np.ndarray,
+    reference: np.ndarray,
+    *,
+    valid: np.ndarray | None = None,
+    min_pixels: int = 1,
+    min_hit_share: float = 0.0,
 ) -> Metrics:
     """The same metrics from boolean rasters (objects = 4-connected regions).
 
@@ -133,6 +138,9 @@ def evaluate_rasters(
     (reference rasters often use 255 for no data). Predicted objects of fewer than
     ``min_pixels`` pixels are dropped first, as the post-processing's minimum area
     drops polygons (4-connected, as vectorising a raster outlines them).
+    ``min_hit_share`` > 0: a predicted object counts as a hit only when at least
+    that share of its pixels lies on reference objects (the paper's rule, 0, lets
+    one object spread over the whole map hit every slump).
     """
     p = np.asarray(predicted, dtype=bool)
     r = np.asarray(reference, dtype=bool)
@@ -150,6 +158,10 @@ def evaluate_rasters(
     rl, nref = ndimage.label(r, structure=four)
     both = (pl > 0) & (rl > 0)
     pairs = np.unique(np.stack([pl[both], rl[both]]), axis=1) if both.any() else np.zeros((2, 0), int)
+    if min_hit_share > 0 and pairs.size:
+        # A predicted object hits only if enough of it lies on reference objects (not one blob over the map).
+        share = np.bincount(pl[both], minlength=npred + 1) / np.maximum(np.bincount(pl.ravel(), minlength=npred + 1), 1)
+        pairs = pairs[:, share[pairs[0]] >= min_hit_share]
     tp_pred, tp_ref = np.unique(pairs[0]), np.unique(pairs[1])
     ious = []
     pbox, rbox = ndimage.find_objects(pl), ndimage.find_objects(rl)

@@ -199,6 +199,10 @@ def test_validation_counts_false_objects_in_the_validation_cells():
     # A floor above 36 px (3 600 m²) drops the false objects, as the post-processing's minimum area would.
     m = _validate(model, [area], val_sets, dataclasses.replace(config, min_object_m2=4000.0), "cpu")
     assert m["val_false_objects"] == 0 and m["val_detection_f1"] == 1.0
+    # A checkpoint that paints everything hits every slump with one object, but that object is mostly not on
+    # slumps: no detection, so it cannot win on the detection score.
+    m = _validate(lambda t: t[:, :1] * 0 + 10.0, [area], val_sets, config, "cpu")
+    assert m["val_detection_recall"] == 0.0 and m["val_score"] == 0.0 and m["val_iou"] > 0
     # By pixel IoU alone the score is the IoU.
     m = _validate(model, [area], val_sets, dataclasses.replace(config, select_by="pixel_iou"), "cpu")
     assert m["val_score"] == m["val_iou"]

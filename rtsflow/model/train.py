@@ -49,6 +49,9 @@ MIN_VALIDATION_CELLS = 10
 # How the checkpoint is chosen (``TrainConfig.select_by``): the geometric mean of pixel IoU and an object-level
 # detection score (F0.5, weighing precision twice as much as recall, or F1), or the validation pixel IoU alone.
 SELECT_BY = ("f05_iou", "f1_iou", "pixel_iou")
+# A predicted object counts as a detection only if at least this share of it lies on slumps: otherwise an
+# early checkpoint that paints most of the map "hits" every slump with one object and scores detection F 1.0.
+MIN_HIT_SHARE = 0.5
 
 
 @dataclass(frozen=True)
@@ -363,7 +366,8 @@ def _validate(model, areas, val_sets, config: TrainConfig, device: str):
             inside = is_val & a.valid
             px_m2 = a.resolution**2 if a.resolution else None
             min_px = max(1, int(np.ceil(config.min_object_m2 / px_m2))) if px_m2 else 1
-            obj = evaluate_rasters(pred_area, a.label > 0, valid=inside, min_pixels=min_px)
+            obj = evaluate_rasters(pred_area, a.label > 0, valid=inside, min_pixels=min_px,
+                                   min_hit_share=MIN_HIT_SHARE)  # fmt: skip
             n_pred, n_tp_pred = n_pred + obj.n_predicted, n_tp_pred + obj.n_tp_predicted
             n_ref, n_tp_ref = n_ref + obj.n_reference, n_tp_ref + obj.n_tp_reference
             km2 += inside.sum() * px_m2 / 1e6 if px_m2 else float("nan")
