@@ -59,7 +59,11 @@ def setup(tmp_path_factory):
     write_features(feats, root / "train_features.zarr", grid=SMALL_GRID)
     truth = gpd.read_parquet(region.truth_slumps)
     truth[(truth.winter_start == 2010) & (truth.winter_end == 2016)].to_parquet(root / "truth.parquet")
-    tiny = dataclasses.replace(DEMO_CONFIG, tile=64, epochs=2, steps_per_epoch=3, batch_size=4, split_size=128)
+    # Two epochs of 3 batches: both checkpoints are noise (validation IoU 0.03). By the object score the first,
+    # which calls half the ground a slump, can win and leave the error model no stable terrain; these tests are
+    # about the pipeline, so the lower-loss tie-break of pixel IoU keeps the quieter one, as before.
+    tiny = dataclasses.replace(DEMO_CONFIG, tile=64, epochs=2, steps_per_epoch=3, batch_size=4, split_size=128,
+                               select_by="pixel_iou")  # fmt: skip
     run_training(features=[root / "train_features.zarr"], labels=[root / "truth.parquet"], out=root / "model",
                  config=tiny, progress=False)  # fmt: skip
     doc = {"name": "test", "cube": str(cube), "pairs": [[2010, 2016]], "model": str(root / "model"),
