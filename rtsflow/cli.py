@@ -322,6 +322,10 @@ def features(cube, pair, out, water, reference, weighting, epoch, all_months, ho
 @click.option("--max-minutes", type=float, default=None, help="Stop after the epoch that crosses this wall time.")
 @click.option("--init-from", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="Continue from this checkpoint (its architecture, bands and tile size are used).")
+@click.option("--mine", is_flag=True,
+              help="With --init-from: predict the training cells with that model first and train on its false "
+                   "objects as hard negatives (hard-negative mining; only for completely labelled areas, or "
+                   "unmapped slumps are learnt as background).")
 @click.option("--overwrite", is_flag=True)
 def train(
     features_paths,
@@ -347,6 +351,7 @@ def train(
     precision,
     max_minutes,
     init_from,
+    mine,
     overwrite,
 ) -> None:
     """Train a segmentation model on feature stores and RTS label polygons; keep the best checkpoint."""
@@ -391,15 +396,29 @@ def train(
         config = dataclasses.replace(base, device=device, precision=precision, **overrides)
     except ValueError as e:
         raise click.ClickException(f"training config: {e}") from None
+    if mine and init_from is None:
+        raise click.BadParameter("mining needs a model to mine with: give --init-from", param_hint="--mine")
     labels = [read_labels(p, where=where, negatives=True) for p in labels_paths]
     areas = [load_area(f, labels[min(i, len(labels) - 1)], config=config) for i, f in enumerate(features_paths)]
     try:
-        result = train_model(areas, out=out, config=config, overwrite=overwrite, init_from=init_from)
+        result = train_model(areas, out=out, config=config, overwrite=overwrite, init_from=init_from, mine=mine)
     except ValueError as e:
         raise click.ClickException(str(e)) from None
+    from rtsflow.model.checkpoint import read_record
+
+    info = read_record(out)["training"]
+    if "mined" in info:
+        n = info["mined"]
+        click.echo(f"mined {n['false_objects']} false objects of {init_from} on {n['training_km2']:.1f} km² of "
+                   f"training cells ({n['per_100km2']:.1f} per 100 km²)")  # fmt: skip
+    if "initial_validation" in info:
+        s = info["initial_validation"]
+        click.echo(f"starting model: validation score {s['val_score']:.3f}, pixel IoU {s['val_iou']:.3f}, "
+                   f"{s['val_false_objects']} false objects")  # fmt: skip
     m = result.metrics
     click.echo(
-        f"best epoch {result.best_epoch} (by {config.select_by}): validation pixel IoU {m['val_iou']:.3f}, "
+        f"best epoch {result.best_epoch} (by {config.select_by}): validation score {m['val_score']:.3f}, pixel "
+        f"IoU {m['val_iou']:.3f}, "
         f"detection F1 {m['val_detection_f1']:.3f}, {m['val_false_objects']} false objects "
         f"({m['val_false_per_100km2']:.1f} per 100 km²)"
     )

@@ -25,8 +25,8 @@ from rtsflow.model.train import (
 )
 
 
-def _blobs(n=384, seed=0, n_blobs=40):
-    """Bands with slump-like depressions (label) and lake-like ones of similar depth but no slope signature."""
+def _blob_bands(n=384, seed=0, n_blobs=40):
+    """Raw bands (ddem_norm, ddem, σ, slope) with slump-like depressions, and their label."""
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[:n, :n]
     label = np.zeros((n, n), np.uint8)
@@ -40,6 +40,12 @@ def _blobs(n=384, seed=0, n_blobs=40):
     slope = np.abs(rng.normal(5, 2, (n, n)))
     bands = np.stack([ddem / sigma, ddem, sigma, slope]).astype(np.float32)
     bands[:, :40, :40] = np.nan
+    return bands, label
+
+
+def _blobs(n=384, seed=0, n_blobs=40):
+    """Bands with slump-like depressions (label) and lake-like ones of similar depth but no slope signature."""
+    bands, label = _blob_bands(n, seed, n_blobs)
     x, valid = normalise(bands, DEFAULT_NORMALISATION)
     return TrainingArea(x=x, valid=valid, label=label, origin=(1000, 2000), source={"test": "blobs"}, resolution=10.0)
 
@@ -163,9 +169,8 @@ def trained(tmp_path_factory):
         return train([_blobs()], out=out, config=TINY, progress=False)
 
 
-def test_validation_counts_false_objects_in_the_validation_cells():
-    # One slump, one 6 × 6-px false depression (3 600 m² at 10 m) and one 2 × 2-px speck per 128-px cell.
-    n, split = 384, 128
+def _cells_scene(n=384, split=128):
+    """One slump, one 6 × 6-px false depression (3 600 m² at 10 m) and one 2 × 2-px speck per 128-px cell."""
     ddem_norm = np.zeros((n, n), np.float32)
     label = np.zeros((n, n), np.uint8)
     yy, xx = np.mgrid[:n, :n]
@@ -177,14 +182,22 @@ def test_validation_counts_false_objects_in_the_validation_cells():
             ddem_norm[r0 + 100 : r0 + 102, c0 + 20 : c0 + 22] = -8.0
     bands = np.stack([ddem_norm, ddem_norm, np.ones((n, n)), np.full((n, n), 5.0)]).astype(np.float32)
     x, valid = normalise(bands, DEFAULT_NORMALISATION)
-    area = TrainingArea(x=x, valid=valid, label=label, origin=(8 * split, 16 * split), resolution=10.0)
+    return TrainingArea(x=x, valid=valid, label=label, origin=(8 * split, 16 * split), resolution=10.0)
+
+
+def _exact_detector(t):
+    """An exact detector on :func:`_cells_scene`: a slump wherever dDEM/σ < -4 (normalised: -10…10 → -1…1)."""
+    return (-0.4 - t[:, :1]) * 50.0
+
+
+def test_validation_counts_false_objects_in_the_validation_cells():
+    area = _cells_scene()
+    split = 128
     config = dataclasses.replace(TINY, val_fraction=0.4)
     _, val_sets, n_cells = split_areas([area], config=config)
     assert 0 < n_cells < 9
 
-    def model(t):  # an exact detector here: a slump wherever dDEM/σ < -4 (normalised: -10…10 → -1…1)
-        return (-0.4 - t[:, :1]) * 50.0
-
+    model = _exact_detector
     m = _validate(model, [area], val_sets, config, "cpu")
     assert m["val_detection_recall"] == 1.0  # every slump in a validation cell found
     assert m["val_false_objects"] == n_cells  # one 36-px false object per validation cell, the specks too small
@@ -316,6 +329,18 @@ def test_cli_train_then_predict_writes_probability_store(tmp_path):
     assert r.exit_code == 0, r.output
     assert "best epoch" in r.output
     record = json.loads((tmp_path / "model" / "rtsflow_model.json").read_text())
+    # A second round mines the first model's false objects; its record keeps the first model's validation scores.
+    again = ["train", "--features", str(tmp_path / "f.zarr"), "--labels", str(tmp_path / "labels.parquet"),
+             "--preset", "demo", "--epochs", "1", "--steps-per-epoch", "2", "--split-size", "128", "--mine"]
+    r = runner.invoke(main, [*again, "--out", str(tmp_path / "mined")])
+    assert r.exit_code != 0 and "--mine" in r.output and "--init-from" in r.output
+    r = runner.invoke(main, [*again, "--out", str(tmp_path / "mined"), "--init-from", str(tmp_path / "model")],
+                      catch_exceptions=False)  # fmt: skip
+    assert r.exit_code == 0, r.output
+    info = json.loads((tmp_path / "mined" / "rtsflow_model.json").read_text())["training"]
+    assert "mined" in r.output and info["mined"]["training_km2"] > 0 and info["mined"]["false_objects"] >= 0
+    assert info["initial_validation"]["val_iou"] == record["validation_metrics"]["val_iou"]
+    assert f"starting model: validation score {record['validation_metrics']['val_score']:.3f}" in r.output
     r = runner.invoke(main, ["predict", str(tmp_path / "f.zarr"), "--model", str(tmp_path / "model"), "--out",
                              str(tmp_path / "p.zarr"), "--halo", "32"], catch_exceptions=False)  # fmt: skip
     assert r.exit_code == 0, r.output
@@ -354,3 +379,63 @@ def test_training_continues_from_a_checkpoint(trained, tmp_path):
                                 decoder_channels=TINY.decoder_channels[:-1] if TINY.decoder_channels else None)
     with pytest.raises(ValueError, match=r"encoder_depth is .* in the checkpoint but"):
         train([_blobs()], out=tmp_path / "other", config=other, progress=False, init_from=trained.spec.path)
+
+
+class _ExactDetector:
+    """:func:`_exact_detector` as a module (mining puts the model in eval mode)."""
+
+    def eval(self):
+        return self
+
+    __call__ = staticmethod(_exact_detector)
+
+
+def test_mining_turns_false_objects_of_the_training_cells_into_hard_negatives():
+    from rtsflow.model.mining import mine_hard_negatives
+
+    area = _cells_scene()
+    config = dataclasses.replace(TINY, val_fraction=0.4)
+    _, val_sets, n_val = split_areas([area], config=config)
+    is_val = val_sets[0][1]
+    mined = mine_hard_negatives(_ExactDetector(), [area], config=config, device="cpu")
+    # One 36-px false depression in each of the 9 − n_val training cells; the 4-px specks are below 1 000 m².
+    assert mined.false_objects == [9 - n_val] and 0 < n_val < 9
+    assert mined.training_km2 == pytest.approx((9 - n_val) * 1.28**2)
+    assert mined.per_100km2 == pytest.approx(100 / 1.28**2)
+    negative = mined.areas[0].negative
+    assert not (negative & is_val).any()  # the validation cells are never mined
+    assert not (negative & (area.label > 0)).any()
+    for r0 in range(0, 384, 128):
+        for c0 in range(0, 384, 128):
+            depression = negative[r0 + 78 : r0 + 88, c0 + 78 : c0 + 88]  # the 6 × 6 object grown by 2 px
+            assert depression.all() == (not is_val[r0, c0]) and depression.sum() in (0, 100)
+            assert not negative[r0 + 100 : r0 + 102, c0 + 20 : c0 + 22].any()
+    assert negative.sum() == 100 * (9 - n_val)
+    assert mined.areas[0].source["mined_false_objects"] == 9 - n_val
+    # The mined objects are drawn as hard negatives, from the training cells only.
+    pools, _, _ = split_areas(mined.areas, config=config)
+    assert len(pools[0].hard) and all(not is_val[r, c] for r, c in pools[0].hard)
+    # Above the objects' 3 600 m², nothing is mined and the area is left as it was.
+    none = mine_hard_negatives(_ExactDetector(), [area], config=dataclasses.replace(config, min_object_m2=4000.0))
+    assert none.false_objects == [0] and none.areas[0].negative is None
+
+
+def test_mining_predicts_areas_as_inference_does(trained):
+    """Mining sees what a run would: the same tile lattice on the grid, the same halo, the same probabilities."""
+    from rtsflow.model.checkpoint import load_checkpoint
+    from rtsflow.model.engine import engine_for
+    from rtsflow.model.inference import _array_fetch
+    from rtsflow.model.mining import predict_area
+
+    bands, _ = _blob_bands()
+    x, valid = normalise(bands, DEFAULT_NORMALISATION)
+    origin = (1000, 2000)  # not on the 64-px lattice: 1000 % 64 = 40, 2000 % 64 = 16
+    model, _ = load_checkpoint(trained.spec.path, device="cpu")
+    ours = predict_area(model, x, valid, origin=origin, tile=64, halo=32, device="cpu")
+    engine = engine_for(trained.spec, tile=64, halo=32, device="cpu", precision="fp32")
+    n = bands.shape[1]
+    theirs = engine.run(_array_fetch(bands, row=origin[0], col=origin[1]), rows=(origin[0], origin[0] + n),
+                        cols=(origin[1], origin[1] + n))  # fmt: skip
+    np.testing.assert_array_equal(np.isnan(ours), ~valid)
+    np.testing.assert_allclose(ours, theirs, atol=1e-4, equal_nan=True)
+    assert np.nanmax(ours) > 0.9 and np.nanmin(ours) < 0.1  # a trained model: the comparison is not of zeros

@@ -439,12 +439,18 @@ def train(
     progress: bool = True,
     overwrite: bool = False,
     init_from: str | Path | None = None,
+    mine: bool = False,
 ) -> TrainResult:
     """Train a model; keep the checkpoint with the best validation score (``config.select_by``) in ``out``.
 
     ``init_from``: a checkpoint to continue from (the next round of the iterative mapping loop); its
     architecture, encoder, bands and normalisation must be the config's. Its path and sha256 go into the
-    new record (``training.initialised_from``).
+    new record (``training.initialised_from``), with that model's scores on the validation cells
+    (``training.initial_validation``), the mark any new checkpoint must be compared against.
+
+    ``mine``: before training, predict the training cells with the ``init_from`` model and
+    draw its false objects as hard negatives (:func:`rtsflow.model.mining.mine_hard_negatives`;
+    counts in ``training.mined``).
 
     ``out`` becomes a checkpoint directory (``model.safetensors``,
     ``rtsflow_model.json``) with ``training_log.csv`` (one row per epoch). The
@@ -495,6 +501,20 @@ def train(
         decoder_channels=config.decoder_channels,
     ).to(device)
     initialised_from = _initialise(model, init_from, config) if init_from is not None else None
+    mined = None
+    if mine:
+        if initialised_from is None:
+            raise ValueError("mining hard negatives needs a model to mine with: pass init_from (CLI: --init-from)")
+        from rtsflow.model.mining import mine_hard_negatives
+
+        mining = mine_hard_negatives(model, areas, config=config, device=device)
+        areas = mining.areas
+        train_pools, _, _ = split_areas(areas, config=config)
+        n_hard = sum(len(p.hard) for p in train_pools)
+        mined = {"false_objects": sum(mining.false_objects), "training_km2": round(mining.training_km2, 2),
+                 "per_100km2": round(mining.per_100km2, 2), "hard_negative_tiles": n_hard}  # fmt: skip
+        log.info("mined %d false objects on %.1f km² of training cells (%d hard-negative tiles)",
+                 mined["false_objects"], mining.training_km2, n_hard)  # fmt: skip
     if device == "cuda":
         model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
@@ -525,6 +545,10 @@ def train(
         training_info["hard_negative_share"] = HARD_NEGATIVE_SHARE
     if initialised_from:
         training_info["initialised_from"] = initialised_from
+        model.eval()
+        training_info["initial_validation"] = _validate(model, areas, val_sets, config, device)
+    if mined:
+        training_info["mined"] = mined
     with progress_bar(total=config.epochs, desc="training", unit="epoch", enabled=progress) as bar:
         for epoch in range(config.epochs):
             model.train()
