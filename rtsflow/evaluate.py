@@ -124,6 +124,32 @@ def evaluate_polygons(
     )  # fmt: skip
 
 
+def predicted_objects(
+    predicted: np.ndarray, reference: np.ndarray, *, min_pixels: int = 1, min_hit_share: float = 0.0
+) -> tuple[np.ndarray, int, np.ndarray]:
+    """Predicted objects (4-connected, at least ``min_pixels``) and which of them hit the reference.
+
+    Returns ``(labels, n, hit)``: ``labels`` numbers the kept objects 1…n (0 elsewhere),
+    ``hit[k]`` is true when object k touches the reference with at least ``min_hit_share``
+    of its pixels (``hit[0]`` is false). Shared by the scores and by hard-negative mining,
+    so that what validation counts as a false object is what mining learns from.
+    """
+    four = ndimage.generate_binary_structure(2, 1)
+    p = np.asarray(predicted, dtype=bool)
+    r = np.asarray(reference, dtype=bool)
+    pl, npred = ndimage.label(p, structure=four)
+    if min_pixels > 1 and npred:
+        small = np.bincount(pl.ravel()) < min_pixels
+        small[0] = False
+        pl, npred = ndimage.label(p & ~small[pl], structure=four)
+    size = np.bincount(pl.ravel(), minlength=npred + 1)
+    on_ref = np.bincount(pl[r], minlength=npred + 1)
+    # A share > 0 keeps one object spread over the map from hitting every slump (the paper's rule, 0, allows it).
+    hit = (on_ref > 0) & (on_ref >= min_hit_share * size)
+    hit[0] = False
+    return pl, npred, hit
+
+
 def evaluate_rasters(
     predicted: np.ndarray,
     reference: np.ndarray,
@@ -147,21 +173,14 @@ def evaluate_rasters(
     if valid is not None:
         p, r = p & valid, r & valid
     four = ndimage.generate_binary_structure(2, 1)
-    pl, npred = ndimage.label(p, structure=four)
-    if min_pixels > 1 and npred:
-        small = np.bincount(pl.ravel()) < min_pixels
-        small[0] = False
-        p = p & ~small[pl]
-        pl, npred = ndimage.label(p, structure=four)
+    pl, npred, hit = predicted_objects(p, r, min_pixels=min_pixels, min_hit_share=min_hit_share)
+    p = pl > 0
     tp = np.sum(p & r)
     pixel_p, pixel_r = _ratio(tp, p.sum()), _ratio(tp, r.sum())
     rl, nref = ndimage.label(r, structure=four)
     both = (pl > 0) & (rl > 0)
     pairs = np.unique(np.stack([pl[both], rl[both]]), axis=1) if both.any() else np.zeros((2, 0), int)
-    if min_hit_share > 0 and pairs.size:
-        # A predicted object hits only if enough of it lies on reference objects (not one blob over the map).
-        share = np.bincount(pl[both], minlength=npred + 1) / np.maximum(np.bincount(pl.ravel(), minlength=npred + 1), 1)
-        pairs = pairs[:, share[pairs[0]] >= min_hit_share]
+    pairs = pairs[:, hit[pairs[0]]]
     tp_pred, tp_ref = np.unique(pairs[0]), np.unique(pairs[1])
     ious = []
     pbox, rbox = ndimage.find_objects(pl), ndimage.find_objects(rl)
@@ -170,9 +189,9 @@ def evaluate_rasters(
         # Work inside the bounding box of the object and the references it hits.
         boxes = [pbox[k - 1], *(rbox[j - 1] for j in refs)]
         sl = tuple(slice(min(b[d].start for b in boxes), max(b[d].stop for b in boxes)) for d in range(2))
-        hit = np.isin(rl[sl], refs)
+        refs_px = np.isin(rl[sl], refs)
         obj = pl[sl] == k
-        ious.append(np.sum(obj & hit) / np.sum(obj | hit))
+        ious.append(np.sum(obj & refs_px) / np.sum(obj | refs_px))
     det_p, det_r = _ratio(len(tp_pred), npred), _ratio(len(tp_ref), nref)
     return Metrics(
         pixel_iou=_ratio(tp, np.sum(p | r)), pixel_f1=_f1(pixel_p, pixel_r), pixel_precision=pixel_p,

@@ -381,13 +381,15 @@ def test_training_continues_from_a_checkpoint(trained, tmp_path):
         train([_blobs()], out=tmp_path / "other", config=other, progress=False, init_from=trained.spec.path)
 
 
-class _ExactDetector:
-    """:func:`_exact_detector` as a module (mining puts the model in eval mode)."""
+def _exact_detector_module():
+    """:func:`_exact_detector` as a torch module (mining runs it through the inference engine)."""
+    import torch
 
-    def eval(self):
-        return self
+    class ExactDetector(torch.nn.Module):
+        def forward(self, t):
+            return _exact_detector(t)
 
-    __call__ = staticmethod(_exact_detector)
+    return ExactDetector()
 
 
 def test_mining_turns_false_objects_of_the_training_cells_into_hard_negatives():
@@ -397,7 +399,7 @@ def test_mining_turns_false_objects_of_the_training_cells_into_hard_negatives():
     config = dataclasses.replace(TINY, val_fraction=0.4)
     _, val_sets, n_val = split_areas([area], config=config)
     is_val = val_sets[0][1]
-    mined = mine_hard_negatives(_ExactDetector(), [area], config=config, device="cpu")
+    mined = mine_hard_negatives(_exact_detector_module(), [area], config=config, device="cpu")
     # One 36-px false depression in each of the 9 − n_val training cells; the 4-px specks are below 1 000 m².
     assert mined.false_objects == [9 - n_val] and 0 < n_val < 9
     assert mined.training_km2 == pytest.approx((9 - n_val) * 1.28**2)
@@ -416,7 +418,8 @@ def test_mining_turns_false_objects_of_the_training_cells_into_hard_negatives():
     pools, _, _ = split_areas(mined.areas, config=config)
     assert len(pools[0].hard) and all(not is_val[r, c] for r, c in pools[0].hard)
     # Above the objects' 3 600 m², nothing is mined and the area is left as it was.
-    none = mine_hard_negatives(_ExactDetector(), [area], config=dataclasses.replace(config, min_object_m2=4000.0))
+    floor = dataclasses.replace(config, min_object_m2=4000.0)
+    none = mine_hard_negatives(_exact_detector_module(), [area], config=floor)
     assert none.false_objects == [0] and none.areas[0].negative is None
 
 

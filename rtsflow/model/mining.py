@@ -21,7 +21,8 @@ from dataclasses import dataclass, replace
 import numpy as np
 from scipy import ndimage
 
-from rtsflow.model.train import MIN_HIT_SHARE, TrainConfig, TrainingArea, split_areas
+from rtsflow.evaluate import predicted_objects
+from rtsflow.model.train import MIN_HIT_SHARE, TrainConfig, TrainingArea, validation_mask
 
 __all__ = ["MiningResult", "false_object_mask", "mine_hard_negatives", "predict_area"]
 
@@ -45,16 +46,11 @@ def false_object_mask(
     false when less than ``min_hit_share`` of it lies on ``label`` (the rule of the
     training's validation).
     """
-    p = np.asarray(predicted, bool) & where
-    r = np.asarray(label, bool)
-    objects, n = ndimage.label(p, structure=ndimage.generate_binary_structure(2, 1))
-    if not n:
-        return np.zeros(p.shape, bool), 0
-    size = np.bincount(objects.ravel(), minlength=n + 1)
-    on_slump = np.bincount(objects[r], minlength=n + 1)
-    false = (size >= min_pixels) & (on_slump < min_hit_share * np.maximum(size, 1))
+    labels, _, hit = predicted_objects(np.asarray(predicted, bool) & where, label, min_pixels=min_pixels,
+                                       min_hit_share=min_hit_share)  # fmt: skip
+    false = ~hit
     false[0] = False
-    return false[objects], int(false.sum())
+    return false[labels], int(false.sum())
 
 
 def predict_area(
@@ -62,32 +58,20 @@ def predict_area(
 ) -> np.ndarray:
     """Probability of a normalised ``(band, y, x)`` area as inference computes it (NaN where not valid).
 
-    Output cells of ``tile`` px on the global grid's lattice (``origin``: the grid row and
-    column of ``x[:, 0, 0]``), each predicted from a window widened by ``halo / 2`` on every
-    side, zeros (normalised no-data) beyond the area: what
-    :class:`rtsflow.model.engine.InferenceEngine` computes from a store.
+    ``origin`` is the grid row and column of ``x[:, 0, 0]``. The area goes through
+    :class:`rtsflow.model.engine.InferenceEngine` (the grid's tile lattice, the halo, no
+    data as 0), with an identity scaling since ``x`` is already normalised to [-1, 1].
     """
-    import torch
+    from rtsflow.model.engine import InferenceEngine
+    from rtsflow.model.inference import _array_fetch
+    from rtsflow.model.normalise import BandScaling
 
-    m = halo // 2
-    _, ny, nx = x.shape
-    # Cells start on multiples of ``tile`` in grid coordinates: shift the area onto that lattice.
-    dy, dx = origin[0] % tile, origin[1] % tile
-    padded = np.zeros((x.shape[0], dy + ny + 2 * m + tile, dx + nx + 2 * m + tile), np.float32)
-    padded[:, m + dy : m + dy + ny, m + dx : m + dx + nx] = x
-    prob = np.zeros(padded.shape[1:], np.float32)
-    w = tile + 2 * m
-    with torch.inference_mode():
-        for r in range(0, dy + ny, tile):
-            for c in range(0, dx + nx, tile):
-                window = np.ascontiguousarray(padded[None, :, r : r + w, c : c + w])
-                if not window.any():
-                    continue
-                logits = model(torch.from_numpy(window).to(device)).float()[0, 0, m : m + tile, m : m + tile]
-                prob[r + m : r + m + tile, c + m : c + m + tile] = torch.sigmoid(logits).cpu().numpy()
-    out = prob[m + dy : m + dy + ny, m + dx : m + dx + nx].copy()
-    out[~valid] = np.nan
-    return out
+    identity = [BandScaling(f"band{i}", -1.0, 1.0) for i in range(x.shape[0])]
+    engine = InferenceEngine(model, scalings=identity, tile=tile, halo=halo, device=device, precision="fp32")
+    bands = np.where(valid, x, np.nan).astype(np.float32)  # no data as the engine reads it from a store
+    ny, nx = valid.shape
+    return engine.run(_array_fetch(bands, row=origin[0], col=origin[1]), rows=(origin[0], origin[0] + ny),
+                      cols=(origin[1], origin[1] + nx))  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -119,12 +103,10 @@ def mine_hard_negatives(
     mined), the tile, the threshold and ``min_object_m2``. Existing negatives (rejected
     candidates) are kept; the new ones never cover a slump pixel.
     """
-    model.eval()
-    _, val_sets, _ = split_areas(areas, config=config)
     out, counts, km2 = [], [], 0.0
     grow = ndimage.generate_binary_structure(2, 2)
-    for a, (_, is_val) in zip(areas, val_sets, strict=True):
-        where = a.valid & ~is_val
+    for a in areas:
+        where = a.valid & ~validation_mask(a, config=config)
         px_m2 = a.resolution**2 if a.resolution else None
         min_px = max(1, int(np.ceil(config.min_object_m2 / px_m2))) if px_m2 else 1
         prob = predict_area(model, a.x, a.valid, origin=a.origin, tile=config.tile, halo=halo, device=device)

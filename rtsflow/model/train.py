@@ -395,6 +395,17 @@ def _validate(model, areas, val_sets, config: TrainConfig, device: str):
     }
 
 
+def validation_mask(area: TrainingArea, *, config: TrainConfig) -> np.ndarray:
+    """The area's pixels in validation cells (``config``'s split: size, share and seed)."""
+    return split_cells(
+        area.valid.shape,
+        origin=area.origin,
+        split_size=config.split_size,
+        val_fraction=config.val_fraction,
+        seed=config.seed if config.split_seed is None else config.split_seed,
+    )
+
+
 def split_areas(
     areas: list[TrainingArea], *, config: TrainConfig
 ) -> tuple[list[TilePool], list[tuple[np.ndarray, np.ndarray]], int]:
@@ -407,13 +418,7 @@ def split_areas(
     train_pools, val_sets = [], []
     cells: set[tuple[int, int]] = set()
     for a in areas:
-        is_val = split_cells(
-            a.valid.shape,
-            origin=a.origin,
-            split_size=config.split_size,
-            val_fraction=config.val_fraction,
-            seed=config.seed if config.split_seed is None else config.split_seed,
-        )
+        is_val = validation_mask(a, config=config)
         tr, _ = candidate_tiles(
             a.valid,
             a.label,
@@ -469,6 +474,23 @@ def train(
     torch.manual_seed(config.seed)
     if device == "cpu":
         torch.use_deterministic_algorithms(True)
+    if mine and init_from is None:
+        raise ValueError("mining hard negatives needs a model to mine with: pass init_from (CLI: --init-from)")
+    model = build_model(
+        architecture=config.architecture,
+        encoder=config.encoder,
+        in_channels=len(config.bands),
+        encoder_depth=config.encoder_depth,
+        decoder_channels=config.decoder_channels,
+    ).to(device)
+    initialised_from = _initialise(model, init_from, config) if init_from is not None else None
+    mining = None
+    if mine:
+        from rtsflow.model.mining import mine_hard_negatives
+
+        # Before the split into tile pools, so that the pools hold the mined hard negatives.
+        mining = mine_hard_negatives(model, areas, config=config, device=device)
+        areas = mining.areas
     train_pools, val_sets, val_cells = split_areas(areas, config=config)
     n_val_tiles = sum(len(vt) for vt, _ in val_sets)
     n_pos = sum(len(p.positive) for p in train_pools)
@@ -492,29 +514,13 @@ def train(
             f"spread over more of the grid or lower split_size",
             stacklevel=2,
         )
-
-    model = build_model(
-        architecture=config.architecture,
-        encoder=config.encoder,
-        in_channels=len(config.bands),
-        encoder_depth=config.encoder_depth,
-        decoder_channels=config.decoder_channels,
-    ).to(device)
-    initialised_from = _initialise(model, init_from, config) if init_from is not None else None
     mined = None
-    if mine:
-        if initialised_from is None:
-            raise ValueError("mining hard negatives needs a model to mine with: pass init_from (CLI: --init-from)")
-        from rtsflow.model.mining import mine_hard_negatives
-
-        mining = mine_hard_negatives(model, areas, config=config, device=device)
-        areas = mining.areas
-        train_pools, _, _ = split_areas(areas, config=config)
-        n_hard = sum(len(p.hard) for p in train_pools)
+    if mining is not None:
         mined = {"false_objects": sum(mining.false_objects), "training_km2": round(mining.training_km2, 2),
                  "per_100km2": round(mining.per_100km2, 2), "hard_negative_tiles": n_hard}  # fmt: skip
         log.info("mined %d false objects on %.1f km² of training cells (%d hard-negative tiles)",
                  mined["false_objects"], mining.training_km2, n_hard)  # fmt: skip
+
     if device == "cuda":
         model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
