@@ -43,7 +43,7 @@ MODEL_TRAIN_CONFIG = replace(DEMO_CONFIG, epochs=60, steps_per_epoch=40, restart
 
 
 #: RealisticRecipe fields added after models were shipped with it (in the recipe's key only when set).
-_ADDED_AFTER_SHIPPING = ("hard_negative_labels", "spacing_km")
+_ADDED_AFTER_SHIPPING = ("hard_negative_labels", "spacing_km", "arts_slopes")
 
 
 @dataclass(frozen=True)
@@ -69,6 +69,11 @@ class RealisticRecipe:
     stacked on one place share the same few cells, and the whole validation set is
     a handful of draws (399 or 45 validation tiles of 37 regions, by seed). Apart,
     each region draws its own cells.
+
+    ``arts_slopes``: slumps on the slopes of the ARTS inventory's RTS (the scenes of the
+    generalisation benchmark, :func:`pipelines.scenes.realistic`) instead of on any
+    0.5–30° hillslope of the terrain (the shipped model's regions: a wider range than
+    real slumps take, gentle on the analytic hills and steep on the mountain DEMs).
     """
 
     terrains: tuple[str, ...] = tuple(TERRAINS)
@@ -78,18 +83,21 @@ class RealisticRecipe:
     seed: int = 3000
     hard_negative_labels: bool = False
     spacing_km: float = 10.0
+    arts_slopes: bool = False
 
     def scenes(self) -> list[tuple[str, SynthConfig]]:
         """(name, SynthConfig) of every region, in a fixed order."""
         out = []
+        slopes = "arts" if self.arts_slopes else "any"
         for terrain in self.terrains:
             t = list(TERRAINS).index(terrain)
             for r in range(self.per_terrain):
-                config = randomised(seed=self.seed + 100 * t + r, size_km=self.size_km, terrain=terrain)
+                config = randomised(seed=self.seed + 100 * t + r, size_km=self.size_km, terrain=terrain,
+                                    slump_slopes=slopes)  # fmt: skip
                 out.append((f"{terrain}_{r}", config))
             for r in range(self.negatives_per_terrain):
                 config = randomised(seed=self.seed + 100 * t + 50 + r, size_km=self.size_km, terrain=terrain,
-                                    slumps=False)  # fmt: skip
+                                    slumps=False, slump_slopes=slopes)  # fmt: skip
                 out.append((f"{terrain}_negatives_{r}", config))
         if self.spacing_km:
             places = self._places(len(out))
@@ -140,7 +148,9 @@ def _region(out: Path, config: SynthConfig, *, force: bool) -> SynthRegion:
     manifest = out / "region.json"
     if manifest.exists() and not force:
         doc = json.loads(manifest.read_text())
-        if doc.get("config") == json.loads(json.dumps(asdict(config))):
+        # Settings added since a region was written are at their defaults in it (its manifest lacks them).
+        stored = {**json.loads(json.dumps(asdict(SynthConfig()))), **doc.get("config", {})}
+        if stored == json.loads(json.dumps(asdict(config))):
             return SynthRegion.load(out)
     return synthesize(out, config=config)
 

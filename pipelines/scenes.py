@@ -41,10 +41,15 @@ def terrain_path(terrain: str) -> Path | None:
     return path
 
 
-def realistic(*, seed: int, size_km: float, terrain: str, slumps: bool = True) -> SynthConfig:
+def realistic(
+    *, seed: int, size_km: float, terrain: str, slumps: bool = True, slump_slopes: str = "arts"
+) -> SynthConfig:
     """A SynthConfig with every realism switch on (values: rtsflow.synth.errors / confounders docstrings).
 
     ``slumps=False`` gives an RTS-free scene with three times the hard negatives.
+    ``slump_slopes``: ``"arts"`` puts slumps on the slopes of the ARTS inventory's RTS
+    (median 7.9°), ``"any"`` on whatever 0.5–30° slope the terrain has at a random point
+    (the scenes before 2026-12-05 07:30 UTC and the shipped model's training regions).
     """
     for p in OUTLINES:
         if not p.exists():
@@ -63,10 +68,13 @@ def realistic(*, seed: int, size_km: float, terrain: str, slumps: bool = True) -
         hard_negatives_per_km2=1.0 if slumps else 3.0,
         slump_density=1.5 if slumps else 0.0,
         winter_coherence=WINTER_COHERENCE,
+        slump_slopes=slump_slopes,
     )
 
 
-def randomised(*, seed: int, size_km: float, terrain: str, slumps: bool = True) -> SynthConfig:
+def randomised(
+    *, seed: int, size_km: float, terrain: str, slumps: bool = True, slump_slopes: str = "arts"
+) -> SynthConfig:
     """A training region with its realism drawn at random (domain randomisation, issue #12 part 2).
 
     Ranges bracket :func:`realistic`: DEM-noise correlation 1–3 px, 0–40 unwrapping
@@ -79,7 +87,7 @@ def randomised(*, seed: int, size_km: float, terrain: str, slumps: bool = True) 
 
     rng = np.random.default_rng(seed)
     config = dataclasses.replace(
-        realistic(seed=seed, size_km=size_km, terrain=terrain),
+        realistic(seed=seed, size_km=size_km, terrain=terrain, slump_slopes=slump_slopes),
         winters=(2010, 2013) if rng.random() < 0.3 else (2010, 2016),
         noise_correlation_px=float(rng.uniform(1.0, 3.0)),
         blunders_per_100km2=float(rng.uniform(0.0, 40.0)),

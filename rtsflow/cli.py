@@ -69,10 +69,13 @@ def main(verbose: int) -> None:
 @click.option("--hard-negatives-per-km2", type=float, default=0.0, show_default=True,
               help="Gullies, bank retreat, snow drifts, spoil heaps, thinning ice per km².")
 @click.option("--winter-coherence", type=click.FloatRange(0.1, 0.98), default=0.8, show_default=True,
-              help="Mean coherence of winter acquisitions; 0.97: real TanDEM-X dDEM errors over RTS.")  # fmt: skip
+              help="Mean coherence of winter acquisitions; 0.97: real TanDEM-X dDEM errors over RTS.")
+@click.option("--slump-slopes", type=click.Choice(["any", "arts"]), default="any", show_default=True,
+              help="Where slumps form: any 0.5–30° hillslope, or the slopes of the ARTS inventory's RTS "
+                   "(median 7.9°).")  # fmt: skip
 def synth(out, seed, size_km, center, resolution, winters, obs_per_winter, no_summer, slump_density, terrain,
           outlines, noise_correlation_px, blunders_per_100km2, ramp_m_per_km, undulation_rms_m,
-          hard_negatives_per_km2, winter_coherence) -> None:  # fmt: skip
+          hard_negatives_per_km2, winter_coherence, slump_slopes) -> None:  # fmt: skip
     """Generate a synthetic region (products + ground truth) in OUT."""
     from rtsflow.synth.generator import SynthConfig, synthesize
 
@@ -97,6 +100,7 @@ def synth(out, seed, size_km, center, resolution, winters, obs_per_winter, no_su
         undulation_rms_m=undulation_rms_m,
         hard_negatives_per_km2=hard_negatives_per_km2,
         winter_coherence=winter_coherence,
+        slump_slopes=slump_slopes,
     )
     region = synthesize(out, config=config)
     click.echo(f"wrote {len(region.products)} products and truth for {region.n_slumps} slumps to {out}")

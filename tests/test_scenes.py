@@ -101,3 +101,33 @@ def test_hard_negative_labels_put_every_confounder_in_the_label_file_as_a_reject
     assert sorted(labels[labels.label == 0].kind) == sorted(confounders.kind)
     assert labels[labels.label == 0].geometry.union_all().equals(confounders.geometry.union_all())
     assert len(read_labels(tmp_path / "hard.parquet")) == len(slumps)  # the RTS themselves are unchanged
+
+
+def test_a_region_written_before_a_setting_existed_is_reused_while_the_setting_is_at_its_default(tmp_path):
+    import dataclasses
+    import json
+
+    from pipelines.demo import _region
+    from rtsflow.synth.generator import SynthConfig
+
+    config = SynthConfig(seed=3, size_km=(1.0, 1.0), winters=(2010, 2016), obs_per_winter=1, summer=False)
+    region = _region(tmp_path / "r", config, force=False)
+    manifest = tmp_path / "r" / "region.json"
+    doc = json.loads(manifest.read_text())
+    del doc["config"]["slump_slopes"]  # as written before slumps could choose their slopes
+    manifest.write_text(json.dumps(doc))
+    stamp = [p.stat().st_mtime_ns for p in region.products]
+    again = _region(tmp_path / "r", config, force=False)
+    assert [p.stat().st_mtime_ns for p in again.products] == stamp  # reused, not generated again
+    moved = _region(tmp_path / "r", dataclasses.replace(config, slump_slopes="arts"), force=False)
+    assert json.loads(manifest.read_text())["config"]["slump_slopes"] == "arts"
+    assert [p.stat().st_mtime_ns for p in moved.products] != stamp
+
+
+def test_benchmark_scenes_put_slumps_on_real_slopes_and_the_shipped_recipe_keeps_its_regions():
+    assert realistic(seed=100, size_km=5.0, terrain="analytic").slump_slopes == "arts"
+    assert {c.slump_slopes for _, c in RealisticRecipe().scenes()} == {"any"}  # the shipped model's regions
+    assert "arts_slopes" not in training_key(0)["realistic"]
+    key = training_key(0, realistic=RealisticRecipe(arts_slopes=True))
+    assert key["realistic"]["arts_slopes"] is True
+    assert {c.slump_slopes for _, c in _training_regions(key)[1:]} == {"arts"}

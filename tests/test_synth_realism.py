@@ -317,12 +317,56 @@ def test_rtsflow_synth_has_every_realism_switch(tmp_path):
                                   "--obs-per-winter", "1", "--terrain", str(LONGYEARBYEN), "--outlines",
                                   str(MAIER_REFERENCE), "--noise-correlation-px", "2", "--blunders-per-100km2", "20",
                                   "--ramp-m-per-km", "0.05", "--undulation-rms-m", "0.5",
-                                  "--hard-negatives-per-km2", "2"])  # fmt: skip
+                                  "--hard-negatives-per-km2", "2", "--slump-slopes", "arts"])  # fmt: skip
     assert r.exit_code == 0, r.output
     config = json.loads((out / "region.json").read_text())["config"]
     assert config["terrain"] == str(LONGYEARBYEN.resolve()) and config["outlines"] == [str(MAIER_REFERENCE.resolve())]
     assert (config["noise_correlation_px"], config["blunders_per_100km2"], config["ramp_m_per_km"],
             config["undulation_rms_m"], config["hard_negatives_per_km2"]) == (2.0, 20.0, 0.05, 0.5, 2.0)  # fmt: skip
+    assert config["slump_slopes"] == "arts"
+
+
+ARTS_INVENTORY = DATA / "arts_bernhard2022" / "RTS_data_Inventory.csv"
+
+
+def _site_slopes(terrain: str, slump_slopes: str) -> np.ndarray:
+    """Hillslope (degrees) under the centre of every slump of three 5-km realistic scenes."""
+    from pipelines.scenes import realistic
+
+    out = []
+    for seed in (100, 101, 102):
+        config = realistic(seed=seed, size_km=5.0, terrain=terrain, slump_slopes=slump_slopes)
+        scene = config.scene()
+        for s in scene.slumps(config.grid().bounds(config.window())):
+            out.append(np.degrees(np.arctan(np.hypot(*scene.base_gradient_at(s.x, s.y)))))
+    return np.array(out)
+
+
+def test_slumps_sit_on_the_slopes_of_the_arts_inventory():
+    import pandas as pd
+
+    from rtsflow.synth.scene import SLUMP_STATS, Scene
+
+    # The fitted log-normal is the inventory's (1 832 TanDEM-X RTS, their mean slope).
+    arts = pd.read_csv(ARTS_INVENTORY, skipinitialspace=True, index_col=False)["dem_avg_slope"].to_numpy(float)
+    assert len(arts) == 1832
+    assert np.log(arts).mean() == pytest.approx(SLUMP_STATS["log_slope_mean"], abs=0.01)
+    assert np.log(arts).std() == pytest.approx(SLUMP_STATS["log_slope_sd"], abs=0.01)
+    median = np.median(arts)  # 7.95°
+    # On a real Arctic DEM with every slope on offer, the slumps' slopes are the inventory's (median within 20 %,
+    # quartiles within 30 %); on any slope they would follow the mountains (median ~19°).
+    lyb = _site_slopes("longyearbyen", "arts")
+    assert len(lyb) > 100
+    assert np.median(lyb) == pytest.approx(median, rel=0.2)
+    for q in (25, 75):
+        assert np.percentile(lyb, q) == pytest.approx(np.percentile(arts, q), rel=0.3)
+    assert np.median(_site_slopes("longyearbyen", "any")) > 1.8 * median
+    # Terrain without such slopes leans towards the ones it has, but the placement moves every terrain towards them.
+    for terrain in ("analytic", "st_helens"):
+        near, anywhere = (abs(np.log(np.median(_site_slopes(terrain, m)) / median)) for m in ("arts", "any"))
+        assert near < 0.5 * anywhere, terrain
+    with pytest.raises(ValueError, match="slump_slopes"):
+        Scene(slump_slopes="steep")
 
 
 def _ddem_sigma_over_slumps(winter_coherence: float) -> np.ndarray:

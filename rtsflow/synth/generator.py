@@ -103,8 +103,12 @@ class SynthConfig:
         Ellesmere reference RTS carry a median per-pixel dDEM σ of 0.62 m
         (p10–p90 0.35–1.03 m, ``avg_height_error`` of
         ``../shared/data/maier2025_ellesmere``), which ~0.95 reproduces.
+    slump_slopes
+        Where slumps form (:class:`rtsflow.synth.scene.Scene`): ``"any"`` hillslope of
+        0.5–30° (slumps take the terrain's slopes) or ``"arts"``: slopes drawn from the
+        1 832 TanDEM-X RTS of the ARTS inventory (median 7.9°, 5–95 % 3.7–16.7°).
 
-    The realism settings (the last eight, :data:`REALISM_FIELDS`) default to the
+    The realism settings (the last nine, :data:`REALISM_FIELDS`) default to the
     demo's world (pixel-independent noise, analytic terrain, no confounders);
     ``pipelines.scenes.realistic`` switches them all on, with the values the
     default model's realistic training regions and the generalisation benchmark
@@ -129,6 +133,7 @@ class SynthConfig:
     outlines: tuple[str, ...] | None = None
     hard_negatives_per_km2: float = 0.0
     winter_coherence: float = 0.8
+    slump_slopes: str = "any"
 
     def scene(self) -> Scene:
         terrain = None
@@ -143,7 +148,8 @@ class SynthConfig:
 
             outlines = load_outlines(list(self.outlines))
         return Scene(seed=self.seed, epochs=tuple(self.winters), slump_density=self.slump_density, terrain=terrain,
-                     outlines=outlines, negative_density=self.hard_negatives_per_km2)  # fmt: skip
+                     outlines=outlines, negative_density=self.hard_negatives_per_km2,
+                     slump_slopes=self.slump_slopes)  # fmt: skip
 
     def grid(self) -> Grid:
         return Grid(resolution=self.resolution)
@@ -160,7 +166,7 @@ class SynthConfig:
 
 #: Error settings added after the demo's world was fixed (in the model recipe's demo region only when changed).
 REALISM_FIELDS = ("ramp_m_per_km", "undulation_rms_m", "noise_correlation_px", "blunders_per_100km2", "terrain",
-                  "outlines", "hard_negatives_per_km2", "winter_coherence")  # fmt: skip
+                  "outlines", "hard_negatives_per_km2", "winter_coherence", "slump_slopes")  # fmt: skip
 
 
 @dataclass

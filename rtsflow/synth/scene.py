@@ -13,6 +13,10 @@ Slump statistics follow real inventories (fitted once, values below):
 - mean elevation change over a slump: log-normal, ln-mean 1.18, ln-sd 0.32
   (median 3.3 m, 5-95 % 2.0-5.9 m), from the same Ellesmere polygons
   (``tot_volume_change / area``); peak depth reaches ~20 m for large slumps.
+- hillslope gradient where slumps form (``slump_slopes="arts"``): log-normal,
+  ln-mean 2.06, ln-sd 0.47 (median 7.9°, 5-95 % 3.6-17.0°), fitted to the
+  ``dem_avg_slope`` of the 1 832 TanDEM-X RTS of the ARTS inventory (Bernhard
+  et al. 2022, ``../shared/data/arts_bernhard2022``; data 5-95 % 3.7-16.7°).
 """
 
 from __future__ import annotations
@@ -42,7 +46,16 @@ SLUMP_STATS = {
     "depth_min": 0.8,
     "depth_max": 12.0,
     "max_depth_cap": 20.0,
+    "log_slope_mean": 2.06,
+    "log_slope_sd": 0.47,
 }
+#: Points of a slump's lattice cell tried for a site at a drawn slope, how close (in ln) the best must be, and
+#: how many slopes are drawn before the cell is left without a slump.
+SLOPE_SITE_TRIES = 128
+SLOPE_SITE_TOLERANCE = 0.15
+SLOPE_SITE_TARGETS = 3
+#: How slumps choose their sites: any hillslope of 0.5-30°, or slopes drawn from the ARTS inventory.
+SLUMP_SLOPES = ("any", "arts")
 
 # Lattice cell (m) and the largest reach (m) of each object kind; densities per km² from the Scene.
 MAX_LAKE_SLOPE_DEG = 2.0  # lakes on real terrain: only where the ground is this flat
@@ -259,6 +272,14 @@ class Scene:
     negative_density
         Hard negatives per km² (:mod:`rtsflow.synth.confounders`: gullies, bank and
         coastal erosion, snow drifts, spoil heaps, thinning ice), kept apart from slumps.
+    slump_slopes
+        ``"any"``: a slump forms at its cell's random point when the hillslope there is
+        0.5-30°, so slumps take the terrain's slopes (gentle on the analytic hills, steep
+        on mountain DEMs). ``"arts"``: each slump draws a slope from the ARTS inventory's
+        distribution (:data:`SLUMP_STATS`) and takes the point of its cell, of
+        :data:`SLOPE_SITE_TRIES`, whose slope is nearest to it (none within
+        :data:`SLOPE_SITE_TOLERANCE` in ln: no slump there), so that slumps sit on the
+        slopes real ones do, whatever the terrain.
     """
 
     seed: int = 0
@@ -272,6 +293,12 @@ class Scene:
     terrain: RasterTerrain | None = field(default=None, compare=False)
     outlines: tuple[np.ndarray, ...] | None = field(default=None, compare=False, repr=False)
     negative_density: float = 0.0
+    slump_slopes: str = "any"
+
+    def __post_init__(self) -> None:
+        if self.slump_slopes not in SLUMP_SLOPES:
+            raise ValueError(f"slump_slopes must be one of {SLUMP_SLOPES}, got {self.slump_slopes!r}")
+        object.__setattr__(self, "_cells", {})
 
     @cached_property
     def hills(self) -> PlaneWaves:
@@ -314,9 +341,6 @@ class Scene:
         return float(gx + k * vx), float(gy + k * vy)
 
     # -- objects -----------------------------------------------------------------
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "_cells", {})
-
     def _objects(self, kind: str, bounds: tuple[float, float, float, float]) -> list:
         """Objects of one kind that can affect ``bounds``, thinned so none overlap.
 
@@ -425,6 +449,11 @@ class Scene:
         for _ in range(onset + 1, len(self.epochs)):
             fractions.append(fractions[-1] + (1.0 - fractions[-1]) * rng.uniform(0.4, 1.0))
         fractions[-1] = 1.0 if fractions[-1] > 0 else 0.0
+        if self.slump_slopes == "arts":
+            site = self._slope_site(i, j, rng)
+            if site is None:
+                return None
+            x, y = site
         gx, gy = self.base_gradient_at(x, y)
         slope = math.hypot(gx, gy)
         if slope < math.tan(math.radians(0.5)) or slope > math.tan(math.radians(30.0)):
@@ -441,6 +470,28 @@ class Scene:
             if math.hypot(x - lake.x, y - lake.y) < max(lake.a, lake.b) + slump.reach:
                 return None  # keep scars out of lakes (they may still sit near shores)
         return slump
+
+    def _slope_site(self, i: int, j: int, rng: np.random.Generator) -> tuple[float, float] | None:
+        """A point of cell ``(i, j)`` at a slope drawn from the ARTS inventory, or None.
+
+        Up to :data:`SLOPE_SITE_TARGETS` slopes are drawn in turn; the first that one of the
+        cell's :data:`SLOPE_SITE_TRIES` random points matches within
+        :data:`SLOPE_SITE_TOLERANCE` (in ln) places the slump at that point. The redraws keep
+        the slump density on terrain that lacks some slopes (the analytic hills have few
+        above 10°), at the cost of leaning towards the slopes the terrain has.
+        """
+        st = self.stats
+        xs = (i + rng.random(SLOPE_SITE_TRIES)) * SLUMP_CELL
+        ys = (j + rng.random(SLOPE_SITE_TRIES)) * SLUMP_CELL
+        grad = np.array([self.base_gradient_at(a, b) for a, b in zip(xs, ys, strict=True)])
+        slopes = np.degrees(np.arctan(np.hypot(grad[:, 0], grad[:, 1])))
+        for _ in range(SLOPE_SITE_TARGETS):
+            target = float(np.clip(rng.lognormal(st["log_slope_mean"], st["log_slope_sd"]), 0.5, 30.0))
+            miss = np.abs(np.log(np.maximum(slopes, 1e-3) / target))
+            k = int(np.argmin(miss))
+            if miss[k] <= SLOPE_SITE_TOLERANCE:
+                return float(xs[k]), float(ys[k])
+        return None
 
     def _make_pit(self, i: int, j: int, rng: np.random.Generator, x: float, y: float, priority: float) -> Pit | None:
         onset = int(rng.integers(1, len(self.epochs))) if len(self.epochs) > 1 else 0
