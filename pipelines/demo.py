@@ -96,8 +96,9 @@ class RealisticRecipe:
                                     slump_slopes=slopes)  # fmt: skip
                 out.append((f"{terrain}_{r}", config))
             for r in range(self.negatives_per_terrain):
+                # No slumps: where they would sit is moot, and "any" keeps the region the shipped model's.
                 config = randomised(seed=self.seed + 100 * t + 50 + r, size_km=self.size_km, terrain=terrain,
-                                    slumps=False, slump_slopes=slopes)  # fmt: skip
+                                    slumps=False, slump_slopes="any")  # fmt: skip
                 out.append((f"{terrain}_negatives_{r}", config))
         if self.spacing_km:
             places = self._places(len(out))

@@ -130,4 +130,7 @@ def test_benchmark_scenes_put_slumps_on_real_slopes_and_the_shipped_recipe_keeps
     assert "arts_slopes" not in training_key(0)["realistic"]
     key = training_key(0, realistic=RealisticRecipe(arts_slopes=True))
     assert key["realistic"]["arts_slopes"] is True
-    assert {c.slump_slopes for _, c in _training_regions(key)[1:]} == {"arts"}
+    regions = _training_regions(key)[1:]
+    assert {c.slump_slopes for name, c in regions if "negatives" not in name} == {"arts"}
+    # RTS-free regions have no slumps to place: they stay the shipped recipe's regions.
+    assert {c.slump_slopes for name, c in regions if "negatives" in name} == {"any"}
