@@ -417,15 +417,15 @@ def _reduce_pair(client, rd: RunDirectory, config: RunConfig, plan: RegionPlan, 
     t0 = time.perf_counter()
     model_sha = open_probability(ppath).attrs["model_sha256"]
     meta = run_metadata(command="run", run=str(out), pair=key, model_sha256=model_sha, threshold=config.threshold,
-                        filters=config.filters.__dict__, cube=plan.cube.path,
-                        cube_version=plan.cube.version)  # fmt: skip
+                        filters=config.filters.__dict__, cube=plan.cube.path, cube_version=plan.cube.version,
+                        grow_outlines=config.grow_outlines and dataclasses.asdict(config.grow_outlines))  # fmt: skip
     years = _years(plan, pair, config.epoch)
     rts, tables, failed = reduce_pair(
         client, rd, key=key, probability=ppath, features=fpath, grid=plan.grid, domain=plan.domain,
         blocks=plan.blocks, threshold=config.threshold, filters=config.filters,
         correlation_length=config.correlation_length, densities=_density_specs(config, plan), years=years,
         period=(int(pair[0]), int(pair[1])), carbon=config.carbon, progress=progress,
-        terrain=rd.path / f"composite_{pair[0]}.zarr",
+        terrain=rd.path / f"composite_{pair[0]}.zarr", grow_outlines=config.grow_outlines,
     )  # fmt: skip
     if rts is None:
         result.failed += failed

@@ -17,6 +17,8 @@ shipped with rtsflow, ``rtsflow/models/default``)::
     inference: {halo: 64, batch_size: auto, precision: auto, device: auto, dtype: uint8, compile: false}
     threshold: 0.5
     filters: {min_area_m2: 1000, max_water_fraction: 0.5, max_quality_fraction: 0.5, min_max_abs_dh_m: 2}
+    grow_outlines: {k_sigma: 2, max_steps: 50, min_seed_m2: 1000}  # detections grow into the loss ≤ −kσ around
+                                     # them (rtsflow.kernels.grow); null (the default): outlines as the model draws
     correlation_length: auto         # DEM-error variogram fitted per pair on stable terrain; or a length (m)
     densities: {cell_size: [10000], sites: sites.gpkg, site_name: name}
     truth: {path: truth.parquet, where: "winter_start == 2010", min_coverage: 0.5}
@@ -43,6 +45,7 @@ from typing import Any
 import yaml
 
 from rtsflow.carbon import CarbonError, CarbonModel, profile_from_doc
+from rtsflow.kernels.grow import OutlineGrowth
 from rtsflow.postprocess import FilterConfig
 
 __all__ = ["ConfigError", "Densities", "Inference", "RunConfig", "Truth", "Workers", "load_config", "parse_config"]
@@ -117,6 +120,7 @@ class RunConfig:
     inference: Inference = field(default_factory=Inference)
     threshold: float = 0.5
     filters: FilterConfig = field(default_factory=FilterConfig)
+    grow_outlines: OutlineGrowth | None = None
     correlation_length: float | str = "auto"
     densities: Densities = field(default_factory=Densities)
     truth: Truth | None = None
@@ -277,6 +281,14 @@ def parse_config(doc: Any, *, base: str | Path = ".", source: str = "run config"
         raise ConfigError(f"{source}: threshold: expected a probability in (0, 1), got {kw['threshold']}")
     if "filters" in doc:
         kw["filters"] = _typed(FilterConfig, doc["filters"], f"{source}: filters")
+    if doc.get("grow_outlines") not in (None, False):
+        g = doc["grow_outlines"]
+        try:
+            kw["grow_outlines"] = _typed(OutlineGrowth, {} if g is True else g, f"{source}: grow_outlines")
+        except ConfigError:
+            raise
+        except ValueError as e:  # the dataclass's own range checks name the key
+            raise ConfigError(f"{source}: {e}") from None
     if "densities" in doc:
         d = _typed(Densities, doc["densities"], f"{source}: densities")
         if d.sites:

@@ -9,8 +9,9 @@ from dask.delayed import Delayed
 
 from rtsflow.graph.chunks import chunk_windows
 from rtsflow.graph.masswasting import measure
-from rtsflow.graph.polygons import vectorize
+from rtsflow.graph.polygons import grown_detections, vectorize
 from rtsflow.grid import Grid
+from rtsflow.kernels.grow import OutlineGrowth
 from rtsflow.postprocess import DEFAULT_FILTERS, FilterConfig, apply_filters
 
 __all__ = ["detect_rts", "probability_on_grid"]
@@ -56,6 +57,7 @@ def detect_rts(
     correlation_length: float | str = "auto",
     carbon=None,
     dem: xr.DataArray | None = None,
+    grow_outlines: OutlineGrowth | None = None,
 ) -> Delayed:
     """Threshold, vectorise and stitch, measure mass wasting, and apply the post-processing filters.
 
@@ -73,12 +75,19 @@ def detect_rts(
         aspect and distance to water (:func:`rtsflow.graph.rts_terrain.rts_terrain`).
     carbon
         A :class:`rtsflow.carbon.CarbonModel`: add the carbon each RTS mobilised (``carbon_kg`` ± σ).
+    grow_outlines
+        Grow each detected region into the significant loss around it before tracing
+        (:class:`rtsflow.kernels.grow.OutlineGrowth`; needs ``ddem_norm`` in ``features``).
 
     Returns
     -------
     dask.delayed.Delayed
         A GeoDataFrame of every polygon, with ``kept`` and ``filter_reason``.
     """
+    if grow_outlines is not None:
+        probability = grown_detections(probability, features["ddem_norm"], grid=grid, threshold=threshold,
+                                       growth=grow_outlines)  # fmt: skip
+        threshold = None
     polygons = vectorize(probability, grid=grid, threshold=threshold)
     measured = sigma_source = measure(polygons, features, grid=grid, correlation_length=correlation_length)
     if dem is not None:

@@ -13,14 +13,42 @@ from pyproj import Transformer
 
 from rtsflow.graph.chunks import chunk_windows
 from rtsflow.grid import GRID_CRS, Grid
+from rtsflow.kernels.grow import OutlineGrowth, grow_detections, growth_halo_px
 from rtsflow.kernels.vectorize import BlockPieces, stitch, vectorize_block
 
-__all__ = ["polygons_from_mask", "vectorize"]
+__all__ = ["detections", "grown_detections", "polygons_from_mask", "vectorize"]
+
+
+def detections(values: np.ndarray, *, threshold: float | None) -> np.ndarray:
+    """``values ≥ threshold`` (NaN: not detected), or a 0/1 mask as bool with ``threshold=None``."""
+    if threshold is None:
+        return np.nan_to_num(np.asarray(values, dtype=np.float32)) != 0
+    with np.errstate(invalid="ignore"):
+        return np.asarray(values) >= threshold
+
+
+def grown_detections(probability: xr.DataArray, ddem_norm: xr.DataArray, *, grid: Grid,
+                     threshold: float | None, growth: OutlineGrowth) -> xr.DataArray:  # fmt: skip
+    """Lazy: the detections (``probability ≥ threshold``) grown into significant loss (bool).
+
+    :func:`rtsflow.kernels.grow.grow_detections` on every chunk with the halo that makes the result
+    that of the whole raster (:func:`rtsflow.kernels.grow.growth_halo_px`); trace it with
+    :func:`vectorize` and ``threshold=None``.
+    """
+    import dask.array as da
+
+    halo = growth_halo_px(growth, resolution=grid.resolution)
+
+    def block(p, dn):
+        return grow_detections(detections(p, threshold=threshold), dn, growth=growth, resolution=grid.resolution)
+
+    data = da.map_overlap(block, probability.data, ddem_norm.data.astype(np.float32), depth=halo,
+                          boundary="none", dtype=bool, allow_rechunk=True)  # fmt: skip
+    return probability.copy(data=data).rename("detected")
 
 
 def _block_pieces(values: np.ndarray, *, threshold: float | None, transform, block) -> BlockPieces:
-    mask = values if threshold is None else np.asarray(values) >= threshold  # NaN compares False
-    return vectorize_block(np.asarray(mask, dtype=bool), transform=transform, block=block)
+    return vectorize_block(detections(values, threshold=threshold), transform=transform, block=block)
 
 
 def polygons_from_mask(pieces: list[BlockPieces], *, grid: Grid) -> gpd.GeoDataFrame:

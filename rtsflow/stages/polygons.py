@@ -24,10 +24,11 @@ import shapely
 
 from rtsflow.graph.densities import assemble_densities, site_of, valid_area
 from rtsflow.graph.masswasting import assemble_measures, block_sums
-from rtsflow.graph.polygons import _block_pieces, polygons_from_mask
+from rtsflow.graph.polygons import _block_pieces, detections, polygons_from_mask
 from rtsflow.graph.rts_terrain import assemble_terrain, block_terrain
 from rtsflow.grid import Grid, Window
 from rtsflow.io.blocks import GridStore
+from rtsflow.kernels.grow import OutlineGrowth, grow_detections, growth_halo_px
 from rtsflow.kernels.local_reference import ring_halo_px
 from rtsflow.kernels.rts_terrain import TERRAIN_FIELDS, WATER_SEARCH_PX
 from rtsflow.kernels.zonal import MAX_FIELDS, ZONAL_FIELDS
@@ -66,10 +67,24 @@ def with_carbon(rts: gpd.GeoDataFrame, *, carbon, densities: Sequence[DensitySpe
 
 
 def polygons_block(block: tuple[int, int], *, probability: str, grid: Grid, domain: Window,
-                   threshold: float | None) -> dict:  # fmt: skip
-    """Trace the RTS regions of one block (interior polygons and pieces that continue next door)."""
+                   threshold: float | None, features: str | None = None,
+                   grow_outlines: OutlineGrowth | None = None) -> dict:  # fmt: skip
+    """Trace the RTS regions of one block (interior polygons and pieces that continue next door).
+
+    With ``grow_outlines`` the detections grow into the significant loss around them first
+    (``ddem_norm`` of ``features``, read with the halo that makes the block's result the whole raster's).
+    """
     win = grid.block_window(*block)
-    values = GridStore(probability, grid=grid, domain=domain).read("probability", win)
+    store = GridStore(probability, grid=grid, domain=domain)
+    if grow_outlines is None:
+        values = store.read("probability", win)
+    else:
+        halo = growth_halo_px(grow_outlines, resolution=grid.resolution)
+        wide = _grow(win, halo)
+        ddem_norm = GridStore(features, grid=grid, domain=domain).read("ddem_norm", wide)
+        detected = detections(store.read("probability", wide), threshold=threshold)
+        grown = grow_detections(detected, ddem_norm, growth=grow_outlines, resolution=grid.resolution)
+        values, threshold = grown[halo:-halo, halo:-halo], None
     pieces = _block_pieces(values, threshold=threshold, transform=grid.transform(win), block=block)
     return {"pieces": pieces, "n_valid": len(pieces.interior) + len(pieces.edge)}
 
@@ -107,11 +122,16 @@ def _grow(window: Window, px: int) -> Window:
 
 
 def polygons_stage(*, key: str, probability: Path, grid: Grid, domain: Window, blocks: Sequence[tuple[int, int]],
-                   threshold: float | None) -> Stage:  # fmt: skip
+                   threshold: float | None, features: Path | None = None,
+                   grow_outlines: OutlineGrowth | None = None) -> Stage:  # fmt: skip
     """Tracing every block's RTS regions (results are returned, not stored: the stage reruns with its pair)."""
+    params = dict(probability=str(probability), grid=grid, domain=domain, threshold=threshold)
+    upstream = [Upstream("probability", key)]
+    if grow_outlines is not None:  # the halo reads the next blocks' probability and features
+        params.update(features=str(features), grow_outlines=grow_outlines)
+        upstream = [Upstream("probability", key, radius=1), Upstream("features", key, radius=1)]
     return Stage(name="polygons", key=key, function=polygons_block, jobs=[BlockJob(b) for b in blocks],
-                 params=dict(probability=str(probability), grid=grid, domain=domain, threshold=threshold),
-                 upstream=[Upstream("probability", key)], resume=False)  # fmt: skip
+                 params=params, upstream=upstream, resume=False)  # fmt: skip
 
 
 def zonal_stage(*, key: str, polygons: gpd.GeoDataFrame, features: Path, grid: Grid, domain: Window,
@@ -182,6 +202,7 @@ def reduce_pair(
     period: tuple[int, int],
     carbon=None,
     terrain: Path | None = None,
+    grow_outlines: OutlineGrowth | None = None,
     progress: bool = False,
 ) -> tuple[gpd.GeoDataFrame | None, dict[str, gpd.GeoDataFrame], list[str]]:
     """Polygons, mass wasting, filters and densities of one pair (two stages of one task per block each).
@@ -194,7 +215,7 @@ def reduce_pair(
     """
     blocks = sorted(blocks)
     poly_stage = polygons_stage(key=key, probability=probability, grid=grid, domain=domain, blocks=blocks,
-                                threshold=threshold)  # fmt: skip
+                                threshold=threshold, features=features, grow_outlines=grow_outlines)  # fmt: skip
     out = run_stage(client, run, poly_stage, progress=progress)
     if not out.complete:
         return None, {}, out.failed + out.blocked
