@@ -133,7 +133,7 @@ class SceneResult:
     outline: dict | None = None
 
 
-def run_scene(root: Path, config, model: Path, *, client) -> SceneResult:
+def run_scene(root: Path, config, model: Path, *, client, grow_outlines: bool = False) -> SceneResult:
     """Synthesise + ingest + ``run_region``; the run's summary, polygons, truth and the dDEM path over the truth."""
     import geopandas as gpd
 
@@ -146,7 +146,8 @@ def run_scene(root: Path, config, model: Path, *, client) -> SceneResult:
     truth = gpd.read_parquet(region.truth_slumps)
     truth = truth[(truth.winter_start == pair[0]) & (truth.winter_end == pair[1])]
     doc = {"name": root.name, "output": "run", "cube": str(cube), "pairs": [list(pair)], "model": str(model),
-           "inference": {"halo": 32}, "densities": {"cell_size": [1000]}, "report": False}  # fmt: skip
+           "inference": {"halo": 32}, "densities": {"cell_size": [1000]}, "report": False,
+           "grow_outlines": grow_outlines}  # fmt: skip
     if len(truth):
         truth.to_parquet(root / "truth.parquet")
         # Slumps mostly under the quality mask cannot be seen: not scored (the line also gives recall over all).
@@ -351,13 +352,16 @@ def main() -> None:
                     help="Leave one terrain out: per held-out terrain, train the default model's recipe "
                          "(pipelines.demo) without that terrain's regions, from scratch; evaluate it.")  # fmt: skip
     ap.add_argument("--epochs", type=int, help="Override the recipe's epochs (with --train).")
+    ap.add_argument("--grow-outlines", action="store_true",
+                    help="Runs grow detections into the significant loss around them (run config grow_outlines).")
     ap.add_argument("--rescore", action="store_true",
                     help="Score the scenes' existing runs under --root again (e.g. new filters); run nothing.")
     args = ap.parse_args()
     print_header("generalisation")
     record = read_record(args.model)
     print(f"# model: {args.model} (sha256 {record['weights_sha256']})")
-    print(f"# scenes: {args.size_km:g} km, realism on (pipelines/scenes.py realistic()); train: {args.train}")
+    print(f"# scenes: {args.size_km:g} km, realism on (pipelines/scenes.py realistic()); train: {args.train}; "
+          f"grow_outlines: {args.grow_outlines}")
     args.root.mkdir(parents=True, exist_ok=True)
     results, models = {"scenes": {}}, {}
     t0 = time.perf_counter()
@@ -376,7 +380,8 @@ def main() -> None:
                     if args.rescore:
                         scenes.append(read_scene(root, pair=(config.winters[0], config.winters[-1])))
                     else:
-                        scenes.append(run_scene(root, config, model, client=client))
+                        scenes.append(run_scene(root, config, model, client=client,
+                                                grow_outlines=args.grow_outlines))  # fmt: skip
                     results["scenes"][root.name] = pool(scenes[-1:])
                     if args.scenes > 1:
                         print("  " + line(root.name, results["scenes"][root.name]).replace("\n", "\n  "), flush=True)
