@@ -535,6 +535,9 @@ def _length_or_auto(value: str, param) -> float | str:
 @click.option("--min-dh", type=float, default=2.0, show_default=True, help="Smallest max |dh| kept (m).")
 @click.option("--min-volume-snr", type=float, help="Smallest |volume| / σ(volume) kept (default: no such rule).")
 @click.option("--max-volume", type=float, help="Largest net volume change kept (m³; 0: net losses only).")
+@click.option("--grow-outlines", is_flag=True,
+              help="Grow detections of at least 1 000 m² into the loss ≤ −2σ around them, up to 50 px "
+                   "(rtsflow.kernels.grow; a run config's grow_outlines sets each value).")  # fmt: skip
 @click.option(
     "--correlation-length",
     default="auto",
@@ -552,7 +555,7 @@ def _length_or_auto(value: str, param) -> float | str:
 @click.option("--site-name", default="name", show_default=True)
 @click.option("--cluster", default="local", show_default=True, help=CLUSTER_HELP)
 def reduce_cmd(features_path, probability, out, threshold, min_area, max_water, max_quality, min_dh,
-               min_volume_snr, max_volume, correlation_length, cell_size, sites, site_name,
+               min_volume_snr, max_volume, grow_outlines, correlation_length, cell_size, sites, site_name,
                cluster) -> None:  # fmt: skip
     """Probability + features → RTS polygons with volume change ± σ, filters and regional densities."""
     import dask
@@ -563,6 +566,7 @@ def reduce_cmd(features_path, probability, out, threshold, min_area, max_water, 
     from rtsflow.graph.densities import regional_densities
     from rtsflow.io.features import open_features
     from rtsflow.io.vectors import run_metadata, write_vectors
+    from rtsflow.kernels.grow import OutlineGrowth
     from rtsflow.postprocess import FilterConfig
     from rtsflow.reduce import detect_rts, probability_on_grid
 
@@ -572,12 +576,14 @@ def reduce_cmd(features_path, probability, out, threshold, min_area, max_water, 
     filters = FilterConfig(min_area_m2=min_area, max_water_fraction=max_water, max_quality_fraction=max_quality,
                            min_max_abs_dh_m=min_dh, min_volume_snr=min_volume_snr,
                            max_volume_m3=max_volume)  # fmt: skip
+    growth = OutlineGrowth() if grow_outlines else None
     meta = run_metadata(command="reduce", features=str(features_path), probability=str(probability),
                         threshold=threshold, filters=filters.__dict__, correlation_length=correlation_length,
-                        model_sha256=feats.attrs.get("model_sha256"))  # fmt: skip
+                        model_sha256=feats.attrs.get("model_sha256"),
+                        grow_outlines=growth and growth.__dict__)  # fmt: skip
     with connect(cluster):
         rts = detect_rts(prob, feats, grid=grid, threshold=threshold, filters=filters,
-                         correlation_length=correlation_length).compute()  # fmt: skip
+                         correlation_length=correlation_length, grow_outlines=growth).compute()  # fmt: skip
         write_vectors(rts, out, metadata={**meta, "error_model": rts.attrs.get("error_model")})
         kept = rts[rts.kept]
         jobs = {f"cells_{int(c)}m": regional_densities(kept, feats, grid=grid, cell_size=c) for c in cell_size}

@@ -205,6 +205,11 @@ def test_features_reduce_evaluate_cli(tmp_path):
     r = run("reduce", str(feats), "--probability", str(region / "truth" / "rts_mask_2010_2016.tif"), "--out",
             str(tmp_path / "other.parquet"), "--correlation-length", "long")  # fmt: skip
     assert r.returncode == 2 and "expected 'auto' or a length > 0 (m), got 'long'" in r.stderr
+    r = run("reduce", str(feats), "--probability", str(region / "truth" / "rts_mask_2010_2016.tif"), "--out",
+            str(tmp_path / "grown.parquet"), "--grow-outlines")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    grown = gpd.read_parquet(tmp_path / "grown.parquet")
+    assert grown.area.sum() >= got.area.sum() and len(grown) <= len(got)
     truth = gpd.read_parquet(region / "truth" / "slumps.parquet")
     truth = truth[(truth.winter_start == 2010) & (truth.winter_end == 2016)]
     truth.to_parquet(tmp_path / "truth.parquet")
