@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import dask
 import geopandas as gpd
 import numpy as np
@@ -27,6 +29,12 @@ def detections(values: np.ndarray, *, threshold: float | None) -> np.ndarray:
         return np.asarray(values) >= threshold
 
 
+def grown_block(values: np.ndarray, ddem_norm: np.ndarray, *, threshold: float | None, growth: OutlineGrowth,
+                resolution: float) -> np.ndarray:  # fmt: skip
+    """One block's detections grown into significant loss (the stage's and the lazy graph's one kernel call)."""
+    return grow_detections(detections(values, threshold=threshold), ddem_norm, growth=growth, resolution=resolution)
+
+
 def grown_detections(probability: xr.DataArray, ddem_norm: xr.DataArray, *, grid: Grid,
                      threshold: float | None, growth: OutlineGrowth) -> xr.DataArray:  # fmt: skip
     """Lazy: the detections (``probability ≥ threshold``) grown into significant loss (bool).
@@ -39,9 +47,7 @@ def grown_detections(probability: xr.DataArray, ddem_norm: xr.DataArray, *, grid
 
     halo = growth_halo_px(growth, resolution=grid.resolution)
 
-    def block(p, dn):
-        return grow_detections(detections(p, threshold=threshold), dn, growth=growth, resolution=grid.resolution)
-
+    block = partial(grown_block, threshold=threshold, growth=growth, resolution=grid.resolution)
     data = da.map_overlap(block, probability.data, ddem_norm.data.astype(np.float32), depth=halo,
                           boundary="none", dtype=bool, allow_rechunk=True)  # fmt: skip
     return probability.copy(data=data).rename("detected")

@@ -24,11 +24,11 @@ import shapely
 
 from rtsflow.graph.densities import assemble_densities, site_of, valid_area
 from rtsflow.graph.masswasting import assemble_measures, block_sums
-from rtsflow.graph.polygons import _block_pieces, detections, polygons_from_mask
+from rtsflow.graph.polygons import _block_pieces, grown_block, polygons_from_mask
 from rtsflow.graph.rts_terrain import assemble_terrain, block_terrain
 from rtsflow.grid import Grid, Window
 from rtsflow.io.blocks import GridStore
-from rtsflow.kernels.grow import OutlineGrowth, grow_detections, growth_halo_px
+from rtsflow.kernels.grow import OutlineGrowth, growth_halo_px
 from rtsflow.kernels.local_reference import ring_halo_px
 from rtsflow.kernels.rts_terrain import TERRAIN_FIELDS, WATER_SEARCH_PX
 from rtsflow.kernels.zonal import MAX_FIELDS, ZONAL_FIELDS
@@ -82,8 +82,8 @@ def polygons_block(block: tuple[int, int], *, probability: str, grid: Grid, doma
         halo = growth_halo_px(grow_outlines, resolution=grid.resolution)
         wide = _grow(win, halo)
         ddem_norm = GridStore(features, grid=grid, domain=domain).read("ddem_norm", wide)
-        detected = detections(store.read("probability", wide), threshold=threshold)
-        grown = grow_detections(detected, ddem_norm, growth=grow_outlines, resolution=grid.resolution)
+        grown = grown_block(store.read("probability", wide), ddem_norm, threshold=threshold, growth=grow_outlines,
+                            resolution=grid.resolution)  # fmt: skip
         values, threshold = grown[halo:-halo, halo:-halo], None
     pieces = _block_pieces(values, threshold=threshold, transform=grid.transform(win), block=block)
     return {"pieces": pieces, "n_valid": len(pieces.interior) + len(pieces.edge)}
