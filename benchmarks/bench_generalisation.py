@@ -16,7 +16,8 @@ One scene of 25 km² holds 10–35 slumps (St Helens' crater the fewest), too fe
 a real change of F1 or of a 1-σ coverage from the draw; the scores of a terrain pool its
 scenes (every slump and every km² counted once, :func:`pool`), and each scene is printed
 too. Per terrain it prints detection P/R/F1, pixel IoU, the regional volume ratio
-(detected / true), the dDEM path alone over the true outlines (regional ratio,
+(detected / true; and void-filled / true: the run's volume carried over the land
+under the quality mask, ``rtsflow.graph.densities``), the dDEM path alone over the true outlines (regional ratio,
 per-RTS median |error|, share of RTS within 1σ), the recall per bin of volume SNR
 (each scored slump's ``|V| / σ_V`` over its true outline: what the dDEM can show), the
 scores over the clearly visible slumps (``|V| ≥ 4σ``), the ceiling a detector could reach
@@ -208,6 +209,9 @@ def pool(scenes: list[SceneResult]) -> dict:
         "n_rts": sum(s.summary["n_rts"] for s in scenes),
         "valid_area_km2": sum(s.summary["valid_area_km2"] for s in scenes),
         "volume_m3": sum(s.summary["volume_m3"] for s in scenes),
+        # Each scene's volume carried over its land under the quality mask (rtsflow.graph.densities).
+        "volume_void_filled_m3": sum(_number(s.summary.get("volume_void_filled_m3")) for s in scenes),
+        "land_area_km2": sum(_number(s.summary.get("land_area_km2")) for s in scenes),
         "true_volume_m3": float(truth.volume_m3.sum()) if truth is not None else 0.0,
         "n_true": len(truth) if truth is not None else 0,
     }
@@ -228,6 +232,11 @@ def pool(scenes: list[SceneResult]) -> dict:
         truth = rts.iloc[:0]
     summary["filter_grid"] = filter_grid_scores(rts, truth, ignore=ignore, valid_area_km2=summary["valid_area_km2"])
     return summary
+
+
+def _number(value) -> float:
+    """A summary's number; NaN where it is missing (runs before the field existed) or null."""
+    return float("nan") if value is None else float(value)
 
 
 SNR_BINS = (0.0, 2.0, 4.0, 8.0, float("inf"))  # |V| / σ_V over the true outline
@@ -308,6 +317,7 @@ def outline_scores(a: dict) -> dict:
 def line(name: str, s: dict) -> str:
     m = s.get("metrics", {})
     ratio = s["volume_m3"] / s["true_volume_m3"] if s["true_volume_m3"] else float("nan")
+    filled = s["volume_void_filled_m3"] / s["true_volume_m3"] if s["true_volume_m3"] else float("nan")
     fp100 = 100.0 * s["n_rts"] / s["valid_area_km2"] if s["valid_area_km2"] else float("nan")
     f = s["filter_grid"][SIGNIFICANT]
     if not m:
@@ -316,8 +326,10 @@ def line(name: str, s: dict) -> str:
                 f"{100.0 * f['n_rts'] / s['valid_area_km2']:.1f} per 100 km²")  # fmt: skip
     o, mv = s["outlines"], s["metrics_visible"]
     return (f"{name:14s} detection P {m['detection_precision']:.3f} R {m['detection_recall']:.3f} "
-            f"F1 {m['detection_f1']:.3f} | pixel IoU {m['pixel_iou']:.3f} | volume ratio {ratio:.3f} | "
-            f"{s['n_rts']} RTS for {s['n_true']} true ({m['n_ignored']} < {MIN_COVERAGE:.0%} valid, not scored; "
+            f"F1 {m['detection_f1']:.3f} | pixel IoU {m['pixel_iou']:.3f} | volume ratio {ratio:.3f} "
+            f"(void-filled over {s['land_area_km2']:.1f} km² of land, {s['valid_area_km2']:.1f} valid: "
+            f"{filled:.3f}) | {s['n_rts']} RTS for {s['n_true']} true "
+            f"({m['n_ignored']} < {MIN_COVERAGE:.0%} valid, not scored; "
             f"recall of all {s['metrics_all_slumps']['detection_recall']:.3f}) | "
             f"over {o['n']} scored true outlines: ratio {o['ratio']:.3f}, "
             f"median |error| {o['median_abs_error']:.1%}, 1σ coverage {o['coverage_1sigma']:.0%}; "

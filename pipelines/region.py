@@ -384,6 +384,13 @@ def _write_history(rd: RunDirectory, config: RunConfig, plan: RegionPlan, say) -
     return {"history": str(path), "periods": str(rd.path / "rts_periods.csv")}
 
 
+VOID_FILLED = ("land_area_km2", "volume_void_filled_m3", "volume_void_filled_sigma_m3")  # summary fields
+
+
+def _number_or_none(value) -> float | None:
+    return float(value) if np.isfinite(value) else None
+
+
 def _density_specs(config: RunConfig, plan: RegionPlan):
     import geopandas as gpd
     import shapely
@@ -426,6 +433,7 @@ def _reduce_pair(client, rd: RunDirectory, config: RunConfig, plan: RegionPlan, 
         correlation_length=config.correlation_length, densities=_density_specs(config, plan), years=years,
         period=(int(pair[0]), int(pair[1])), carbon=config.carbon, progress=progress,
         terrain=rd.path / f"composite_{pair[0]}.zarr", grow_outlines=config.grow_outlines,
+        reference=(plan.cube, plan.reference) if plan.reference is not None else None,
     )  # fmt: skip
     if rts is None:
         result.failed += failed
@@ -450,6 +458,8 @@ def _reduce_pair(client, rd: RunDirectory, config: RunConfig, plan: RegionPlan, 
         "valid_area_km2": float(region.valid_area_km2),
         "volume_change_rate_m3_per_yr_km2": float(region.volume_change_rate_m3_per_yr_km2),
         "area_density_m2_per_km2": float(kept.area_m2.sum() / region.valid_area_km2) if len(kept) else 0.0,
+        # The volume carried over the land under the quality mask (null without a reference DEM).
+        **{k: _number_or_none(region[k]) for k in VOID_FILLED},
         "error_model": rts.attrs.get("error_model"),
     }
     if config.carbon is not None:

@@ -107,8 +107,9 @@ def test_densities_report_carbon_per_region_in_pg_per_year():
     rts["area_m2"], rts["volume_m3"] = 2500.0, rts["loss_m3"]
     regions = gpd.GeoDataFrame({"name": ["a", "b"]}, geometry=[shapely.box(-10, -10, 500, 500),
                                                               shapely.box(900, -10, 2000, 500)], crs="EPSG:3413")
-    table = assemble_densities(rts, [np.array([1e6, 2e6])], regions=regions, cell_size=None, years=4.0,
-                               name="name", carbon=CarbonModel())  # fmt: skip
+    valid_land = np.array([[1e6, 2e6], [np.nan, np.nan]])  # per zone: valid and (unknown) land m²
+    table = assemble_densities(rts, [valid_land], regions=regions, cell_size=None, years=4.0, name="name",
+                               carbon=CarbonModel())  # fmt: skip
     per_rts = rts_carbon(rts, model=CarbonModel())
     np.testing.assert_allclose(table.carbon_kg, per_rts.carbon_kg, rtol=1e-12)
     np.testing.assert_allclose(table.carbon_rate_pg_per_yr, per_rts.carbon_kg / 4.0 / 1e12, rtol=1e-12)

@@ -330,6 +330,44 @@ def test_regional_densities_cells_and_sites(ellesmere):
     assert one.volume_change_rate_m3_per_yr_km2.iloc[0] == pytest.approx(rts.volume_m3.sum() / 6 / total_valid)
     with pytest.raises(ValueError, match="exactly one"):
         regional_densities(rts, feats, grid=GRID)
+    assert one.land_area_km2.isna().all() and one.volume_void_filled_m3.isna().all()  # no reference: unknown
+
+
+def test_void_filled_volume_carries_the_density_over_the_land_under_voids(ellesmere):
+    """Half the ground under the quality mask, a tenth water: the land is the rest, and the volume of the
+    valid half carried over it is what the slumps removed when the masked half holds as many."""
+    ref, _, window = ellesmere
+    feats, _, _ = _constant_dh_features(ref, window, 1024)
+    feats["ddem"] = feats["ddem"].fillna(0.0)
+    q = np.zeros(window.shape, "uint8")
+    q[: window.height // 2] = 1
+    w = np.zeros(window.shape, "uint8")
+    w[:, : window.width // 10] = 1
+    feats["quality"] = (("y", "x"), da.from_array(q, chunks=1024))
+    feats["water"] = (("y", "x"), da.from_array(w, chunks=1024))
+    rts = measure(ref, feats, grid=GRID).compute(scheduler="sync")
+    dem = xr.DataArray(np.ones(window.shape, "float32"), coords={"y": feats.y, "x": feats.x}, dims=("y", "x"))
+    area = GRID.pixel_ground_area(window, step=16)
+    valid, land = (area * (q == 0) * (w == 0)).sum() / 1e6, (area * (w == 0)).sum() / 1e6
+    minx, miny, maxx, maxy = GRID.bounds(window)
+    site = gpd.GeoDataFrame({"name": ["all"]}, geometry=[shapely.box(minx, miny, maxx, maxy)], crs=3413)
+    one = regional_densities(rts, feats, grid=GRID, regions=site, reference=dem).compute(scheduler="sync").iloc[0]
+    assert one.valid_area_km2 == pytest.approx(valid, rel=1e-9)
+    assert one.land_area_km2 == pytest.approx(land, rel=1e-9)
+    assert one.volume_void_filled_m3 == pytest.approx(one.volume_m3 * land / valid, rel=1e-9)
+    # σ: the scaled measurement σ and the sampling of the carried part over √n.
+    scale = land / valid
+    sampling = abs(one.volume_m3) * (scale - 1) / np.sqrt(one.n_rts)
+    assert one.volume_void_filled_sigma_m3 == pytest.approx(np.hypot(one.volume_sigma_m3 * scale, sampling))
+    # The cells add up to the same land, and a reference with NaN holes leaves them out of the land
+    # unless the dDEM is valid there.
+    holes = dem.where(xr.DataArray(np.arange(window.width) % 2 == 0, dims="x"))
+    cells = regional_densities(rts, feats, grid=GRID, cell_size=20_000, reference=holes).compute(scheduler="sync")
+    odd = (np.arange(window.width) % 2 == 1)[None, :]
+    expect = (area * (w == 0) * ((~odd) | (q == 0))).sum() / 1e6
+    assert cells.land_area_km2.sum() == pytest.approx(expect, rel=1e-9)
+    with pytest.raises(ValueError, match="reference: not on the features' grid"):
+        regional_densities(rts, feats, grid=GRID, regions=site, reference=dem.isel(x=slice(0, 100)))
 
 
 @pytest.mark.parametrize("suffix", [".parquet", ".gpkg"])

@@ -7,6 +7,7 @@ neighbour fallbacks, halos and stitching all cross block edges.
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -160,7 +161,7 @@ def test_features_equal_the_lazy_graph(run, lazy):
     assert store.attrs["years"] == feats.attrs["years"] == 6.0
 
 
-def test_probability_polygons_and_densities_equal_the_lazy_api(model, run, lazy, tmp_path):
+def test_probability_polygons_and_densities_equal_the_lazy_api(region, model, run, lazy, tmp_path):
     feats = open_features(run["out"] / f"features_{KEY}.zarr")
     prob = predict(feats, spec=model, bands=list(MODEL_BANDS), halo=32, tile=64, grid=GRID)
     with _cluster() as lc, Client(lc):
@@ -180,11 +181,17 @@ def test_probability_polygons_and_densities_equal_the_lazy_api(model, run, lazy,
     assert stage.blocks.str.contains(";").any()  # some polygons were stitched across blocks
     cols = [c for c in rts.columns if c not in ("geometry", "blocks")]
     pd.testing.assert_frame_equal(pd.DataFrame(stage[cols]), pd.DataFrame(rts[cols]))
-    dens = regional_densities(rts[rts.kept], feats, grid=GRID, cell_size=1000,
-                              carbon=CarbonModel()).compute(scheduler="threads")  # fmt: skip
+    # The cube's reference DEM gives the land under voids: the void-filled volumes agree too.
+    reference = open_cube(region["cube"])["reference_dem"]
+    dens = regional_densities(rts[rts.kept], feats, grid=GRID, cell_size=1000, carbon=CarbonModel(),
+                              reference=reference).compute(scheduler="threads")  # fmt: skip
     got_dens = gpd.read_parquet(run["out"] / f"densities_{KEY}_cells_1000m.parquet")
     pd.testing.assert_frame_equal(pd.DataFrame(got_dens.drop(columns="geometry")),
                                   pd.DataFrame(dens.drop(columns="geometry")))  # fmt: skip
+    assert (dens.land_area_km2 >= dens.valid_area_km2).all() and (dens.land_area_km2 > dens.valid_area_km2).any()
+    summary = json.loads((run["out"] / f"summary_{KEY}.json").read_text())
+    assert summary["land_area_km2"] > summary["valid_area_km2"]
+    assert abs(summary["volume_void_filled_m3"]) > abs(summary["volume_m3"]) > 0
 
 
 def test_one_task_per_block_and_stage(region, run):

@@ -16,13 +16,13 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import geopandas as gpd
 import numpy as np
 import shapely
 
-from rtsflow.graph.densities import assemble_densities, site_of, valid_area
+from rtsflow.graph.densities import assemble_densities, ground_area, site_of
 from rtsflow.graph.masswasting import assemble_measures, block_sums
 from rtsflow.graph.polygons import _block_pieces, grown_block, polygons_from_mask
 from rtsflow.graph.rts_terrain import assemble_terrain, block_terrain
@@ -90,11 +90,13 @@ def polygons_block(block: tuple[int, int], *, probability: str, grid: Grid, doma
 
 
 def zonal_block(block: tuple[int, int], *, features: str, grid: Grid, domain: Window, densities: list[DensitySpec],
-                polygons: gpd.GeoDataFrame, terrain: str | None = None) -> dict:  # fmt: skip
-    """Zonal sums under the polygons overlapping one block, and the valid ground of every density zone.
+                polygons: gpd.GeoDataFrame, terrain: str | None = None,
+                reference: tuple[Any, str] | None = None) -> dict:  # fmt: skip
+    """Zonal sums under the polygons overlapping one block, and the valid (and land) ground of every density zone.
 
     With ``terrain`` (the earlier composite's store) also the polygons' terrain sums
-    (:func:`rtsflow.graph.rts_terrain.block_terrain`).
+    (:func:`rtsflow.graph.rts_terrain.block_terrain`); with ``reference`` (cube, variable: its
+    reference DEM) the land under the voids (:func:`rtsflow.graph.densities.ground_area`).
     """
     win = grid.block_window(*block)
     store = GridStore(features, grid=grid, domain=domain)
@@ -106,8 +108,11 @@ def zonal_block(block: tuple[int, int], *, features: str, grid: Grid, domain: Wi
     sums, maxima = block_sums(polygons, ddem, sigma, water, quality, grid=grid, window=win, halo=halo)
     inner = (slice(halo, -halo), slice(halo, -halo))
     ddem, water, quality = (None if a is None else a[inner] for a in (ddem, water, quality))
-    valid = {d.label: valid_area(ddem, quality, water, window=win, grid=grid, regions=d.regions,
-                                 cell_size=d.cell_size) for d in densities}  # fmt: skip
+    ref = None
+    if reference is not None and densities:
+        ref = GridStore(reference[0], grid=grid, domain=domain).read(reference[1], win)
+    valid = {d.label: ground_area(ddem, quality, water, ref, window=win, grid=grid, regions=d.regions,
+                                  cell_size=d.cell_size) for d in densities}  # fmt: skip
     out = {"rows": polygons["_row"].to_numpy(), "sums": sums, "maxima": maxima, "valid": valid,
            "n_valid": len(polygons)}  # fmt: skip
     if terrain is not None:
@@ -136,7 +141,7 @@ def polygons_stage(*, key: str, probability: Path, grid: Grid, domain: Window, b
 
 def zonal_stage(*, key: str, polygons: gpd.GeoDataFrame, features: Path, grid: Grid, domain: Window,
                 blocks: Sequence[tuple[int, int]], densities: Sequence[DensitySpec],
-                terrain: Path | None = None) -> Stage:  # fmt: skip
+                terrain: Path | None = None, reference: tuple[Any, str] | None = None) -> Stage:  # fmt: skip
     """Zonal sums per block; each job carries only the polygons that overlap its block or reach it with their
     stable ring (``_row``: their index)."""
     tree = polygons.sindex
@@ -148,7 +153,7 @@ def zonal_stage(*, key: str, polygons: gpd.GeoDataFrame, features: Path, grid: G
         jobs.append(BlockJob(b, args={"polygons": polygons.iloc[hit]}))
     return Stage(name="zonal", key=key, function=zonal_block, jobs=jobs, resume=False,
                  params=dict(features=str(features), grid=grid, domain=domain, densities=list(densities),
-                             terrain=str(terrain) if terrain is not None else None),
+                             terrain=str(terrain) if terrain is not None else None, reference=reference),
                  upstream=[Upstream("features", key)])  # fmt: skip
 
 
@@ -203,6 +208,7 @@ def reduce_pair(
     carbon=None,
     terrain: Path | None = None,
     grow_outlines: OutlineGrowth | None = None,
+    reference: tuple[Any, str] | None = None,
     progress: bool = False,
 ) -> tuple[gpd.GeoDataFrame | None, dict[str, gpd.GeoDataFrame], list[str]]:
     """Polygons, mass wasting, filters and densities of one pair (two stages of one task per block each).
@@ -211,7 +217,9 @@ def reduce_pair(
     With ``terrain`` (the earlier composite's store) each RTS also gets its elevation, slope, aspect and
     distance to water (:func:`rtsflow.graph.rts_terrain.rts_terrain`). With ``carbon`` (a
     :class:`rtsflow.carbon.CarbonModel`) every RTS and density zone also gets the soil organic carbon
-    it mobilised; RTS are named by the ``sites`` density zone holding them (``site``).
+    it mobilised; RTS are named by the ``sites`` density zone holding them (``site``). With
+    ``reference`` (the cube and its reference DEM variable) the densities also carry the land under
+    voids and the void-filled volume (:mod:`rtsflow.graph.densities`).
     """
     blocks = sorted(blocks)
     poly_stage = polygons_stage(key=key, probability=probability, grid=grid, domain=domain, blocks=blocks,
@@ -222,7 +230,7 @@ def reduce_pair(
     polygons = polygons_from_mask([out.results[block_name(b)]["pieces"] for b in blocks], grid=grid)
     polygons = polygons.assign(_row=np.arange(len(polygons)))
     zonal = zonal_stage(key=key, polygons=polygons, features=features, grid=grid, domain=domain, blocks=blocks,
-                        densities=densities, terrain=terrain)  # fmt: skip
+                        densities=densities, terrain=terrain, reference=reference)  # fmt: skip
     out = run_stage(client, run, zonal, progress=progress)
     if not out.complete:
         return None, {}, out.failed + out.blocked
