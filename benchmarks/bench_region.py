@@ -96,6 +96,8 @@ def main() -> None:
     p.add_argument("--size-km", type=float, default=80.0)
     p.add_argument("--obs-per-winter", type=int, default=4)
     p.add_argument("--blocks", type=int, default=2, help="The cube is this many 4096² blocks a side.")
+    p.add_argument("--grow-outlines", action="store_true",
+                   help="Then run again with grow_outlines on and print its cost against the default run.")
     args = p.parse_args()
     print_header("region (rtsflow run, real-size blocks)")
     root = args.root.resolve()
@@ -122,16 +124,33 @@ def main() -> None:
         sh("ingest-reference", str(region / "reference_dem.tif"), "--cube", str(cube))
     print(f"prepared {len(products)} products, cube {cube} ({args.blocks}² blocks of {b}² px) in "
           f"{time.perf_counter() - t0:.0f} s", flush=True)  # fmt: skip
-    run = root / "run"
-    config = {"name": "region-2x2", "output": str(run), "cube": str(cube), "pairs": [[2010, 2016]],
+    config = {"name": "region-2x2", "output": str(root / "run"), "cube": str(cube), "pairs": [[2010, 2016]],
               "model": str(args.model.resolve()), "reference": "reference_dem", "coregister": True,
               "inference": {"halo": 32}, "densities": {"cell_size": [10000]},
               "truth": {"path": str(region / "truth" / "slumps.parquet"),
                         "where": "winter_start == 2010 and winter_end == 2016"}}  # fmt: skip
-    (root / "run.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    first = measure_run(root, config, name="run")
+    if args.grow_outlines:  # the same run with outlines grown (run config grow_outlines): its cost as a ratio
+        print("# the same run with grow_outlines: true (polygons read probability + ddem_norm with a halo)")
+        run = root / "run_grow"
+        grown = measure_run(root, {**config, "output": str(run), "grow_outlines": True}, name="run_grow")
+        print(f"grow_outlines / default: wall {grown['wall'] / first['wall']:.2f}, polygons stage "
+              f"{grown['stages']['polygons'] / first['stages']['polygons']:.2f} "
+              f"({first['stages']['polygons']:.0f} → {grown['stages']['polygons']:.0f} s), zonal "
+              f"{grown['stages']['zonal'] / first['stages']['zonal']:.2f}, peak RSS per worker "
+              f"{grown['worker_peak'] / first['worker_peak']:.2f} ({first['worker_peak'] / 2**30:.2f} → "
+              f"{grown['worker_peak'] / 2**30:.2f} GiB), RTS kept {first['n_rts']} → {grown['n_rts']}, "
+              f"detection F1 {first['f1']:.3f} → {grown['f1']:.3f}, pixel IoU {first['iou']:.3f} → "
+              f"{grown['iou']:.3f}")  # fmt: skip
+
+
+def measure_run(root: Path, config: dict, *, name: str) -> dict:
+    """``rtsflow run --force`` on ``config`` with the RSS of its process tree sampled; print and return figures."""
+    run = Path(config["output"])
+    (root / f"{name}.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     t0 = time.perf_counter()
-    proc = subprocess.Popen([*EXE, "run", str(root / "run.yaml"), "--force"], stdout=subprocess.PIPE,
+    proc = subprocess.Popen([*EXE, "run", str(root / f"{name}.yaml"), "--force"], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, env=env)  # fmt: skip
     with TreeSampler(proc.pid, run / "dask-spill") as s:
         for line in proc.stdout:
@@ -144,16 +163,23 @@ def main() -> None:
     print()
     print(f"rtsflow run: {wall:.0f} s wall on {psutil.cpu_count()} cores")
     print(f"peak RSS of the whole run (all processes at once): {s.peak_total / 2**30:.2f} GiB")
-    for pid, (rss, name) in sorted(s.peak.items(), key=lambda kv: -kv[1][0])[:4]:
-        print(f"  peak RSS {rss / 2**30:5.2f} GiB  pid {pid}  {name}")
+    top = sorted(s.peak.items(), key=lambda kv: -kv[1][0])
+    for pid, (rss, pname) in top[:4]:
+        print(f"  peak RSS {rss / 2**30:5.2f} GiB  pid {pid}  {pname}")
     print(f"peak spill on disk: {s.peak_spill / 2**30:.2f} GiB")
     timings = (run / "timings.csv").read_text().strip().splitlines()[1:]
     print("stage timings (s): " + "; ".join(f"{t.split(',')[1]} {float(t.split(',')[2]):.0f}" for t in timings))
+    stages: dict[str, float] = {}
+    for t in timings:
+        stages[t.split(",")[1]] = stages.get(t.split(",")[1], 0.0) + float(t.split(",")[2])
     summary = json.loads((run / "summary_2010_2016.json").read_text())
     m = summary.get("metrics", {})
     print(f"RTS kept: {summary['n_rts']} of {summary['n_polygons']} polygons; detection F1 "
-          f"{m.get('detection_f1', float('nan')):.3f} (model {args.model})")
-
+          f"{m.get('detection_f1', float('nan')):.3f}, pixel IoU {m.get('pixel_iou', float('nan')):.3f} "
+          f"(model {config['model']})")  # fmt: skip
+    workers = [rss for pid, (rss, _) in s.peak.items() if pid != proc.pid] or [0]  # children: nannies, workers
+    return {"wall": wall, "stages": stages, "worker_peak": max(workers), "n_rts": summary["n_rts"],
+            "f1": m.get("detection_f1", float("nan")), "iou": m.get("pixel_iou", float("nan"))}  # fmt: skip
 
 if __name__ == "__main__":
     main()

@@ -419,6 +419,12 @@ def run_demo(
         f"volume:   {summary['volume_m3']:.0f} ± {summary['volume_sigma_m3']:.0f} m³ = "
         f"{summary['volume_m3'] / years:.0f} m³/yr = {summary['volume_change_rate_m3_per_yr_km2']:.0f} m³/yr/km²"
     )
+    if summary.get("volume_void_filled_m3") is not None:
+        print(
+            f"          void-filled over {summary['land_area_km2']:.1f} km² of land (the density carried under "
+            f"the quality mask): {summary['volume_void_filled_m3']:.0f} ± "
+            f"{summary['volume_void_filled_sigma_m3']:.0f} m³"
+        )
     if "carbon_kg" in summary:
         print(
             f"carbon:   {summary['carbon_kg'] / 1e3:.0f} ± {summary['carbon_sigma_kg'] / 1e3:.0f} t C mobilised = "

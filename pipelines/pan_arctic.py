@@ -38,6 +38,8 @@ def run_regions(
                 "volume_sigma_m3": s["volume_sigma_m3"],
                 "volume_change_rate_m3_per_yr_km2": s["volume_change_rate_m3_per_yr_km2"],
                 "area_density_m2_per_km2": s["area_density_m2_per_km2"],
+                "land_area_km2": s.get("land_area_km2"), "volume_void_filled_m3": s.get("volume_void_filled_m3"),
+                "volume_void_filled_sigma_m3": s.get("volume_void_filled_sigma_m3"),
                 "detection_f1": s.get("metrics", {}).get("detection_f1"),
             })  # fmt: skip
     table = pd.DataFrame(rows)
@@ -46,7 +48,12 @@ def run_regions(
         total = {"region": "all", "pair": "", "status": "done", "n_rts": int(done.n_rts.sum()),
                  "valid_area_km2": done.valid_area_km2.sum(), "area_m2": done.area_m2.sum(),
                  "volume_m3": done.volume_m3.sum(),
-                 "volume_sigma_m3": float((done.volume_sigma_m3**2).sum() ** 0.5)}  # fmt: skip
+                 "volume_sigma_m3": float((done.volume_sigma_m3**2).sum() ** 0.5),
+                 # NaN (min_count) where a region has no reference DEM: its land is not known.
+                 "land_area_km2": done.land_area_km2.astype(float).sum(min_count=len(done)),
+                 "volume_void_filled_m3": done.volume_void_filled_m3.astype(float).sum(min_count=len(done)),
+                 "volume_void_filled_sigma_m3": float((done.volume_void_filled_sigma_m3.astype(float) ** 2)
+                                                      .sum(min_count=len(done)) ** 0.5)}  # fmt: skip
         table = pd.concat([table, pd.DataFrame([total])], ignore_index=True)
     table.to_csv(out / "summary.csv", index=False)
     from rtsflow.report import _md_table

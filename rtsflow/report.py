@@ -173,6 +173,10 @@ def write_report(run: str | Path, *, pair: str, iterations: str | Path | None = 
         ("volume-change density", f"{summary['volume_change_rate_m3_per_yr_km2']:.1f} m³/yr/km²"),
         ("RTS area density", f"{summary['area_density_m2_per_km2']:.1f} m²/km²"),
     ]
+    if summary.get("volume_void_filled_m3") is not None:  # with a reference DEM (rtsflow.graph.densities)
+        rows += [("land (valid and under the quality mask)", f"{summary['land_area_km2']:.1f} km²"),
+                 ("void-filled volume change", f"{summary['volume_void_filled_m3']:.0f} ± "
+                                               f"{summary['volume_void_filled_sigma_m3']:.0f} m³ over {years:g} yr")]
     if "carbon_kg" in summary:
         rows += [
             ("soil organic carbon mobilised",

@@ -87,6 +87,12 @@ def test_demo_end_to_end_meets_the_accuracy_targets_and_resumes(demo_run):
     assert float(m.group(1)) == pytest.approx(recorded["detection_f1"], abs=0.01), recorded
     assert float(m.group(2)) == pytest.approx(recorded["pixel_iou"], abs=0.01), recorded
     assert re.search(r"RTS:\s+\d+ found", r.stdout) and "m³/yr/km²" in r.stdout
+    # With the cube's reference DEM the land under the quality mask is known: the void-filled volume is printed
+    # and is the volume scaled by land / valid ground.
+    summary = json.loads((out / "run" / "summary_2010_2016.json").read_text())
+    assert summary["land_area_km2"] > summary["valid_area_km2"] and "void-filled over" in r.stdout
+    scale = summary["land_area_km2"] / summary["valid_area_km2"]
+    assert summary["volume_void_filled_m3"] == pytest.approx(summary["volume_m3"] * scale, rel=1e-6)
     report = out / "run" / "report" / "report_2010_2016.md"
     assert report.exists() and str(report) in r.stdout
     # A second run reuses the model and every finished block.

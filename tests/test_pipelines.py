@@ -428,6 +428,9 @@ def test_pan_arctic_runs_regions_on_one_client_and_reports_failures(setup, refer
     assert list(table.region) == ["test", "no-2013", "all"]
     assert table.status.iloc[0] == "done" and table.status.iloc[1].startswith("failed")
     assert table.n_rts.iloc[2] == reference.pairs["2010_2016"]["n_rts"]
+    # No reference DEM in this run: the land under voids is unknown, and so is the void-filled total.
+    assert reference.pairs["2010_2016"]["volume_void_filled_m3"] is None
+    assert np.isnan(float(table.volume_void_filled_m3.iloc[2]))
     assert (tmp_path / "summary" / "summary.csv").exists()
 
 
