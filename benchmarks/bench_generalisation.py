@@ -134,7 +134,7 @@ class SceneResult:
     outline: dict | None = None
 
 
-def run_scene(root: Path, config, model: Path, *, client, grow_outlines: bool = False) -> SceneResult:
+def run_scene(root: Path, config, model: Path, *, client, grow_outlines: bool = True) -> SceneResult:
     """Synthesise + ingest + ``run_region``; the run's summary, polygons, truth and the dDEM path over the truth."""
     import geopandas as gpd
 
@@ -364,8 +364,9 @@ def main() -> None:
                     help="Leave one terrain out: per held-out terrain, train the default model's recipe "
                          "(pipelines.demo) without that terrain's regions, from scratch; evaluate it.")  # fmt: skip
     ap.add_argument("--epochs", type=int, help="Override the recipe's epochs (with --train).")
-    ap.add_argument("--grow-outlines", action="store_true",
-                    help="Runs grow detections into the significant loss around them (run config grow_outlines).")
+    ap.add_argument("--grow-outlines", action=argparse.BooleanOptionalAction, default=True,
+                    help="Runs grow detections into the significant loss around them (run config grow_outlines, "
+                         "the default); --no-grow-outlines: the outlines as the model draws them.")
     ap.add_argument("--rescore", action="store_true",
                     help="Score the scenes' existing runs under --root again (e.g. new filters); run nothing.")
     args = ap.parse_args()

@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from dataclasses import asdict, dataclass, replace
@@ -321,10 +322,13 @@ def _train(out: Path, features: list[Path], labels: list[Path], key: dict, *, tr
     return model
 
 
-def _record_demo_scene(model: Path, *, seed: int, size_km: float, metrics: dict) -> None:
-    """Keep the demo scene's scores in the model's record: what the shipped model must reproduce (a test checks)."""
+def _record_demo_scene(model: Path, *, seed: int, size_km: float, metrics: dict, grow_outlines=None) -> None:
+    """Keep the demo scene's scores in the model's record: what the shipped model must reproduce (a test checks),
+    with the outline growth they were scored with (``None``: the outlines as drawn)."""
     keys = ("detection_f1", "detection_precision", "detection_recall", "pixel_iou", "n_reference", "n_predicted")
-    _add_to_training_record(model, demo_scene={"seed": seed, "size_km": size_km} | {k: metrics[k] for k in keys})
+    growth = dataclasses.asdict(grow_outlines) if grow_outlines is not None else None
+    _add_to_training_record(model, demo_scene={"seed": seed, "size_km": size_km, "grow_outlines": growth}
+                            | {k: metrics[k] for k in keys})  # fmt: skip
 
 
 def run_demo(
@@ -401,7 +405,7 @@ def run_demo(
     summary = result.pairs[f"{pair[0]}_{pair[1]}"]
     m = summary.get("metrics", {})
     if retrained and m:
-        _record_demo_scene(model, seed=seed, size_km=size_km, metrics=m)
+        _record_demo_scene(model, seed=seed, size_km=size_km, metrics=m, grow_outlines=run_config.grow_outlines)
     years = summary["years"]
     say("done")
     print()

@@ -535,7 +535,7 @@ def _length_or_auto(value: str, param) -> float | str:
 @click.option("--min-dh", type=float, default=2.0, show_default=True, help="Smallest max |dh| kept (m).")
 @click.option("--min-volume-snr", type=float, help="Smallest |volume| / σ(volume) kept (default: no such rule).")
 @click.option("--max-volume", type=float, help="Largest net volume change kept (m³; 0: net losses only).")
-@click.option("--grow-outlines", is_flag=True,
+@click.option("--grow-outlines/--no-grow-outlines", default=True, show_default=True,
               help="Grow detections of at least 1 000 m² into the loss ≤ −2σ around them, up to 50 px "
                    "(rtsflow.kernels.grow; a run config's grow_outlines sets each value).")  # fmt: skip
 @click.option(

@@ -17,8 +17,8 @@ shipped with rtsflow, ``rtsflow/models/default``)::
     inference: {halo: 64, batch_size: auto, precision: auto, device: auto, dtype: uint8, compile: false}
     threshold: 0.5
     filters: {min_area_m2: 1000, max_water_fraction: 0.5, max_quality_fraction: 0.5, min_max_abs_dh_m: 2}
-    grow_outlines: {k_sigma: 2, max_steps: 50, min_seed_m2: 1000}  # detections grow into the loss ≤ −kσ around
-                                     # them (rtsflow.kernels.grow); null (the default): outlines as the model draws
+    grow_outlines: {k_sigma: 2, max_steps: 50, min_seed_m2: 1000}  # (the default) detections grow into the loss
+                                     # ≤ −kσ around them (rtsflow.kernels.grow); false: outlines as the model draws
     correlation_length: auto         # DEM-error variogram fitted per pair on stable terrain; or a length (m)
     densities: {cell_size: [10000], sites: sites.gpkg, site_name: name}
     truth: {path: truth.parquet, where: "winter_start == 2010", min_coverage: 0.5}
@@ -120,7 +120,7 @@ class RunConfig:
     inference: Inference = field(default_factory=Inference)
     threshold: float = 0.5
     filters: FilterConfig = field(default_factory=FilterConfig)
-    grow_outlines: OutlineGrowth | None = None
+    grow_outlines: OutlineGrowth | None = field(default_factory=OutlineGrowth)
     correlation_length: float | str = "auto"
     densities: Densities = field(default_factory=Densities)
     truth: Truth | None = None
@@ -281,7 +281,9 @@ def parse_config(doc: Any, *, base: str | Path = ".", source: str = "run config"
         raise ConfigError(f"{source}: threshold: expected a probability in (0, 1), got {kw['threshold']}")
     if "filters" in doc:
         kw["filters"] = _typed(FilterConfig, doc["filters"], f"{source}: filters")
-    if doc.get("grow_outlines") not in (None, False):
+    if doc.get("grow_outlines", True) in (None, False):  # false / null: the outlines as the model draws them
+        kw["grow_outlines"] = None
+    elif "grow_outlines" in doc:
         g = doc["grow_outlines"]
         try:
             kw["grow_outlines"] = _typed(OutlineGrowth, {} if g is True else g, f"{source}: grow_outlines")

@@ -11,7 +11,7 @@ from rtsflow.graph.chunks import chunk_windows
 from rtsflow.graph.masswasting import measure
 from rtsflow.graph.polygons import grown_detections, vectorize
 from rtsflow.grid import Grid
-from rtsflow.kernels.grow import OutlineGrowth
+from rtsflow.kernels.grow import DEFAULT_GROWTH, OutlineGrowth
 from rtsflow.postprocess import DEFAULT_FILTERS, FilterConfig, apply_filters
 
 __all__ = ["detect_rts", "probability_on_grid"]
@@ -57,7 +57,7 @@ def detect_rts(
     correlation_length: float | str = "auto",
     carbon=None,
     dem: xr.DataArray | None = None,
-    grow_outlines: OutlineGrowth | None = None,
+    grow_outlines: OutlineGrowth | None = DEFAULT_GROWTH,
 ) -> Delayed:
     """Threshold, vectorise and stitch, measure mass wasting, and apply the post-processing filters.
 
@@ -77,7 +77,8 @@ def detect_rts(
         A :class:`rtsflow.carbon.CarbonModel`: add the carbon each RTS mobilised (``carbon_kg`` ± σ).
     grow_outlines
         Grow each detected region into the significant loss around it before tracing
-        (:class:`rtsflow.kernels.grow.OutlineGrowth`; needs ``ddem_norm`` in ``features``).
+        (:class:`rtsflow.kernels.grow.OutlineGrowth`, the default as in runs; needs ``ddem_norm``
+        in ``features``); ``None``: the outlines as the model (or a mask) draws them.
 
     Returns
     -------
@@ -85,6 +86,9 @@ def detect_rts(
         A GeoDataFrame of every polygon, with ``kept`` and ``filter_reason``.
     """
     if grow_outlines is not None:
+        if "ddem_norm" not in features:
+            raise ValueError("detect_rts: grow_outlines needs 'ddem_norm' in features (the dDEM in σ); "
+                             "pass grow_outlines=None for the outlines as drawn")  # fmt: skip
         probability = grown_detections(probability, features["ddem_norm"], grid=grid, threshold=threshold,
                                        growth=grow_outlines)  # fmt: skip
         threshold = None

@@ -56,6 +56,7 @@ def test_synth_rejects_bad_winters(tmp_path):
 def test_demo_end_to_end_meets_the_accuracy_targets_and_resumes(demo_run):
     """The main job as the README runs it: the shipped default model on the test region, F1 >= 0.75 vs the truth,
     and the scores recorded with the model when it was shipped."""
+    import dataclasses
     import json
     import re
 
@@ -63,6 +64,7 @@ def test_demo_end_to_end_meets_the_accuracy_targets_and_resumes(demo_run):
 
     from pipelines.demo import SHIPPED_MODEL
     from rtsflow.io.probability import open_probability
+    from rtsflow.kernels.grow import DEFAULT_GROWTH
 
     out, r = demo_run
     # What a user sees: the dashboard link once, progress of every long step, and no warning at all.
@@ -84,6 +86,8 @@ def test_demo_end_to_end_meets_the_accuracy_targets_and_resumes(demo_run):
     # The model reproduces the demo-scene scores recorded when it was trained (`make default-model`).
     recorded = record["training"]["demo_scene"]
     assert recorded["seed"] == 0 and recorded["size_km"] == 5.0
+    # ... scored with the outline growth runs use by default.
+    assert recorded["grow_outlines"] == dataclasses.asdict(DEFAULT_GROWTH)
     assert float(m.group(1)) == pytest.approx(recorded["detection_f1"], abs=0.01), recorded
     assert float(m.group(2)) == pytest.approx(recorded["pixel_iou"], abs=0.01), recorded
     assert re.search(r"RTS:\s+\d+ found", r.stdout) and "m³/yr/km²" in r.stdout
@@ -201,6 +205,7 @@ def test_features_reduce_evaluate_cli(tmp_path):
         str(rts),
         "--cell-size",
         "1000",
+        "--no-grow-outlines",  # the true outlines as drawn (scored against the truth below)
     )
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "rts_densities_cells_1000m.parquet").exists()
@@ -211,8 +216,9 @@ def test_features_reduce_evaluate_cli(tmp_path):
     r = run("reduce", str(feats), "--probability", str(region / "truth" / "rts_mask_2010_2016.tif"), "--out",
             str(tmp_path / "other.parquet"), "--correlation-length", "long")  # fmt: skip
     assert r.returncode == 2 and "expected 'auto' or a length > 0 (m), got 'long'" in r.stderr
+    # Outlines grown (the default): the truth mask grows into the loss around it.
     r = run("reduce", str(feats), "--probability", str(region / "truth" / "rts_mask_2010_2016.tif"), "--out",
-            str(tmp_path / "grown.parquet"), "--grow-outlines")  # fmt: skip
+            str(tmp_path / "grown.parquet"))  # fmt: skip
     assert r.returncode == 0, r.stderr
     grown = gpd.read_parquet(tmp_path / "grown.parquet")
     assert grown.area.sum() >= got.area.sum() and len(grown) <= len(got)

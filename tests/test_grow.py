@@ -62,8 +62,10 @@ def test_growth_does_not_depend_on_chunks(chunk):
 def test_grow_outlines_in_a_run_config_is_checked(tmp_path):
     (tmp_path / "c.zarr").mkdir()
     doc = {"cube": str(tmp_path / "c.zarr"), "pairs": [[2010, 2016]]}
-    assert parse_config(doc, base=tmp_path).grow_outlines is None
+    assert parse_config(doc, base=tmp_path).grow_outlines == OutlineGrowth()  # on by default
     assert parse_config({**doc, "grow_outlines": True}, base=tmp_path).grow_outlines == OutlineGrowth()
+    assert parse_config({**doc, "grow_outlines": False}, base=tmp_path).grow_outlines is None
+    assert parse_config({**doc, "grow_outlines": None}, base=tmp_path).grow_outlines is None
     with pytest.raises(ConfigError, match=r"grow_outlines\.max_steps"):
         parse_config({**doc, "grow_outlines": {"max_steps": 0}}, base=tmp_path)
     with pytest.raises(ConfigError, match=r"grow_outlines.*k_sigmaa"):

@@ -93,7 +93,8 @@ def scene():
                            attrs={"years": float(EPOCHS[e1] - EPOCHS[e0]), "earlier": EPOCHS[e0],
                                   "later": EPOCHS[e1]})  # fmt: skip
         rts = detect_rts(_da(mask, "mask"), feats, grid=GRID, threshold=None, dem=_da(dems[e0], "dem"),
-                         filters=FilterConfig(min_max_abs_dh_m=None)).compute(scheduler="threads")  # fmt: skip
+                         filters=FilterConfig(min_max_abs_dh_m=None),
+                         grow_outlines=None).compute(scheduler="threads")  # the true outlines, as drawn  # fmt: skip
         periods.append(Period(key=key, start=EPOCHS[e0], end=EPOCHS[e1], rts=rts[rts.kept]))
         truth_volume[key] = float(((surfaces[e1] - surfaces[e0]) * area)[mask].sum())
     return {"slumps": slumps, "periods": periods, "truth_volume": truth_volume,

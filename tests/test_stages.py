@@ -337,30 +337,31 @@ def test_observations_covering_parts_of_the_region_equal_the_lazy_graph(tmp_path
     assert np.isfinite(store["ddem"].values).mean() > 0.2
 
 
-def test_grown_outlines_equal_the_lazy_api_and_only_grow(region, model, run, lazy, tmp_path):
+def test_outlines_as_drawn_equal_the_lazy_api_and_lie_inside_the_grown_ones(region, model, run, lazy, tmp_path):
+    """Runs grow outlines by default; ``grow_outlines: false`` keeps the model's. Both equal the lazy API on
+    other chunks than the stages' 128-px blocks, and growth only adds ground to regions that pass the area rule."""
     from rtsflow.kernels.grow import OutlineGrowth
 
-    growth = OutlineGrowth(k_sigma=2.0, max_steps=50, min_seed_m2=1000.0)
-    out = tmp_path / "grown"
-    config = parse_config({**region["doc"], "output": str(out), "grow_outlines": {"k_sigma": 2, "max_steps": 50}},
-                          base=region["root"])  # fmt: skip
-    assert config.grow_outlines == growth
+    assert run["config"].grow_outlines == OutlineGrowth(k_sigma=2.0, max_steps=50, min_seed_m2=1000.0)
+    out = tmp_path / "plain"
+    config = parse_config({**region["doc"], "output": str(out), "grow_outlines": False}, base=region["root"])
+    assert config.grow_outlines is None
     with _cluster() as lc, Client(lc) as client:
         run_region(config, client=client, progress=False)
-    grown = gpd.read_parquet(out / f"rts_{KEY}.parquet")
-    plain = gpd.read_parquet(run["out"] / f"rts_{KEY}.parquet")
+    plain = gpd.read_parquet(out / f"rts_{KEY}.parquet")
+    grown = gpd.read_parquet(run["out"] / f"rts_{KEY}.parquet")
     # Growth adds loss to regions that pass the area rule: every plain polygon of that size lies inside a grown one.
     big = plain[plain.area_nominal_m2 >= 1000]
     assert grown.area.sum() > plain.area.sum() + 10_000  # (an untrained model: a few % more here)
     inside = gpd.sjoin(big.assign(geometry=big.representative_point()), grown, predicate="within")
     assert inside.index.nunique() == len(big)
     assert len(grown) <= len(plain)
-    # The lazy API, on other chunks than the stages' 128-px blocks, traces and measures the same polygons.
     feats = open_features(out / f"features_{KEY}.zarr")
     prob = open_probability(out / f"probability_{KEY}.zarr")
     dem = lazy[1]["dem"].sel(winter=PAIR[0])
-    rts = detect_rts(prob.chunk(96), feats.chunk(96), grid=GRID, carbon=CarbonModel(), dem=dem,
-                     grow_outlines=growth).compute(scheduler="threads")  # fmt: skip
-    assert list(grown.geometry.to_wkb()) == list(rts.geometry.to_wkb())
-    cols = [c for c in rts.columns if c not in ("geometry", "blocks")]
-    pd.testing.assert_frame_equal(pd.DataFrame(grown[cols]), pd.DataFrame(rts[cols]))
+    for expected, growth in ((plain, None), (grown, OutlineGrowth())):
+        rts = detect_rts(prob.chunk(96), feats.chunk(96), grid=GRID, carbon=CarbonModel(), dem=dem,
+                         grow_outlines=growth).compute(scheduler="threads")  # fmt: skip
+        assert list(expected.geometry.to_wkb()) == list(rts.geometry.to_wkb())
+        cols = [c for c in rts.columns if c not in ("geometry", "blocks")]
+        pd.testing.assert_frame_equal(pd.DataFrame(expected[cols]), pd.DataFrame(rts[cols]))

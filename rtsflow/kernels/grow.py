@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["OutlineGrowth", "grow_detections", "growth_halo_px"]
+__all__ = ["DEFAULT_GROWTH", "OutlineGrowth", "grow_detections", "growth_halo_px"]
 
 _FOUR = ndimage.generate_binary_structure(2, 1)
 
@@ -50,6 +50,9 @@ class OutlineGrowth:
 
     def min_seed_px(self, *, resolution: float) -> int:
         return max(1, int(np.ceil(self.min_seed_m2 / resolution**2)))
+
+
+DEFAULT_GROWTH = OutlineGrowth()  # what runs, ``rtsflow reduce`` and ``detect_rts`` use unless told otherwise
 
 
 def growth_halo_px(growth: OutlineGrowth, *, resolution: float) -> int:

@@ -28,7 +28,7 @@ from rtsflow.graph.polygons import _block_pieces, grown_block, polygons_from_mas
 from rtsflow.graph.rts_terrain import assemble_terrain, block_terrain
 from rtsflow.grid import Grid, Window
 from rtsflow.io.blocks import GridStore
-from rtsflow.kernels.grow import OutlineGrowth, growth_halo_px
+from rtsflow.kernels.grow import DEFAULT_GROWTH, OutlineGrowth, growth_halo_px
 from rtsflow.kernels.local_reference import ring_halo_px
 from rtsflow.kernels.rts_terrain import TERRAIN_FIELDS, WATER_SEARCH_PX
 from rtsflow.kernels.zonal import MAX_FIELDS, ZONAL_FIELDS
@@ -207,7 +207,7 @@ def reduce_pair(
     period: tuple[int, int],
     carbon=None,
     terrain: Path | None = None,
-    grow_outlines: OutlineGrowth | None = None,
+    grow_outlines: OutlineGrowth | None = DEFAULT_GROWTH,
     reference: tuple[Any, str] | None = None,
     progress: bool = False,
 ) -> tuple[gpd.GeoDataFrame | None, dict[str, gpd.GeoDataFrame], list[str]]:
