@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipelines.region import run_region
+from pipelines.region import VOID_FILLED, run_region
 from rtsflow.config import RunConfig
 
 __all__ = ["run_regions"]
@@ -38,8 +38,7 @@ def run_regions(
                 "volume_sigma_m3": s["volume_sigma_m3"],
                 "volume_change_rate_m3_per_yr_km2": s["volume_change_rate_m3_per_yr_km2"],
                 "area_density_m2_per_km2": s["area_density_m2_per_km2"],
-                "land_area_km2": s.get("land_area_km2"), "volume_void_filled_m3": s.get("volume_void_filled_m3"),
-                "volume_void_filled_sigma_m3": s.get("volume_void_filled_sigma_m3"),
+                **{k: s.get(k) for k in VOID_FILLED},
                 "detection_f1": s.get("metrics", {}).get("detection_f1"),
             })  # fmt: skip
     table = pd.DataFrame(rows)

@@ -566,7 +566,7 @@ def reduce_cmd(features_path, probability, out, threshold, min_area, max_water, 
     from rtsflow.graph.densities import regional_densities
     from rtsflow.io.features import open_features
     from rtsflow.io.vectors import run_metadata, write_vectors
-    from rtsflow.kernels.grow import OutlineGrowth
+    from rtsflow.kernels.grow import DEFAULT_GROWTH
     from rtsflow.postprocess import FilterConfig
     from rtsflow.reduce import detect_rts, probability_on_grid
 
@@ -576,7 +576,7 @@ def reduce_cmd(features_path, probability, out, threshold, min_area, max_water, 
     filters = FilterConfig(min_area_m2=min_area, max_water_fraction=max_water, max_quality_fraction=max_quality,
                            min_max_abs_dh_m=min_dh, min_volume_snr=min_volume_snr,
                            max_volume_m3=max_volume)  # fmt: skip
-    growth = OutlineGrowth() if grow_outlines else None
+    growth = DEFAULT_GROWTH if grow_outlines else None
     meta = run_metadata(command="reduce", features=str(features_path), probability=str(probability),
                         threshold=threshold, filters=filters.__dict__, correlation_length=correlation_length,
                         model_sha256=feats.attrs.get("model_sha256"),

@@ -45,7 +45,7 @@ from typing import Any
 import yaml
 
 from rtsflow.carbon import CarbonError, CarbonModel, profile_from_doc
-from rtsflow.kernels.grow import OutlineGrowth
+from rtsflow.kernels.grow import DEFAULT_GROWTH, OutlineGrowth
 from rtsflow.postprocess import FilterConfig
 
 __all__ = ["ConfigError", "Densities", "Inference", "RunConfig", "Truth", "Workers", "load_config", "parse_config"]
@@ -120,7 +120,7 @@ class RunConfig:
     inference: Inference = field(default_factory=Inference)
     threshold: float = 0.5
     filters: FilterConfig = field(default_factory=FilterConfig)
-    grow_outlines: OutlineGrowth | None = field(default_factory=OutlineGrowth)
+    grow_outlines: OutlineGrowth | None = DEFAULT_GROWTH
     correlation_length: float | str = "auto"
     densities: Densities = field(default_factory=Densities)
     truth: Truth | None = None
