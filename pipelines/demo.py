@@ -71,10 +71,11 @@ class RealisticRecipe:
     a handful of draws (399 or 45 validation tiles of 37 regions, by seed). Apart,
     each region draws its own cells.
 
-    ``arts_slopes``: slumps on the slopes of the ARTS inventory's RTS (the scenes of the
-    generalisation benchmark, :func:`pipelines.scenes.realistic`) instead of on any
-    0.5–30° hillslope of the terrain (the shipped model's regions: a wider range than
-    real slumps take, gentle on the analytic hills and steep on the mountain DEMs).
+    ``arts_slopes``: slumps on the slopes of the ARTS inventory's RTS (as in the scenes of
+    the generalisation benchmark, :func:`pipelines.scenes.realistic`; the default since the
+    model shipped on 2026-12-05, ``5c856bf7…``) instead of on any 0.5–30° hillslope of the
+    terrain (the models shipped before: a wider range than real slumps take, gentle on the
+    analytic hills and steep on the mountain DEMs).
     """
 
     terrains: tuple[str, ...] = tuple(TERRAINS)
@@ -84,7 +85,7 @@ class RealisticRecipe:
     seed: int = 3000
     hard_negative_labels: bool = False
     spacing_km: float = 10.0
-    arts_slopes: bool = False
+    arts_slopes: bool = True
 
     def scenes(self) -> list[tuple[str, SynthConfig]]:
         """(name, SynthConfig) of every region, in a fixed order."""
@@ -97,7 +98,7 @@ class RealisticRecipe:
                                     slump_slopes=slopes)  # fmt: skip
                 out.append((f"{terrain}_{r}", config))
             for r in range(self.negatives_per_terrain):
-                # No slumps: where they would sit is moot, and "any" keeps the region the shipped model's.
+                # No slumps: where they would sit is moot, and "any" keeps the regions of the models before.
                 config = randomised(seed=self.seed + 100 * t + 50 + r, size_km=self.size_km, terrain=terrain,
                                     slumps=False, slump_slopes="any")  # fmt: skip
                 out.append((f"{terrain}_negatives_{r}", config))
@@ -322,12 +323,17 @@ def _train(out: Path, features: list[Path], labels: list[Path], key: dict, *, tr
     return model
 
 
-def _record_demo_scene(model: Path, *, seed: int, size_km: float, metrics: dict, grow_outlines=None) -> None:
+def _record_demo_scene(model: Path, *, seed: int, size_km: float, metrics: dict, grow_outlines=None,
+                       filters=None) -> None:  # fmt: skip
     """Keep the demo scene's scores in the model's record: what the shipped model must reproduce (a test checks),
-    with the outline growth they were scored with (``None``: the outlines as drawn)."""
+    with the outline growth (``None``: the outlines as drawn) and the post-processing filters they were scored
+    with (``None``: the library's defaults)."""
+    from rtsflow.postprocess import DEFAULT_FILTERS
+
     keys = ("detection_f1", "detection_precision", "detection_recall", "pixel_iou", "n_reference", "n_predicted")
     growth = dataclasses.asdict(grow_outlines) if grow_outlines is not None else None
-    _add_to_training_record(model, demo_scene={"seed": seed, "size_km": size_km, "grow_outlines": growth}
+    _add_to_training_record(model, demo_scene={"seed": seed, "size_km": size_km, "grow_outlines": growth,
+                                               "filters": dataclasses.asdict(filters or DEFAULT_FILTERS)}
                             | {k: metrics[k] for k in keys})  # fmt: skip
 
 
@@ -405,7 +411,8 @@ def run_demo(
     summary = result.pairs[f"{pair[0]}_{pair[1]}"]
     m = summary.get("metrics", {})
     if retrained and m:
-        _record_demo_scene(model, seed=seed, size_km=size_km, metrics=m, grow_outlines=run_config.grow_outlines)
+        _record_demo_scene(model, seed=seed, size_km=size_km, metrics=m, grow_outlines=run_config.grow_outlines,
+                           filters=run_config.filters)  # fmt: skip
     years = summary["years"]
     say("done")
     print()

@@ -535,6 +535,8 @@ def _length_or_auto(value: str, param) -> float | str:
 @click.option("--min-dh", type=float, default=2.0, show_default=True, help="Smallest max |dh| kept (m).")
 @click.option("--min-volume-snr", type=float, help="Smallest |volume| / σ(volume) kept (default: no such rule).")
 @click.option("--max-volume", type=float, help="Largest net volume change kept (m³; 0: net losses only).")
+@click.option("--min-circularity", type=float, default=0.2, show_default=True,
+              help="Least 4π·area/perimeter² kept: drops bank strips and ragged ice (0: no such rule).")
 @click.option("--grow-outlines/--no-grow-outlines", default=True, show_default=True,
               help="Grow detections of at least 1 000 m² into the loss ≤ −2σ around them, up to 50 px "
                    "(rtsflow.kernels.grow; a run config's grow_outlines sets each value).")  # fmt: skip
@@ -555,8 +557,8 @@ def _length_or_auto(value: str, param) -> float | str:
 @click.option("--site-name", default="name", show_default=True)
 @click.option("--cluster", default="local", show_default=True, help=CLUSTER_HELP)
 def reduce_cmd(features_path, probability, out, threshold, min_area, max_water, max_quality, min_dh,
-               min_volume_snr, max_volume, grow_outlines, correlation_length, cell_size, sites, site_name,
-               cluster) -> None:  # fmt: skip
+               min_volume_snr, max_volume, min_circularity, grow_outlines, correlation_length, cell_size, sites,
+               site_name, cluster) -> None:  # fmt: skip
     """Probability + features → RTS polygons with volume change ± σ, filters and regional densities."""
     import dask
     import geopandas as gpd
@@ -575,7 +577,7 @@ def reduce_cmd(features_path, probability, out, threshold, min_area, max_water, 
     prob = probability_on_grid(probability, like=feats["ddem"], grid=grid)
     filters = FilterConfig(min_area_m2=min_area, max_water_fraction=max_water, max_quality_fraction=max_quality,
                            min_max_abs_dh_m=min_dh, min_volume_snr=min_volume_snr,
-                           max_volume_m3=max_volume)  # fmt: skip
+                           max_volume_m3=max_volume, min_circularity=min_circularity or None)  # fmt: skip
     growth = DEFAULT_GROWTH if grow_outlines else None
     meta = run_metadata(command="reduce", features=str(features_path), probability=str(probability),
                         threshold=threshold, filters=filters.__dict__, correlation_length=correlation_length,

@@ -65,6 +65,7 @@ def test_demo_end_to_end_meets_the_accuracy_targets_and_resumes(demo_run):
     from pipelines.demo import SHIPPED_MODEL
     from rtsflow.io.probability import open_probability
     from rtsflow.kernels.grow import DEFAULT_GROWTH
+    from rtsflow.postprocess import DEFAULT_FILTERS
 
     out, r = demo_run
     # What a user sees: the dashboard link once, progress of every long step, and no warning at all.
@@ -88,6 +89,7 @@ def test_demo_end_to_end_meets_the_accuracy_targets_and_resumes(demo_run):
     assert recorded["seed"] == 0 and recorded["size_km"] == 5.0
     # ... scored with the outline growth runs use by default.
     assert recorded["grow_outlines"] == dataclasses.asdict(DEFAULT_GROWTH)
+    assert recorded["filters"] == dataclasses.asdict(DEFAULT_FILTERS)  # ... and the default filters
     assert float(m.group(1)) == pytest.approx(recorded["detection_f1"], abs=0.01), recorded
     assert float(m.group(2)) == pytest.approx(recorded["pixel_iou"], abs=0.01), recorded
     assert re.search(r"RTS:\s+\d+ found", r.stdout) and "m³/yr/km²" in r.stdout

@@ -1,13 +1,12 @@
 """Runs that survive: config validation, resume after a killed run, a killed worker, a failing block, SLURM.
 
 One small synthetic region is ingested into a cube on a grid with 64-px blocks
-(so a 2.5 km region spans 4-5 blocks a side), a tiny model is trained on it, and
+(so a 2.5 km region spans 4-5 blocks a side), the shipped model maps it, and
 an uninterrupted LocalCluster run is the reference every other run must equal.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import shutil
 import signal
@@ -40,12 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    from pipelines.train import run_training
-    from rtsflow.graph.features import pair_features
     from rtsflow.ingest import ingest, ingest_mask
-    from rtsflow.io.cube import open_cube
-    from rtsflow.io.features import write_features
-    from rtsflow.model.train import DEMO_CONFIG
     from rtsflow.synth.generator import SynthConfig, synthesize
 
     root = tmp_path_factory.mktemp("pipeline")
@@ -54,18 +48,12 @@ def setup(tmp_path_factory):
     cube = root / "cube.zarr"
     ingest(region.products, cube=cube, grid=SMALL_GRID, scheduler="threads")
     ingest_mask(region.truth_rasters["water"], cube=cube, scheduler="threads")
-    ds = open_cube(cube)
-    feats, _ = pair_features(ds, grid=SMALL_GRID, earlier=2010, later=2016, water=ds["water"])
-    write_features(feats, root / "train_features.zarr", grid=SMALL_GRID)
     truth = gpd.read_parquet(region.truth_slumps)
     truth[(truth.winter_start == 2010) & (truth.winter_end == 2016)].to_parquet(root / "truth.parquet")
-    # Two epochs of 3 batches: both checkpoints are noise (validation IoU 0.03). By the object score the first,
-    # which calls half the ground a slump, can win and leave the error model no stable terrain; these tests are
-    # about the pipeline, so the lower-loss tie-break of pixel IoU keeps the quieter one, as before.
-    tiny = dataclasses.replace(DEMO_CONFIG, tile=64, epochs=2, steps_per_epoch=3, batch_size=4, split_size=128,
-                               select_by="pixel_iou")  # fmt: skip
-    run_training(features=[root / "train_features.zarr"], labels=[root / "truth.parquet"], out=root / "model",
-                 config=tiny, progress=False)  # fmt: skip
+    # The shipped model (no training: a tiny model trained here was noise whose checkpoint, and with it whether
+    # the error model found stable terrain, hung on the process's floating-point state; these tests are about the
+    # pipeline). Copied, so that the run's config names a model of its own.
+    shutil.copytree(DEFAULT_MODEL, root / "model")
     doc = {"name": "test", "cube": str(cube), "pairs": [[2010, 2016]], "model": str(root / "model"),
            "reference": None, "coregister": False,  # co-registration is covered by tests/test_features.py
            "truth": {"path": str(root / "truth.parquet"), "min_coverage": 0.9}, "inference": {"halo": 32},

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import dask.array as da
 import geopandas as gpd
 import numpy as np
@@ -10,6 +12,7 @@ import pytest
 import rasterio.features
 import rasterio.mask
 import shapely
+import shapely.affinity
 import xarray as xr
 from scipy import ndimage
 
@@ -240,7 +243,7 @@ def test_filters_keep_an_audit_trail():
         "area_m2": [5200, 950, 5200, 5200, 5200],
         "water_fraction": [0.0, 0.0, 0.6, 0.0, 0.0],
         "quality_fraction": [0.1, 0.0, 0.0, 0.7, 0.0],
-        "max_abs_dh_m": [5.0, 3.0, 4.0, 4.0, 1.5],
+        "max_abs_dh_m": [5.0, 3.0, 4.0, 4.0, 1.5], "circularity": [0.5] * 5,
     })  # fmt: skip
     out = apply_filters(gpd.GeoDataFrame(t, geometry=[shapely.Point(0, 0)] * 5))
     assert out.kept.tolist() == [True, False, False, False, False]
@@ -255,7 +258,7 @@ def test_significance_and_net_loss_filters():
     """|V| < k·σ and net gains are dropped only when asked for, each with its reason."""
     t = pd.DataFrame({
         "area_nominal_m2": [5000.0] * 4, "area_m2": [5000.0] * 4, "water_fraction": [0.0] * 4,
-        "quality_fraction": [0.0] * 4, "max_abs_dh_m": [5.0] * 4,
+        "quality_fraction": [0.0] * 4, "max_abs_dh_m": [5.0] * 4, "circularity": [0.5] * 4,
         "volume_m3": [-3000.0, -300.0, 2500.0, np.nan], "volume_sigma_m3": [500.0, 200.0, 400.0, 100.0],
     })  # fmt: skip
     frame = gpd.GeoDataFrame(t, geometry=[shapely.Point(0, 0)] * 4)
@@ -263,6 +266,39 @@ def test_significance_and_net_loss_filters():
     out = apply_filters(frame, config=FilterConfig(min_volume_snr=2.0, max_volume_m3=0.0))
     assert out.kept.tolist() == [True, False, False, False]
     assert out.filter_reason.tolist() == ["", "|volume| < 2 σ", "volume > 0 m³", "|volume| < 2 σ; volume > 0 m³"]
+
+
+def test_circularity_rule_keeps_every_real_slump_and_drops_bank_strips(ellesmere):
+    """The default least circularity (0.2) is below every real RTS as our pipeline traces it on the 10 m grid:
+    Maier et al.'s 279 reference outlines and their UNet++ detections that hit one; a strip of bank erosion
+    (400 × 20 m, the generator's bank confounders are 200–800 m long) and a frayed ice-margin piece are dropped."""
+    ref, pred, window = ellesmere
+    shape_only = FilterConfig(min_area_m2=None, max_water_fraction=None, max_quality_fraction=None,
+                              min_max_abs_dh_m=None)  # fmt: skip
+    assert shape_only.min_circularity == 0.2  # the default
+    transform = GRID.transform(window)
+    for outlines in (ref.geometry, pred.geometry[pred.intersects(ref.union_all())]):
+        mask = rasterio.features.rasterize(outlines, out_shape=window.shape, transform=transform)
+        traced = vectorize(_as_array(mask, window, 512), grid=GRID, threshold=None).compute(scheduler="sync")
+        assert len(traced) > 150
+        assert traced.circularity.min() >= 0.2
+        assert apply_filters(traced, config=shape_only).kept.all()
+    cx, cy = transform @ (window.width / 2, window.height / 2)
+    strip = shapely.affinity.rotate(shapely.box(cx - 200, cy - 10, cx + 200, cy + 10), 30)
+    frayed = shapely.union_all([shapely.box(cx - 300 + 60 * i, cy + 300, cx - 270 + 60 * i, cy + 420)
+                                for i in range(6)] + [shapely.box(cx - 300, cy + 280, cx + 30, cy + 300)])  # fmt: skip
+    lobe = shapely.Point(cx + 400, cy - 400).buffer(45)  # a 0.6 ha slump
+    mask = rasterio.features.rasterize([strip, frayed, lobe], out_shape=window.shape, transform=transform)
+    traced = vectorize(_as_array(mask, window, 512), grid=GRID, threshold=None).compute(scheduler="sync")
+    out = apply_filters(traced, config=shape_only).sort_values("circularity")
+    assert len(out) == 3
+    assert out.kept.tolist() == [False, False, True]
+    assert out.filter_reason.tolist()[:2] == ["circularity < 0.2"] * 2
+    assert apply_filters(traced, config=replace(shape_only, min_circularity=None)).kept.all()
+    # Nothing found: the same columns, so the rule has a column to read.
+    none = vectorize(_as_array(np.zeros_like(mask), window, 512), grid=GRID, threshold=None).compute(scheduler="sync")
+    assert set(traced.columns) == set(none.columns)
+    assert len(apply_filters(none, config=shape_only)) == 0
 
 
 def test_correlated_uncertainty_is_calibrated():

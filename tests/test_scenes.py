@@ -124,13 +124,15 @@ def test_a_region_written_before_a_setting_existed_is_reused_while_the_setting_i
     assert [p.stat().st_mtime_ns for p in moved.products] != stamp
 
 
-def test_benchmark_scenes_put_slumps_on_real_slopes_and_the_shipped_recipe_keeps_its_regions():
+def test_benchmark_scenes_and_the_shipped_recipe_put_slumps_on_real_slopes():
     assert realistic(seed=100, size_km=5.0, terrain="analytic").slump_slopes == "arts"
-    assert {c.slump_slopes for _, c in RealisticRecipe().scenes()} == {"any"}  # the shipped model's regions
-    assert "arts_slopes" not in training_key(0)["realistic"]
-    key = training_key(0, realistic=RealisticRecipe(arts_slopes=True))
-    assert key["realistic"]["arts_slopes"] is True
+    key = training_key(0)
+    assert key["realistic"]["arts_slopes"] is True  # the shipped model's recipe (5c856bf7…)
     regions = _training_regions(key)[1:]
     assert {c.slump_slopes for name, c in regions if "negatives" not in name} == {"arts"}
-    # RTS-free regions have no slumps to place: they stay the shipped recipe's regions.
+    # RTS-free regions have no slumps to place: they stay the earlier recipe's regions.
     assert {c.slump_slopes for name, c in regions if "negatives" in name} == {"any"}
+    # The recipe of the models shipped before (slumps on any hillslope) keeps their key: the field is left out.
+    before = training_key(0, realistic=RealisticRecipe(arts_slopes=False))
+    assert "arts_slopes" not in before["realistic"]
+    assert {c.slump_slopes for _, c in RealisticRecipe(arts_slopes=False).scenes()} == {"any"}

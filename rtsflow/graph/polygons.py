@@ -61,8 +61,13 @@ def polygons_from_mask(pieces: list[BlockPieces], *, grid: Grid) -> gpd.GeoDataF
     """Stitch per-block pieces into a GeoDataFrame with stable ids, blocks, centroids and shape metrics."""
     merged = stitch(pieces)
     if not merged:
+        # The same columns as a frame with polygons: filters and readers need not special-case "none found".
+        numbers = ("centroid_x", "centroid_y", "lon", "lat", "grid_area_m2", "perimeter_m", "circularity", "solidity")
         return gpd.GeoDataFrame(
-            {"rts_id": pd.Series(dtype="int64"), "blocks": pd.Series(dtype=object)}, geometry=[], crs=GRID_CRS
+            {"rts_id": pd.Series(dtype="int64"), "blocks": pd.Series(dtype=object)}
+            | {name: pd.Series(dtype="float64") for name in numbers},
+            geometry=[],
+            crs=GRID_CRS,
         )
     # Canonical form: no collinear vertices (unions leave some along block seams), normalised order,
     # so a polygon is the same object however the raster was split.
