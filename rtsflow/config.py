@@ -16,7 +16,8 @@ shipped with rtsflow, ``rtsflow/models/default``)::
     model: models/rts-unetpp         # checkpoint directory (default: the shipped model)
     inference: {halo: 64, batch_size: auto, precision: auto, device: auto, dtype: uint8, compile: false}
     threshold: 0.5
-    filters: {min_area_m2: 1000, max_water_fraction: 0.5, max_quality_fraction: 0.5, min_max_abs_dh_m: 2}
+    filters: {min_area_m2: 1000, max_water_fraction: 0.5, max_quality_fraction: 0.5, min_max_abs_dh_m: 2,
+              min_circularity: 0.2}
     grow_outlines: {k_sigma: 2, max_steps: 50, min_seed_m2: 1000}  # (the default) detections grow into the loss
                                      # ≤ −kσ around them (rtsflow.kernels.grow); false: outlines as the model draws
     correlation_length: auto         # DEM-error variogram fitted per pair on stable terrain; or a length (m)
@@ -159,7 +160,9 @@ def _typed(cls, doc: Any, where: str):
             continue
         v = doc[f.name]
         default = getattr(cls(**{}), f.name) if _all_defaults(cls) else None
-        if isinstance(default, bool):
+        if v is None and "None" in str(f.type):  # an optional setting switched off (e.g. a filter rule)
+            ok = True
+        elif isinstance(default, bool):
             ok = isinstance(v, bool)
         elif isinstance(default, int | float) and not isinstance(default, bool):
             ok = isinstance(v, int | float) and not isinstance(v, bool)
@@ -179,6 +182,7 @@ def _typed(cls, doc: Any, where: str):
             ok = True
         if not ok:
             expected = "a number or null" if default is None else type(default).__name__
+            expected += " or null" if "None" in str(f.type) and default is not None else ""
             raise ConfigError(f"{where}.{f.name}: expected {expected}, got {v!r}")
         out[f.name] = v
     return cls(**out)

@@ -155,6 +155,12 @@ def test_config_errors_name_the_key(setup, tmp_path):
         parse_config({**doc, "filters": {"min_volume_snr": "2 sigma"}})
     optional = parse_config({**doc, "filters": {"min_volume_snr": 2, "max_volume_m3": 0}}).filters
     assert (optional.min_volume_snr, optional.max_volume_m3) == (2.0, 0.0)  # numbers, not text
+    # Rules on by default are switched off by null; anything else but a number is named.
+    assert parse_config(doc).filters.min_circularity == 0.2
+    off = parse_config({**doc, "filters": {"min_circularity": None, "min_area_m2": None}}).filters
+    assert (off.min_circularity, off.min_area_m2, off.max_water_fraction) == (None, None, 0.5)
+    with pytest.raises(ConfigError, match=r"filters\.min_circularity: expected float or null, got 'round'"):
+        parse_config({**doc, "filters": {"min_circularity": "round"}})
     with pytest.raises(ConfigError, match=r"truth\.min_coverage: expected a share between 0 and 1, got 1\.5"):
         parse_config({**doc, "truth": {**doc["truth"], "min_coverage": 1.5}})
     with pytest.raises(ConfigError, match=r"model: .* does not exist"):
