@@ -160,7 +160,8 @@ def _typed(cls, doc: Any, where: str):
             continue
         v = doc[f.name]
         default = getattr(cls(**{}), f.name) if _all_defaults(cls) else None
-        if v is None and "None" in str(f.type):  # an optional setting switched off (e.g. a filter rule)
+        optional = "None" in str(f.type)  # e.g. `float | None`: null switches the setting off (a filter rule)
+        if v is None and optional:
             ok = True
         elif isinstance(default, bool):
             ok = isinstance(v, bool)
@@ -182,7 +183,7 @@ def _typed(cls, doc: Any, where: str):
             ok = True
         if not ok:
             expected = "a number or null" if default is None else type(default).__name__
-            expected += " or null" if "None" in str(f.type) and default is not None else ""
+            expected += " or null" if optional and default is not None else ""
             raise ConfigError(f"{where}.{f.name}: expected {expected}, got {v!r}")
         out[f.name] = v
     return cls(**out)

@@ -7,7 +7,6 @@ from functools import partial
 import dask
 import geopandas as gpd
 import numpy as np
-import pandas as pd
 import shapely
 import xarray as xr
 from dask.delayed import Delayed
@@ -60,21 +59,12 @@ def _block_pieces(values: np.ndarray, *, threshold: float | None, transform, blo
 def polygons_from_mask(pieces: list[BlockPieces], *, grid: Grid) -> gpd.GeoDataFrame:
     """Stitch per-block pieces into a GeoDataFrame with stable ids, blocks, centroids and shape metrics."""
     merged = stitch(pieces)
-    if not merged:
-        # The same columns as a frame with polygons: filters and readers need not special-case "none found".
-        numbers = ("centroid_x", "centroid_y", "lon", "lat", "grid_area_m2", "perimeter_m", "circularity", "solidity")
-        return gpd.GeoDataFrame(
-            {"rts_id": pd.Series(dtype="int64"), "blocks": pd.Series(dtype=object)}
-            | {name: pd.Series(dtype="float64") for name in numbers},
-            geometry=[],
-            crs=GRID_CRS,
-        )
     # Canonical form: no collinear vertices (unions leave some along block seams), normalised order,
     # so a polygon is the same object however the raster was split.
     geoms = gpd.GeoSeries(shapely.normalize(shapely.simplify([g for g, _ in merged], 0.0)), crs=GRID_CRS)
     centroid = geoms.centroid
     # A stable id: the global flat index of the polygon's first pixel (north-west-most, row-major).
-    first = np.array([_first_pixel(g, grid) for g in geoms])
+    first = np.array([_first_pixel(g, grid) for g in geoms], dtype=np.int64).reshape(-1, 2)  # (0, 2): none found
     rts_id = first[:, 0] * grid.n_pixels + first[:, 1]
     to_lonlat = Transformer.from_crs(GRID_CRS, "EPSG:4326", always_xy=True)
     lon, lat = to_lonlat.transform(centroid.x.to_numpy(), centroid.y.to_numpy())  # arrays: no float(Series)
@@ -84,7 +74,7 @@ def polygons_from_mask(pieces: list[BlockPieces], *, grid: Grid) -> gpd.GeoDataF
     gdf = gpd.GeoDataFrame(
         {
             "rts_id": rts_id.astype(np.int64),
-            "blocks": [";".join(f"{r}_{c}" for r, c in b) for _, b in merged],
+            "blocks": np.array([";".join(f"{r}_{c}" for r, c in b) for _, b in merged], dtype=object),
             "centroid_x": centroid.x.to_numpy(),
             "centroid_y": centroid.y.to_numpy(),
             "lon": lon,
