@@ -437,7 +437,7 @@ def scene_of(args, *, terrain: str, t: int, k: int, slumps: bool) -> tuple[objec
     for the analytic terrain, ``negatives_<terrain>``); the others add ``_<k>``.
     """
     seed = args.seed + (0 if slumps else 10) + t + 3 * k
-    config = realistic(seed=seed, size_km=args.size_km, terrain=terrain, slumps=slumps)
+    config = realistic(seed=seed, size_km=args.size_km, terrain=terrain, slumps=slumps, terrain_part="bench")
     name = f"test_{terrain}" if slumps else ("negatives" if terrain == "analytic" else f"negatives_{terrain}")
     return config, args.root / (name if k == 0 else f"{name}_{k}")
 

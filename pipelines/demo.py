@@ -44,7 +44,7 @@ MODEL_TRAIN_CONFIG = replace(DEMO_CONFIG, epochs=60, steps_per_epoch=40, restart
 
 
 #: RealisticRecipe fields added after models were shipped with it (in the recipe's key only when set).
-_ADDED_AFTER_SHIPPING = ("hard_negative_labels", "spacing_km", "arts_slopes")
+_ADDED_AFTER_SHIPPING = ("hard_negative_labels", "spacing_km", "arts_slopes", "terrain_windows")
 
 
 @dataclass(frozen=True)
@@ -76,6 +76,12 @@ class RealisticRecipe:
     model shipped on 2026-12-05, ``5c856bf7…``) instead of on any 0.5–30° hillslope of the
     terrain (the models shipped before: a wider range than real slumps take, gentle on the
     analytic hills and steep on the mountain DEMs).
+
+    ``terrain_windows``: each region on its own part of a real DEM, mirrored and turned
+    (:func:`pipelines.scenes.terrain_window`, part ``"train"``: Longyearbyen's west part,
+    while the benchmark's scenes lie on its east part) instead of every region on the DEM's
+    centre as it lies (one 5 × 5 km patch of Longyearbyen's 26.6 × 19.7 km, which the
+    benchmark's scenes before 2026-12-05 16:30 UTC showed too).
     """
 
     terrains: tuple[str, ...] = tuple(TERRAINS)
@@ -86,21 +92,23 @@ class RealisticRecipe:
     hard_negative_labels: bool = False
     spacing_km: float = 10.0
     arts_slopes: bool = True
+    terrain_windows: bool = False
 
     def scenes(self) -> list[tuple[str, SynthConfig]]:
         """(name, SynthConfig) of every region, in a fixed order."""
         out = []
         slopes = "arts" if self.arts_slopes else "any"
+        part = "train" if self.terrain_windows else None
         for terrain in self.terrains:
             t = list(TERRAINS).index(terrain)
             for r in range(self.per_terrain):
                 config = randomised(seed=self.seed + 100 * t + r, size_km=self.size_km, terrain=terrain,
-                                    slump_slopes=slopes)  # fmt: skip
+                                    slump_slopes=slopes, terrain_part=part)  # fmt: skip
                 out.append((f"{terrain}_{r}", config))
             for r in range(self.negatives_per_terrain):
                 # No slumps: where they would sit is moot, and "any" keeps the regions of the models before.
                 config = randomised(seed=self.seed + 100 * t + 50 + r, size_km=self.size_km, terrain=terrain,
-                                    slumps=False, slump_slopes="any")  # fmt: skip
+                                    slumps=False, slump_slopes="any", terrain_part=part)  # fmt: skip
                 out.append((f"{terrain}_negatives_{r}", config))
         if self.spacing_km:
             places = self._places(len(out))

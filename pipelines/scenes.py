@@ -13,7 +13,8 @@ from pathlib import Path
 
 from rtsflow.synth.generator import SynthConfig
 
-__all__ = ["DATA", "OUTLINES", "TERRAINS", "WINTER_COHERENCE", "randomised", "realistic", "terrain_path"]
+__all__ = ["DATA", "OUTLINES", "PART_GAP_KM", "TERRAINS", "WINTER_COHERENCE", "randomised", "realistic",
+           "terrain_path", "terrain_window"]  # fmt: skip
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 #: Terrain name → DEM (None: the analytic generator).
@@ -41,8 +42,64 @@ def terrain_path(terrain: str) -> Path | None:
     return path
 
 
+#: Gap (km) between the footprints of the two parts of a real DEM (:func:`terrain_window`).
+PART_GAP_KM = 1.0
+
+
+def _dem_extent_km(path: Path) -> tuple[float, float]:
+    """(width, height) of a DEM in km (a metric CRS: the terrains of :data:`TERRAINS`)."""
+    import rasterio
+
+    with rasterio.open(path) as src:
+        if not src.crs.is_projected:
+            raise ValueError(f"terrain DEM {path}: parts need a metric CRS, got {src.crs}")
+        factor = src.crs.linear_units_factor[1]
+        return src.width * abs(src.res[0]) * factor / 1000.0, src.height * abs(src.res[1]) * factor / 1000.0
+
+
+def terrain_window(*, terrain: str, part: str | None, size_km: float, seed: int) -> dict:
+    """Where on its terrain's DEM a region lies (:class:`SynthConfig` fields ``terrain_*``), drawn from ``seed``.
+
+    A DEM at least two regions wide (plus :data:`PART_GAP_KM`) is split at its centre line:
+    ``part="bench"`` puts regions on its east part, ``"train"`` on its west part, each region
+    wholly on the DEM and the two parts' footprints :data:`PART_GAP_KM` apart, so the
+    benchmark's scenes share no ground with the training regions (Longyearbyen: 26.6 × 19.7 km).
+    Training regions are also mirrored and turned by random quarter turns (domain
+    randomisation: a hillside turned is still a hillside); benchmark scenes lie as the DEM does.
+    A smaller DEM (St Helens' crater, 3.0 × 4.4 km) fills every region with itself and its
+    mirror images: ``"bench"`` keeps it as it lies at the centre (as every scene before
+    2026-12-05 16:30 UTC did), ``"train"`` only mirrors and turns it. ``part=None`` or the
+    analytic terrain: no fields (the DEM's centre as it lies).
+    """
+    import numpy as np
+
+    if part not in (None, "bench", "train"):
+        raise ValueError(f"part must be None, 'bench' or 'train', got {part!r}")
+    path = terrain_path(terrain)
+    if part is None or path is None:
+        return {}
+    rng = np.random.default_rng((seed, 3413))
+    width, height = _dem_extent_km(path)
+    out = {}
+    lo, hi = PART_GAP_KM / 2.0 + size_km / 2.0, width / 2.0 - size_km / 2.0
+    if lo <= hi and height >= size_km:  # room for a part on each side
+        x = float(rng.uniform(lo, hi))
+        y = float(rng.uniform(-(height - size_km) / 2.0, (height - size_km) / 2.0))
+        out["terrain_offset_km"] = (round(x if part == "bench" else -x, 3), round(y, 3))
+    if part == "train":
+        out["terrain_turns"] = int(rng.integers(4))
+        out["terrain_flip"] = bool(rng.random() < 0.5)
+    return out
+
+
 def realistic(
-    *, seed: int, size_km: float, terrain: str, slumps: bool = True, slump_slopes: str = "arts"
+    *,
+    seed: int,
+    size_km: float,
+    terrain: str,
+    slumps: bool = True,
+    slump_slopes: str = "arts",
+    terrain_part: str | None = None,
 ) -> SynthConfig:
     """A SynthConfig with every realism switch on (values: rtsflow.synth.errors / confounders docstrings).
 
@@ -50,6 +107,8 @@ def realistic(
     ``slump_slopes``: ``"arts"`` puts slumps on the slopes of the ARTS inventory's RTS
     (median 7.9°), ``"any"`` on whatever 0.5–30° slope the terrain has at a random point
     (the scenes before 2026-12-05 07:30 UTC and the shipped model's training regions).
+    ``terrain_part``: the part of a real DEM the scene lies on (:func:`terrain_window`;
+    ``None``: its centre, as the scenes and training regions before 2026-12-05 16:30 UTC).
     """
     for p in OUTLINES:
         if not p.exists():
@@ -69,11 +128,18 @@ def realistic(
         slump_density=1.5 if slumps else 0.0,
         winter_coherence=WINTER_COHERENCE,
         slump_slopes=slump_slopes,
+        **terrain_window(terrain=terrain, part=terrain_part, size_km=size_km, seed=seed),
     )
 
 
 def randomised(
-    *, seed: int, size_km: float, terrain: str, slumps: bool = True, slump_slopes: str = "arts"
+    *,
+    seed: int,
+    size_km: float,
+    terrain: str,
+    slumps: bool = True,
+    slump_slopes: str = "arts",
+    terrain_part: str | None = None,
 ) -> SynthConfig:
     """A training region with its realism drawn at random (domain randomisation, issue #12 part 2).
 
@@ -82,12 +148,13 @@ def randomised(
     up to 1–4 px, 0.5–3 hard negatives and 1–2.5 slump sites per km², 3- or 6-year
     periods, winter coherence 0.85–0.98 (dDEM σ over slumps ~0.8–1.4 m).
     ``slumps=False``: no slumps and 3 hard negatives per km² (an RTS-free region).
+    ``terrain_part``: as :func:`realistic` (training regions: ``"train"``).
     """
     import numpy as np
 
     rng = np.random.default_rng(seed)
     config = dataclasses.replace(
-        realistic(seed=seed, size_km=size_km, terrain=terrain, slump_slopes=slump_slopes),
+        realistic(seed=seed, size_km=size_km, terrain=terrain, slump_slopes=slump_slopes, terrain_part=terrain_part),
         winters=(2010, 2013) if rng.random() < 0.3 else (2010, 2016),
         noise_correlation_px=float(rng.uniform(1.0, 3.0)),
         blunders_per_100km2=float(rng.uniform(0.0, 40.0)),

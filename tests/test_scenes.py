@@ -136,3 +136,42 @@ def test_benchmark_scenes_and_the_shipped_recipe_put_slumps_on_real_slopes():
     before = training_key(0, realistic=RealisticRecipe(arts_slopes=False))
     assert "arts_slopes" not in before["realistic"]
     assert {c.slump_slopes for _, c in RealisticRecipe(arts_slopes=False).scenes()} == {"any"}
+
+
+def test_training_regions_and_benchmark_scenes_lie_on_separate_parts_of_a_real_dem():
+    """With ``terrain_windows`` the training regions lie on Longyearbyen's west part (mirrored and turned), the
+    benchmark's scenes on its east part: every footprint wholly on the DEM, the parts ``PART_GAP_KM`` apart."""
+    import rasterio
+
+    from pipelines.scenes import PART_GAP_KM, terrain_window
+
+    with rasterio.open(TERRAINS["longyearbyen"]) as src:
+        half_w, half_h = src.width * src.res[0] / 2000.0, src.height * src.res[1] / 2000.0
+    size = 5.0
+
+    def footprint(config):  # (x_min, x_max, y_min, y_max) on the DEM, km from its centre
+        (x, y), r = config.terrain_offset_km, config.size_km[0] / 2.0
+        return x - r, x + r, y - r, y + r
+
+    lyb = str(TERRAINS["longyearbyen"])
+    regions = [c for _, c in RealisticRecipe(terrain_windows=True).scenes() if c.terrain == lyb]
+    bench = [realistic(seed=s, size_km=size, terrain="longyearbyen", slumps=k, terrain_part="bench")
+             for s in range(100, 140) for k in (True, False)]  # fmt: skip
+    assert len({c.terrain_offset_km for c in regions}) == len(regions) == 12  # each region its own ground
+    assert len({(c.terrain_turns, c.terrain_flip) for c in regions}) > 4  # mirrored and turned at random
+    assert {(c.terrain_turns, c.terrain_flip) for c in bench} == {(0, False)}  # as the DEM lies
+    for c in regions + bench:
+        x0, x1, y0, y1 = footprint(c)
+        assert -half_w <= x0 and x1 <= half_w and -half_h <= y0 and y1 <= half_h, c.terrain_offset_km
+    assert max(footprint(c)[1] for c in regions) <= -PART_GAP_KM / 2.0
+    assert min(footprint(c)[0] for c in bench) >= PART_GAP_KM / 2.0
+    # The crater DEM is smaller than a scene: benchmark scenes stay as before, training ones are only turned.
+    assert realistic(seed=100, size_km=size, terrain="st_helens", terrain_part="bench") == realistic(
+        seed=100, size_km=size, terrain="st_helens")  # fmt: skip
+    assert terrain_window(terrain="analytic", part="train", size_km=size, seed=1) == {}
+    assert "terrain_offset_km" not in terrain_window(terrain="st_helens", part="train", size_km=size, seed=1)
+    # Off by default: the shipped model's recipe keeps its key and its regions on the DEM's centre.
+    assert "terrain_windows" not in training_key(0)["realistic"]
+    assert {c.terrain_offset_km for _, c in RealisticRecipe().scenes()} == {(0.0, 0.0)}
+    with pytest.raises(ValueError, match="part must be None, 'bench' or 'train', got 'test'"):
+        terrain_window(terrain="longyearbyen", part="test", size_km=size, seed=1)

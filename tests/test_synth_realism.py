@@ -148,6 +148,28 @@ def test_real_terrain_keeps_the_dem_and_mirrors_beyond_it():
     assert np.median(np.hypot(gx, gy)) == pytest.approx(np.median(np.hypot(gx0, gy0)), rel=0.1)
 
 
+def test_a_window_of_real_terrain_mirrored_and_turned():
+    """``offset`` names a place on the DEM (its own frame) that lands on the region's centre; flips and
+    quarter turns move every height with it, exactly (no resampling)."""
+    from rtsflow.synth.terrain import RasterTerrain
+
+    centre = np.array([-2_000_000.0, -500_000.0])
+    plain = RasterTerrain.from_dem(LONGYEARBYEN, centre=tuple(centre))
+    offset = np.array([-6_020.0, 3_140.0])
+    # Points around the place, in the DEM's frame: east/north of it by (dx, dy).
+    d = np.array([[0.0, 0.0], [400.0, 0.0], [0.0, 250.0], [-730.0, -90.0], [1_500.0, -2_200.0]])
+    expected = plain.at(*(centre + offset + d).T)
+    assert np.ptp(expected) > 20.0  # different heights: a wrong turn cannot pass by chance
+    for flip in (False, True):
+        for turns in range(4):
+            t = RasterTerrain.from_dem(LONGYEARBYEN, centre=tuple(centre), offset=tuple(offset), turns=turns,
+                                       flip=flip)  # fmt: skip
+            v = d * np.array([-1.0, 1.0]) if flip else d.copy()
+            for _ in range(turns):  # anticlockwise quarter turns: (x, y) → (−y, x)
+                v = np.stack([-v[:, 1], v[:, 0]], axis=1)
+            np.testing.assert_allclose(t.at(*(centre + v).T), expected, atol=1e-6, err_msg=f"{flip=} {turns=}")
+
+
 def test_a_region_on_real_terrain(tmp_path):
     """Slumps on real slopes, facing downhill; lakes only on flat ground; products carry the real heights."""
     import math

@@ -103,12 +103,19 @@ class SynthConfig:
         Ellesmere reference RTS carry a median per-pixel dDEM σ of 0.62 m
         (p10–p90 0.35–1.03 m, ``avg_height_error`` of
         ``../shared/data/maier2025_ellesmere``), which ~0.95 reproduces.
+    terrain_offset_km, terrain_turns, terrain_flip
+        Which part of the ``terrain`` DEM the region shows: the point ``terrain_offset_km``
+        (x, y) from the DEM's centre lands on the region's centre, after mirroring the DEM
+        left–right (``terrain_flip``) and turning it by ``terrain_turns`` quarter turns
+        anticlockwise. The default, the DEM's own centre as it lies, puts every region of a
+        terrain on the same ground; ``pipelines.scenes`` draws training regions and
+        benchmark scenes from separate parts of a DEM.
     slump_slopes
         Where slumps form (:class:`rtsflow.synth.scene.Scene`): ``"any"`` hillslope of
         0.5–30° (slumps take the terrain's slopes) or ``"arts"``: slopes drawn from the
         1 832 TanDEM-X RTS of the ARTS inventory (median 7.9°, 5–95 % 3.7–16.7°).
 
-    The realism settings (the last nine, :data:`REALISM_FIELDS`) default to the
+    The realism settings (the last twelve, :data:`REALISM_FIELDS`) default to the
     demo's world (pixel-independent noise, analytic terrain, no confounders);
     ``pipelines.scenes.realistic`` switches them all on, with the values the
     default model's realistic training regions and the generalisation benchmark
@@ -134,6 +141,9 @@ class SynthConfig:
     hard_negatives_per_km2: float = 0.0
     winter_coherence: float = 0.8
     slump_slopes: str = "any"
+    terrain_offset_km: tuple[float, float] = (0.0, 0.0)
+    terrain_turns: int = 0
+    terrain_flip: bool = False
 
     def scene(self) -> Scene:
         terrain = None
@@ -141,7 +151,13 @@ class SynthConfig:
             from rtsflow.synth.terrain import RasterTerrain
 
             left, bottom, right, top = self.grid().bounds(self.window())
-            terrain = RasterTerrain.from_dem(self.terrain, centre=((left + right) / 2, (bottom + top) / 2))
+            terrain = RasterTerrain.from_dem(
+                self.terrain,
+                centre=((left + right) / 2, (bottom + top) / 2),
+                offset=(1000.0 * self.terrain_offset_km[0], 1000.0 * self.terrain_offset_km[1]),
+                turns=self.terrain_turns,
+                flip=self.terrain_flip,
+            )
         outlines = None
         if self.outlines:
             from rtsflow.synth.outlines import load_outlines
@@ -166,7 +182,8 @@ class SynthConfig:
 
 #: Error settings added after the demo's world was fixed (in the model recipe's demo region only when changed).
 REALISM_FIELDS = ("ramp_m_per_km", "undulation_rms_m", "noise_correlation_px", "blunders_per_100km2", "terrain",
-                  "outlines", "hard_negatives_per_km2", "winter_coherence", "slump_slopes")  # fmt: skip
+                  "outlines", "hard_negatives_per_km2", "winter_coherence", "slump_slopes", "terrain_offset_km",
+                  "terrain_turns", "terrain_flip")  # fmt: skip
 
 
 @dataclass

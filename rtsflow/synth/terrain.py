@@ -1,13 +1,16 @@
 """Real terrain for synthetic scenes: a published DEM, moved to the region and tiled by mirroring.
 
 A DEM in a metric projected CRS keeps its own pixel grid; one in geographic
-coordinates is reprojected to EPSG:3413 first (bilinear, rasterio). Its centre
-is moved to the synthetic region's centre (terrain is terrain: only its shape
-matters, not where on Earth or how it is rotated against the EPSG:3413 grid),
-and it is evaluated with a cubic spline at any coordinates,
-so shifted observations and any window give the same heights. Beyond its edges
-it is mirrored (continuous heights, no cliffs), which tiles a small DEM over a
-large region. Ground at or below ``sea_level_m`` is water (fjords, coast).
+coordinates is reprojected to EPSG:3413 first (bilinear, rasterio). A chosen
+point of it (its centre, or a point ``offset`` from it) is moved to the
+synthetic region's centre, optionally mirrored and turned by quarter turns
+(terrain is terrain: only its shape matters, not where on Earth or how it is
+rotated against the EPSG:3413 grid); so a large DEM gives many different
+regions, and scenes on separate parts of one DEM share no ground. It is
+evaluated with a cubic spline at any coordinates, so shifted observations and
+any window give the same heights. Beyond its edges it is mirrored (continuous
+heights, no cliffs), which tiles a small DEM over a large region. Ground at or
+below ``sea_level_m`` is water (fjords, coast).
 """
 
 from __future__ import annotations
@@ -40,8 +43,22 @@ class RasterTerrain:
         object.__setattr__(self, "_coef", ndimage.spline_filter(self.z.astype(np.float64), order=3, mode="mirror"))
 
     @classmethod
-    def from_dem(cls, path: str | Path, *, centre: tuple[float, float], sea_level_m: float = 0.0) -> RasterTerrain:
-        """Read a DEM (any CRS rasterio knows), reproject to EPSG:3413 and centre it on ``centre`` (x, y)."""
+    def from_dem(
+        cls,
+        path: str | Path,
+        *,
+        centre: tuple[float, float],
+        sea_level_m: float = 0.0,
+        offset: tuple[float, float] = (0.0, 0.0),
+        turns: int = 0,
+        flip: bool = False,
+    ) -> RasterTerrain:
+        """Read a DEM (any CRS rasterio knows), reproject to EPSG:3413 and put it on ``centre`` (x, y).
+
+        The point ``offset`` (x, y metres, east and north in the DEM's own frame) from the
+        DEM's centre lands on ``centre``; ``flip`` mirrors the DEM left–right about that
+        point, then ``turns`` quarter turns rotate it anticlockwise (exact: no resampling).
+        """
         import rasterio
         from rasterio.warp import Resampling, calculate_default_transform, reproject
 
@@ -69,9 +86,14 @@ class RasterTerrain:
         if not valid.all():  # gaps and the empty corners of a reprojected DEM: nearest valid height
             idx = ndimage.distance_transform_edt(~valid, return_distances=False, return_indices=True)
             z = z[tuple(idx)]
+        ox, oy = offset
+        if flip:
+            z, ox = z[:, ::-1], -ox
+        for _ in range(int(turns) % 4):  # np.rot90 turns anticlockwise, with y up: (x, y) → (−y, x)
+            z, ox, oy = np.rot90(z), -oy, ox
         h, w = z.shape
-        x0 = centre[0] - w * res / 2.0
-        y0 = centre[1] + h * res / 2.0
+        x0 = centre[0] - ox - w * res / 2.0
+        y0 = centre[1] - oy + h * res / 2.0
         return cls(z=z.astype(np.float64), x0=x0, y0=y0, resolution=res, source=str(path), sea_level_m=sea_level_m)
 
     def _index(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
