@@ -4,9 +4,12 @@ Scenes (each synthesised, ingested and run through ``rtsflow run`` like a user's
 region, with the synthetic truth for evaluation):
 
 - ``--scenes`` (default 3) per *terrain*: the analytic generator, the Longyearbyen DEM (Svalbard,
-  ``../shared/data/longyearbyen``) and the Mount St Helens 2000 crater DEM
-  (``../shared/data/mount_st_helens``), each with the dDEM error of real
-  TanDEM-X slumps (``pipelines.scenes.WINTER_COHERENCE``), correlated DEM noise,
+  ``../shared/data/longyearbyen``; the scenes lie on its east part, training regions with
+  ``RealisticRecipe.terrain_windows`` on its west part: no shared ground, see
+  ``pipelines.scenes.terrain_window``; before 2026-12-05 16:00 UTC every scene and training
+  region showed the same 5 × 5 km at its centre) and the Mount St Helens 2000 crater DEM
+  (``../shared/data/mount_st_helens``, smaller than a scene: every scene shows all of it),
+  each with the dDEM error of real TanDEM-X slumps (``pipelines.scenes.WINTER_COHERENCE``), correlated DEM noise,
   unwrapping blunders, larger ramps and undulations, real RTS outlines (Maier
   Ellesmere + Taymyr TP2) and hard negatives;
 - as many RTS-free scenes full of hard negatives (gullies, bank retreat, snow drifts,

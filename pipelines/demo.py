@@ -81,7 +81,7 @@ class RealisticRecipe:
     (:func:`pipelines.scenes.terrain_window`, part ``"train"``: Longyearbyen's west part,
     while the benchmark's scenes lie on its east part) instead of every region on the DEM's
     centre as it lies (one 5 × 5 km patch of Longyearbyen's 26.6 × 19.7 km, which the
-    benchmark's scenes before 2026-12-05 16:30 UTC showed too).
+    benchmark's scenes before 2026-12-05 16:00 UTC showed too).
     """
 
     terrains: tuple[str, ...] = tuple(TERRAINS)

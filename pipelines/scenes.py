@@ -68,7 +68,7 @@ def terrain_window(*, terrain: str, part: str | None, size_km: float, seed: int)
     randomisation: a hillside turned is still a hillside); benchmark scenes lie as the DEM does.
     A smaller DEM (St Helens' crater, 3.0 × 4.4 km) fills every region with itself and its
     mirror images: ``"bench"`` keeps it as it lies at the centre (as every scene before
-    2026-12-05 16:30 UTC did), ``"train"`` only mirrors and turns it. ``part=None`` or the
+    2026-12-05 16:00 UTC did), ``"train"`` only mirrors and turns it. ``part=None`` or the
     analytic terrain: no fields (the DEM's centre as it lies).
     """
     import numpy as np
@@ -108,7 +108,7 @@ def realistic(
     (median 7.9°), ``"any"`` on whatever 0.5–30° slope the terrain has at a random point
     (the scenes before 2026-12-05 07:30 UTC and the shipped model's training regions).
     ``terrain_part``: the part of a real DEM the scene lies on (:func:`terrain_window`;
-    ``None``: its centre, as the scenes and training regions before 2026-12-05 16:30 UTC).
+    ``None``: its centre, as the scenes and training regions before 2026-12-05 16:00 UTC).
     """
     for p in OUTLINES:
         if not p.exists():
