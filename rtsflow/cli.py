@@ -57,6 +57,12 @@ def main(verbose: int) -> None:
 @click.option("--slump-density", type=float, default=1.5, show_default=True, help="Slump sites per km².")
 @click.option("--terrain", type=click.Path(exists=True, dir_okay=False), default=None,
               help="A real DEM as the ground (any CRS), e.g. ../shared/data/longyearbyen/DEM_1995.tif.")
+@click.option("--terrain-offset-km", type=float, nargs=2, default=(0.0, 0.0), show_default=True,
+              help="Which place of the --terrain DEM lies at the region's centre: X Y km east and north of "
+                   "the DEM's centre.")
+@click.option("--terrain-turns", type=click.IntRange(0, 3), default=0, show_default=True,
+              help="Quarter turns (anticlockwise) of the --terrain DEM about that place.")
+@click.option("--terrain-flip", is_flag=True, help="Mirror the --terrain DEM left-right (before the turns).")
 @click.option("--outlines", type=click.Path(exists=True, dir_okay=False), multiple=True,
               help="Vector file of real RTS polygons whose shapes slumps take (repeatable).")
 @click.option("--noise-correlation-px", type=float, default=0.0, show_default=True,
@@ -74,8 +80,8 @@ def main(verbose: int) -> None:
               help="Where slumps form: any 0.5–30° hillslope, or the slopes of the ARTS inventory's RTS "
                    "(median 7.9°).")  # fmt: skip
 def synth(out, seed, size_km, center, resolution, winters, obs_per_winter, no_summer, slump_density, terrain,
-          outlines, noise_correlation_px, blunders_per_100km2, ramp_m_per_km, undulation_rms_m,
-          hard_negatives_per_km2, winter_coherence, slump_slopes) -> None:  # fmt: skip
+          terrain_offset_km, terrain_turns, terrain_flip, outlines, noise_correlation_px, blunders_per_100km2,
+          ramp_m_per_km, undulation_rms_m, hard_negatives_per_km2, winter_coherence, slump_slopes) -> None:  # fmt: skip
     """Generate a synthetic region (products + ground truth) in OUT."""
     from rtsflow.synth.generator import SynthConfig, synthesize
 
@@ -93,6 +99,9 @@ def synth(out, seed, size_km, center, resolution, winters, obs_per_winter, no_su
         summer=not no_summer,
         slump_density=slump_density,
         terrain=str(Path(terrain).resolve()) if terrain else None,
+        terrain_offset_km=tuple(terrain_offset_km),
+        terrain_turns=terrain_turns,
+        terrain_flip=terrain_flip,
         outlines=tuple(str(Path(p).resolve()) for p in outlines) or None,
         noise_correlation_px=noise_correlation_px,
         blunders_per_100km2=blunders_per_100km2,

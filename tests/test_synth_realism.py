@@ -339,13 +339,23 @@ def test_rtsflow_synth_has_every_realism_switch(tmp_path):
                                   "--obs-per-winter", "1", "--terrain", str(LONGYEARBYEN), "--outlines",
                                   str(MAIER_REFERENCE), "--noise-correlation-px", "2", "--blunders-per-100km2", "20",
                                   "--ramp-m-per-km", "0.05", "--undulation-rms-m", "0.5",
-                                  "--hard-negatives-per-km2", "2", "--slump-slopes", "arts"])  # fmt: skip
+                                  "--hard-negatives-per-km2", "2", "--slump-slopes", "arts", "--terrain-offset-km",
+                                  "-6", "3.5", "--terrain-turns", "3", "--terrain-flip"])  # fmt: skip
     assert r.exit_code == 0, r.output
     config = json.loads((out / "region.json").read_text())["config"]
     assert config["terrain"] == str(LONGYEARBYEN.resolve()) and config["outlines"] == [str(MAIER_REFERENCE.resolve())]
     assert (config["noise_correlation_px"], config["blunders_per_100km2"], config["ramp_m_per_km"],
             config["undulation_rms_m"], config["hard_negatives_per_km2"]) == (2.0, 20.0, 0.05, 0.5, 2.0)  # fmt: skip
     assert config["slump_slopes"] == "arts"
+    assert (config["terrain_offset_km"], config["terrain_turns"], config["terrain_flip"]) == ([-6.0, 3.5], 3, True)
+    # The region shows that place of the DEM: its reference heights are the turned, mirrored DEM's there.
+    region = SynthConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in config.items()})
+    with rasterio.open(out / "reference_dem.tif") as src:
+        ref = src.read(1)
+    x, y = region.grid().coords(region.window())
+    np.testing.assert_allclose(ref, region.scene().surface(x, y, 0).astype(np.float32))
+    plain = dataclasses.replace(region, terrain_offset_km=(0.0, 0.0), terrain_turns=0, terrain_flip=False)
+    assert np.abs(ref - plain.scene().surface(x, y, 0)).mean() > 10.0  # not the DEM's centre as it lies
 
 
 ARTS_INVENTORY = DATA / "arts_bernhard2022" / "RTS_data_Inventory.csv"
