@@ -137,7 +137,7 @@ class SceneResult:
     outline: dict | None = None
 
 
-def run_scene(root: Path, config, model: Path, *, client, grow_outlines: bool = True) -> SceneResult:
+def run_scene(root: Path, config, model: Path, *, client, grow_outlines: bool = True, tta: bool = False) -> SceneResult:
     """Synthesise + ingest + ``run_region``; the run's summary, polygons, truth and the dDEM path over the truth."""
     import geopandas as gpd
 
@@ -150,7 +150,7 @@ def run_scene(root: Path, config, model: Path, *, client, grow_outlines: bool = 
     truth = gpd.read_parquet(region.truth_slumps)
     truth = truth[(truth.winter_start == pair[0]) & (truth.winter_end == pair[1])]
     doc = {"name": root.name, "output": "run", "cube": str(cube), "pairs": [list(pair)], "model": str(model),
-           "inference": {"halo": 32}, "densities": {"cell_size": [1000]}, "report": False,
+           "inference": {"halo": 32, "tta": tta}, "densities": {"cell_size": [1000]}, "report": False,
            "grow_outlines": grow_outlines}  # fmt: skip
     if len(truth):
         truth.to_parquet(root / "truth.parquet")
@@ -370,6 +370,9 @@ def main() -> None:
     ap.add_argument("--grow-outlines", action=argparse.BooleanOptionalAction, default=True,
                     help="Runs grow detections into the significant loss around them (run config grow_outlines, "
                          "the default); --no-grow-outlines: the outlines as the model draws them.")
+    ap.add_argument("--tta", action="store_true",
+                    help="Test-time augmentation: runs average each window over its 8 flips and quarter turns "
+                         "(run config inference.tta).")  # fmt: skip
     ap.add_argument("--rescore", action="store_true",
                     help="Score the scenes' existing runs under --root again (e.g. new filters); run nothing.")
     args = ap.parse_args()
@@ -377,7 +380,7 @@ def main() -> None:
     record = read_record(args.model)
     print(f"# model: {args.model} (sha256 {record['weights_sha256']})")
     print(f"# scenes: {args.size_km:g} km, realism on (pipelines/scenes.py realistic()); train: {args.train}; "
-          f"grow_outlines: {args.grow_outlines}")
+          f"grow_outlines: {args.grow_outlines}; tta: {args.tta}")
     args.root.mkdir(parents=True, exist_ok=True)
     results, models = {"scenes": {}}, {}
     t0 = time.perf_counter()
@@ -397,7 +400,7 @@ def main() -> None:
                         scenes.append(read_scene(root, pair=(config.winters[0], config.winters[-1])))
                     else:
                         scenes.append(run_scene(root, config, model, client=client,
-                                                grow_outlines=args.grow_outlines))  # fmt: skip
+                                                grow_outlines=args.grow_outlines, tta=args.tta))  # fmt: skip
                     results["scenes"][root.name] = pool(scenes[-1:])
                     if args.scenes > 1:
                         print("  " + line(root.name, results["scenes"][root.name]).replace("\n", "\n  "), flush=True)

@@ -356,7 +356,7 @@ def _run_probability(client, rd, config: RunConfig, plan: RegionPlan, pair, fpat
     stage = probability_stage(pair=tuple(pair), grid=plan.grid, domain=plan.domain, blocks=plan.blocks,
                               features=fpath, spec=spec, record=record, halo=inf.halo, batch_size=inf.batch,
                               device=inf.device, precision=inf.precision, dtype=inf.dtype, resources=resources,
-                              out=ppath, skip=sorted(empty), compile=inf.compile)  # fmt: skip
+                              out=ppath, skip=sorted(empty), compile=inf.compile, tta=inf.tta)  # fmt: skip
     _record(result, run_stage(client, rd, stage, progress=progress), say)
     return ppath if len(rd.done("probability", key)) == len(plan.blocks) else None
 

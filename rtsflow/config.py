@@ -14,7 +14,8 @@ shipped with rtsflow, ``rtsflow/models/default``)::
     coregister: true                 # co-register the later composite per block (xDEM Nuth & Kääb + ramp)
     region: {bbox: [-120.2, 72.7, -119.0, 73.1], crs: EPSG:4326}
     model: models/rts-unetpp         # checkpoint directory (default: the shipped model)
-    inference: {halo: 64, batch_size: auto, precision: auto, device: auto, dtype: uint8, compile: false}
+    inference: {halo: 64, batch_size: auto, precision: auto, device: auto, dtype: uint8, compile: false,
+                tta: false}              # tta: mean over each window's 8 flips and quarter turns (8x the work)
     threshold: 0.5
     filters: {min_area_m2: 1000, max_water_fraction: 0.5, max_quality_fraction: 0.5, min_max_abs_dh_m: 2,
               min_circularity: 0.2}
@@ -64,6 +65,7 @@ class Inference:
     device: str = "auto"
     dtype: str = "uint8"
     compile: bool = False  # torch.compile the model on each worker
+    tta: bool = False  # test-time augmentation: mean over each window's 8 flips and quarter turns (8x the work)
 
     @property
     def batch(self) -> int | None:

@@ -212,6 +212,46 @@ def test_block_window_prediction_equals_whole_map(spec):
         np.testing.assert_array_equal(part.compute(scheduler="sync").values, whole[rows, cols])
 
 
+def test_test_time_augmentation_sees_the_ground_the_same_whichever_way_it_is_turned(spec, tmp_path):
+    """``tta``: the mean over the eight flips and quarter turns of a window is equivariant (turn the input, the
+    probability turns with it), which the plain model is not; the map keeps its NaN, its range and its
+    independence from chunking, and the lazy map, one window and the block-wise stage path agree."""
+    from rtsflow.model.engine import dihedral_mean
+    from rtsflow.model.inference import _model, predict_window
+
+    model, _ = _model(spec, "cpu")
+    x = torch.from_numpy(np.stack([_features(n=160)[b].values for b in BANDS])[None]).nan_to_num()
+    with torch.inference_mode():
+
+        def forward(t):
+            return torch.sigmoid(model(t))
+
+        for turn in (lambda t: torch.rot90(t, 1, dims=(2, 3)), lambda t: torch.flip(t, dims=(3,))):
+            tta = dihedral_mean(forward, x)
+            np.testing.assert_allclose(dihedral_mean(forward, turn(x)), turn(tta), atol=1e-6)
+            assert (forward(turn(x)) - turn(forward(x))).abs().max() > 1e-3  # the plain model is not
+    maps = [predict(_features(chunk=c), spec=spec, bands=BANDS, halo=32, tile=128, tta=True)
+            .compute(scheduler="sync").values for c in (96, 384)]  # fmt: skip
+    np.testing.assert_array_equal(maps[0], maps[1])
+    plain = predict(_features(chunk=384), spec=spec, bands=BANDS, halo=32, tile=128).compute(scheduler="sync").values
+    np.testing.assert_array_equal(np.isnan(maps[0]), np.isnan(plain))
+    inside = maps[0][np.isfinite(maps[0])]
+    assert ((inside >= 0) & (inside <= 1)).all() and np.abs(inside - plain[np.isfinite(plain)]).max() > 1e-3
+    part = predict_window(_features(chunk=384), rows=slice(128, 384), cols=slice(0, 256), spec=spec, bands=BANDS,
+                          halo=32, tile=128, tta=True)  # fmt: skip
+    np.testing.assert_array_equal(part.compute(scheduler="sync").values, maps[1][128:384, 0:256])
+    assert "8 flips and quarter turns" in part.attrs["description"]
+    # A run asks for it in its config (the stage passes it to the same engine as the lazy map).
+    from rtsflow.config import ConfigError, parse_config
+
+    (tmp_path / "cube.zarr").mkdir()
+    doc = {"name": "t", "cube": "cube.zarr", "pairs": [[2010, 2016]]}
+    assert parse_config({**doc, "inference": {"tta": True}}, base=tmp_path).inference.tta is True
+    assert parse_config(doc, base=tmp_path).inference.tta is False
+    with pytest.raises(ConfigError, match=r"inference\.tta: expected bool, got 'yes'"):
+        parse_config({**doc, "inference": {"tta": "yes"}}, base=tmp_path)
+
+
 def test_halo_and_tile_are_checked():
     from rtsflow.model.inference import lattice
 

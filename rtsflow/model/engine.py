@@ -37,7 +37,7 @@ import numpy as np
 
 from rtsflow.model.normalise import BandScaling, normalise
 
-__all__ = ["InferenceEngine", "auto_batch_size", "engine_for", "resolve_device", "resolve_precision"]
+__all__ = ["InferenceEngine", "auto_batch_size", "dihedral_mean", "engine_for", "resolve_device", "resolve_precision"]
 
 #: ``fetch(row0, row1, col0, col1)`` → ``(band, row1 - row0, col1 - col0)`` float32 in global
 #: pixel indices, NaN where there is no data.
@@ -137,6 +137,9 @@ class InferenceEngine:
         Memory format of the batches; ``None``: on GPUs only.
     compile
         Wrap the model in ``torch.compile``.
+    tta
+        Test-time augmentation: each window's probability is the mean over its eight flips
+        and quarter turns (:func:`dihedral_mean`; eight times the model's work).
     prefetch
         Batches prepared ahead of the device.
     readers
@@ -155,6 +158,7 @@ class InferenceEngine:
         batch_size: int | None = None,
         channels_last: bool | None = None,
         compile: bool = False,
+        tta: bool = False,
         prefetch: int = 3,
         readers: int = 2,
     ) -> None:
@@ -178,6 +182,7 @@ class InferenceEngine:
             self.model = torch.compile(self.model)
         self.batch_size = batch_size or auto_batch_size(self.model, bands=len(self.scalings), size=self.size,
                                                         device=self.device, precision=self.precision)  # fmt: skip
+        self.tta = tta
         self.prefetch = max(1, prefetch)
         self.readers = max(1, readers)
         self._reset_buffers()
@@ -365,8 +370,10 @@ class InferenceEngine:
                 if self.channels_last:
                     xb = xb.contiguous(memory_format=torch.channels_last)
                 with torch.autocast(device_type=autocast, dtype=dtype, enabled=self.precision != "fp32"):
-                    logits = self.model(xb)
-                prob = torch.sigmoid(logits.float())[:, 0]
+                    if self.tta:
+                        prob = dihedral_mean(lambda x: torch.sigmoid(self.model(x).float()), xb)[:, 0]
+                    else:
+                        prob = torch.sigmoid(self.model(xb).float())[:, 0]
                 event = None
                 if self.cuda:
                     host = torch.empty(prob.shape, dtype=torch.float32, pin_memory=True)
@@ -378,6 +385,25 @@ class InferenceEngine:
                 self.stats["batches"] += 1
                 if not put(results, (event, prob, buf, metas)):
                     return
+
+
+def dihedral_mean(forward, x):
+    """Test-time augmentation: the mean of ``forward`` over the eight flips and quarter turns of ``x``.
+
+    ``x`` is a batch ``(n, band, h, w)`` of square windows; each output is turned back before
+    averaging, so the result is the same whichever way the ground is turned or mirrored (training
+    draws the same eight at random, ``rtsflow.model.samples.augment``).
+    """
+    import torch
+
+    total = None
+    for k in range(4):
+        for flip in (False, True):
+            t = torch.rot90(x, k, dims=(2, 3))
+            y = forward(torch.flip(t, dims=(3,)) if flip else t)
+            y = torch.rot90(torch.flip(y, dims=(3,)) if flip else y, -k, dims=(2, 3))
+            total = y if total is None else total + y
+    return total / 8.0
 
 
 _ENGINES: dict[tuple, InferenceEngine] = {}
@@ -393,17 +419,19 @@ def engine_for(
     precision: str = "auto",
     batch_size: int | None = None,
     compile: bool = False,
+    tta: bool = False,
 ) -> InferenceEngine:
     """The process's engine for a checkpoint (model loaded once per process and device, sha256 checked)."""
     from rtsflow.model.inference import _model
 
     device = resolve_device(device)
-    key = (spec.path, spec.sha256, device, resolve_precision(precision, device), batch_size, compile, tile, halo)
+    key = (spec.path, spec.sha256, device, resolve_precision(precision, device), batch_size, compile, tile, halo, tta)
     with _ENGINES_LOCK:
         if key not in _ENGINES:
             model, record = _model(spec, device)
             scalings = [BandScaling(**s) for s in record["normalisation"]]
             _ENGINES[key] = InferenceEngine(model, scalings=scalings, tile=tile, halo=halo, device=device,
-                                            precision=precision, batch_size=batch_size, compile=compile)  # fmt: skip
+                                            precision=precision, batch_size=batch_size, compile=compile,
+                                            tta=tta)  # fmt: skip
             _ENGINES[key].pid = os.getpid()
         return _ENGINES[key]

@@ -104,6 +104,7 @@ def predict_block(
     batch_size: int | None = None,
     device: str = "auto",
     precision: str = "auto",
+    tta: bool = False,
     block_info: dict | None = None,
 ) -> np.ndarray:
     """Probability of one block padded by ``pad``: ``(band, y + 2p, x + 2p)`` → ``(y + 2p, x + 2p)``.
@@ -114,7 +115,8 @@ def predict_block(
     """
     from rtsflow.model.engine import engine_for
 
-    engine = engine_for(spec, tile=tile, halo=halo, device=device, precision=precision, batch_size=batch_size)
+    engine = engine_for(spec, tile=tile, halo=halo, device=device, precision=precision, batch_size=batch_size,
+                        tta=tta)  # fmt: skip
     _, ny, nx = bands.shape
     depth = pad
     by, bx = ny - 2 * depth, nx - 2 * depth
@@ -156,12 +158,15 @@ def predict(
     device: str = "auto",
     precision: str = "auto",
     grid=None,
+    tta: bool = False,
 ) -> xr.DataArray:
     """Lazy probability map of a feature dataset (``float32``, NaN where no valid input).
 
     With ``grid`` (the rtsflow grid of ``features``) the tile lattice is anchored
     to the global grid, so overlapping regions get identical probabilities;
     without it, to the array's first pixel. Results never depend on chunking.
+    ``tta``: each window's probability is the mean over its eight flips and quarter turns
+    (:func:`rtsflow.model.engine.dihedral_mean`).
 
     Submit it to GPU workers with ``client.compute(prob, resources={"GPU": 1})``
     (annotations set while building the graph are dropped by fusion).
@@ -179,16 +184,19 @@ def predict(
     prob = da.map_overlap(
         predict_block, stack, depth={0: 0, 1: pad, 2: pad}, boundary=np.nan, trim=True, drop_axis=0,
         dtype=np.float32, meta=np.empty((0, 0), np.float32), spec=spec, halo=halo, tile=tile, pad=pad,
-        origin=origin, chunk_starts=starts, batch_size=batch_size, device=device, precision=precision,
+        origin=origin, chunk_starts=starts, batch_size=batch_size, device=device, precision=precision, tta=tta,
     )  # fmt: skip
     prob = prob.rechunk(in_chunks)
-    return _as_probability(prob, features, spec=spec, tile=tile, halo=halo)
+    return _as_probability(prob, features, spec=spec, tile=tile, halo=halo, tta=tta)
 
 
-def _as_probability(prob: da.Array, like: xr.Dataset, *, spec: ModelSpec, tile: int, halo: int) -> xr.DataArray:
+def _as_probability(
+    prob: da.Array, like: xr.Dataset, *, spec: ModelSpec, tile: int, halo: int, tta: bool = False
+) -> xr.DataArray:
     out = xr.DataArray(prob, dims=("y", "x"), coords={"x": like["x"], "y": like["y"]}, name="probability")
     out.attrs = {"long_name": "RTS probability", "units": "1", "model_sha256": spec.sha256,
-                 "description": f"Sigmoid of the model output; {tile} px cells, {tile + halo} px windows."}  # fmt: skip
+                 "description": f"Sigmoid of the model output; {tile} px cells, {tile + halo} px windows"
+                                + ("; mean over their 8 flips and quarter turns." if tta else ".")}  # fmt: skip
     return out
 
 
@@ -210,6 +218,7 @@ def predict_window(
     device: str = "auto",
     precision: str = "auto",
     grid=None,
+    tta: bool = False,
 ) -> xr.DataArray:
     """Lazy probability of one window of ``features`` (e.g. a grid block of a run), one task.
 
@@ -232,6 +241,6 @@ def predict_window(
     prob = da.map_blocks(
         predict_block, stack, drop_axis=0, dtype=np.float32, meta=np.empty((0, 0), np.float32), spec=spec,
         halo=halo, tile=tile, pad=p, origin=g, chunk_starts=((0,), (0,)), batch_size=batch_size, device=device,
-        precision=precision,
+        precision=precision, tta=tta,
     )[p:-p, p:-p]  # fmt: skip
-    return _as_probability(prob, features.isel(y=rows, x=cols), spec=spec, tile=tile, halo=halo)
+    return _as_probability(prob, features.isel(y=rows, x=cols), spec=spec, tile=tile, halo=halo, tta=tta)

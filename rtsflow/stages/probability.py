@@ -38,6 +38,7 @@ def probability_block(
     precision: str,
     out: str,
     compile: bool = False,
+    tta: bool = False,
 ) -> dict:
     """RTS probability of one block, through the worker's :class:`~rtsflow.model.engine.InferenceEngine`.
 
@@ -47,7 +48,7 @@ def probability_block(
     from rtsflow.model.engine import engine_for
 
     engine = engine_for(spec, tile=tile, halo=halo, device=device, precision=precision,
-                        batch_size=batch_size, compile=compile)  # fmt: skip
+                        batch_size=batch_size, compile=compile, tta=tta)  # fmt: skip
     store = GridStore(features, grid=grid, domain=domain)
     win = grid.block_window(*block)
 
@@ -82,6 +83,7 @@ def probability_stage(
     out: Path,
     skip: Sequence[tuple[int, int]] = (),
     compile: bool = False,
+    tta: bool = False,
 ) -> Stage:
     """The probability stage of one pair (``skip``: blocks known to hold no valid feature pixel)."""
     from rtsflow.io.probability import PROBABILITY_DTYPES
@@ -93,14 +95,15 @@ def probability_stage(
         create_grid_store(out, grid=grid, window=domain, variables={
             "probability": GridVariable("float32", {
                 "long_name": "RTS probability", "units": "1", "model_sha256": spec.sha256,
-                "description": f"Sigmoid of the model output; {tile} px cells, {tile + halo} px windows."},
+                "description": f"Sigmoid of the model output; {tile} px cells, {tile + halo} px windows"
+                               + ("; mean over their 8 flips and quarter turns." if tta else ".")},
                 encoding=dict(PROBABILITY_DTYPES[dtype])),
         }, attrs={"model_sha256": spec.sha256, "model": spec.path, "features": str(features),
                   "threshold": record["threshold"], "title": "rtsflow RTS probability"})  # fmt: skip
 
     params = dict(features=str(features), grid=grid, domain=domain, spec=spec, bands=list(record["bands"]),
                   halo=halo, tile=tile, batch_size=batch_size, device=device, precision=precision, out=str(out),
-                  compile=compile)
+                  compile=compile, tta=tta)
     radius = -(-(tile + halo) // grid.block_size)  # blocks of context a window may read
     skipped = set(skip)
     return Stage(name="probability", key=key, function=probability_block, params=params,
