@@ -230,16 +230,17 @@ def test_test_time_augmentation_sees_the_ground_the_same_whichever_way_it_is_tur
             tta = dihedral_mean(forward, x)
             np.testing.assert_allclose(dihedral_mean(forward, turn(x)), turn(tta), atol=1e-6)
             assert (forward(turn(x)) - turn(forward(x))).abs().max() > 1e-3  # the plain model is not
-    maps = [predict(_features(chunk=c), spec=spec, bands=BANDS, halo=32, tile=128, tta=True)
-            .compute(scheduler="sync").values for c in (96, 384)]  # fmt: skip
+    maps = [predict(_features(n=256, chunk=c), spec=spec, bands=BANDS, halo=32, tile=128, tta=True)
+            .compute(scheduler="sync").values for c in (96, 256)]  # fmt: skip
     np.testing.assert_array_equal(maps[0], maps[1])
-    plain = predict(_features(chunk=384), spec=spec, bands=BANDS, halo=32, tile=128).compute(scheduler="sync").values
+    plain = predict(_features(n=256, chunk=256), spec=spec, bands=BANDS, halo=32, tile=128)
+    plain = plain.compute(scheduler="sync").values
     np.testing.assert_array_equal(np.isnan(maps[0]), np.isnan(plain))
     inside = maps[0][np.isfinite(maps[0])]
     assert ((inside >= 0) & (inside <= 1)).all() and np.abs(inside - plain[np.isfinite(plain)]).max() > 1e-3
-    part = predict_window(_features(chunk=384), rows=slice(128, 384), cols=slice(0, 256), spec=spec, bands=BANDS,
-                          halo=32, tile=128, tta=True)  # fmt: skip
-    np.testing.assert_array_equal(part.compute(scheduler="sync").values, maps[1][128:384, 0:256])
+    part = predict_window(_features(n=256, chunk=256), rows=slice(128, 256), cols=slice(0, 128), spec=spec,
+                          bands=BANDS, halo=32, tile=128, tta=True)  # fmt: skip
+    np.testing.assert_array_equal(part.compute(scheduler="sync").values, maps[1][128:256, 0:128])
     assert "8 flips and quarter turns" in part.attrs["description"]
     # A run asks for it in its config (the stage passes it to the same engine as the lazy map).
     from rtsflow.config import ConfigError, parse_config
