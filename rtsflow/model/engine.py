@@ -362,6 +362,12 @@ class InferenceEngine:
 
         dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[self.precision]
         autocast = "cuda" if self.cuda else "cpu"
+
+        def forward(x):
+            with torch.autocast(device_type=autocast, dtype=dtype, enabled=self.precision != "fp32"):
+                logits = self.model(x)
+            return torch.sigmoid(logits.float())
+
         with torch.inference_mode():
             while (item := get(batches)) is not _DONE:
                 buf, metas = item
@@ -369,11 +375,7 @@ class InferenceEngine:
                 xb = buf[:n].to(self.device, non_blocking=True)
                 if self.channels_last:
                     xb = xb.contiguous(memory_format=torch.channels_last)
-                with torch.autocast(device_type=autocast, dtype=dtype, enabled=self.precision != "fp32"):
-                    if self.tta:
-                        prob = dihedral_mean(lambda x: torch.sigmoid(self.model(x).float()), xb)[:, 0]
-                    else:
-                        prob = torch.sigmoid(self.model(xb).float())[:, 0]
+                prob = (dihedral_mean(forward, xb) if self.tta else forward(xb))[:, 0]
                 event = None
                 if self.cuda:
                     host = torch.empty(prob.shape, dtype=torch.float32, pin_memory=True)
