@@ -99,6 +99,9 @@ def main() -> None:
     p.add_argument("--compare-growth", action="store_true",
                    help="Then run again with grow_outlines: false (outlines as drawn) and print the default "
                         "run's cost (outlines grown) against it.")
+    p.add_argument("--tta", action="store_true",
+                   help="Run with test-time augmentation (inference.tta: each window over its 8 flips and quarter "
+                        "turns) into <root>/run_tta.")  # fmt: skip
     args = p.parse_args()
     print_header("region (rtsflow run, real-size blocks)")
     root = args.root.resolve()
@@ -125,12 +128,13 @@ def main() -> None:
         sh("ingest-reference", str(region / "reference_dem.tif"), "--cube", str(cube))
     print(f"prepared {len(products)} products, cube {cube} ({args.blocks}² blocks of {b}² px) in "
           f"{time.perf_counter() - t0:.0f} s", flush=True)  # fmt: skip
-    config = {"name": "region-2x2", "output": str(root / "run"), "cube": str(cube), "pairs": [[2010, 2016]],
+    run_name = "run_tta" if args.tta else "run"
+    config = {"name": "region-2x2", "output": str(root / run_name), "cube": str(cube), "pairs": [[2010, 2016]],
               "model": str(args.model.resolve()), "reference": "reference_dem", "coregister": True,
-              "inference": {"halo": 32}, "densities": {"cell_size": [10000]},
+              "inference": {"halo": 32, "tta": args.tta}, "densities": {"cell_size": [10000]},
               "truth": {"path": str(region / "truth" / "slumps.parquet"),
                         "where": "winter_start == 2010 and winter_end == 2016"}}  # fmt: skip
-    grown = measure_run(root, config, name="run")
+    grown = measure_run(root, config, name=run_name)
     if args.compare_growth:  # the same run with the outlines as drawn: the cost of growing them, as ratios
         print("# the same run with grow_outlines: false (the polygons stage reads no halo and grows nothing)")
         plain = measure_run(root, {**config, "output": str(root / "run_as_drawn"), "grow_outlines": False},
