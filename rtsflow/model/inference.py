@@ -195,9 +195,14 @@ def _as_probability(
 ) -> xr.DataArray:
     out = xr.DataArray(prob, dims=("y", "x"), coords={"x": like["x"], "y": like["y"]}, name="probability")
     out.attrs = {"long_name": "RTS probability", "units": "1", "model_sha256": spec.sha256,
-                 "description": f"Sigmoid of the model output; {tile} px cells, {tile + halo} px windows"
-                                + ("; mean over their 8 flips and quarter turns." if tta else ".")}  # fmt: skip
+                 "description": probability_description(tile=tile, halo=halo, tta=tta)}  # fmt: skip
     return out
+
+
+def probability_description(*, tile: int, halo: int, tta: bool = False) -> str:
+    """The ``description`` attribute of a probability map (the lazy API and the probability stage)."""
+    views = "; mean over their 8 flips and quarter turns." if tta else "."
+    return f"Sigmoid of the model output; {tile} px cells, {tile + halo} px windows{views}"
 
 
 def _origin(features: xr.Dataset, grid) -> tuple[int, int]:

@@ -87,6 +87,7 @@ def probability_stage(
 ) -> Stage:
     """The probability stage of one pair (``skip``: blocks known to hold no valid feature pixel)."""
     from rtsflow.io.probability import PROBABILITY_DTYPES
+    from rtsflow.model.inference import probability_description
 
     key = f"{pair[0]}_{pair[1]}"
     tile = int(record["tile_size"])
@@ -95,8 +96,7 @@ def probability_stage(
         create_grid_store(out, grid=grid, window=domain, variables={
             "probability": GridVariable("float32", {
                 "long_name": "RTS probability", "units": "1", "model_sha256": spec.sha256,
-                "description": f"Sigmoid of the model output; {tile} px cells, {tile + halo} px windows"
-                               + ("; mean over their 8 flips and quarter turns." if tta else ".")},
+                "description": probability_description(tile=tile, halo=halo, tta=tta)},
                 encoding=dict(PROBABILITY_DTYPES[dtype])),
         }, attrs={"model_sha256": spec.sha256, "model": spec.path, "features": str(features),
                   "threshold": record["threshold"], "title": "rtsflow RTS probability"})  # fmt: skip
