@@ -137,7 +137,7 @@ class SceneResult:
     outline: dict | None = None
 
 
-def run_scene(root: Path, config, model: Path, *, client, grow_outlines: bool = True, tta: bool = False) -> SceneResult:
+def run_scene(root: Path, config, model: Path, *, client, grow_outlines: bool = True, tta: bool = True) -> SceneResult:
     """Synthesise + ingest + ``run_region``; the run's summary, polygons, truth and the dDEM path over the truth."""
     import geopandas as gpd
 
@@ -370,9 +370,9 @@ def main() -> None:
     ap.add_argument("--grow-outlines", action=argparse.BooleanOptionalAction, default=True,
                     help="Runs grow detections into the significant loss around them (run config grow_outlines, "
                          "the default); --no-grow-outlines: the outlines as the model draws them.")
-    ap.add_argument("--tta", action="store_true",
+    ap.add_argument("--tta", action=argparse.BooleanOptionalAction, default=True,
                     help="Test-time augmentation: runs average each window over its 8 flips and quarter turns "
-                         "(run config inference.tta).")  # fmt: skip
+                         "(run config inference.tta, the default); --no-tta: one view.")  # fmt: skip
     ap.add_argument("--rescore", action="store_true",
                     help="Score the scenes' existing runs under --root again (e.g. new filters); run nothing.")
     args = ap.parse_args()

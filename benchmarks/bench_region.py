@@ -99,9 +99,9 @@ def main() -> None:
     p.add_argument("--compare-growth", action="store_true",
                    help="Then run again with grow_outlines: false (outlines as drawn) and print the default "
                         "run's cost (outlines grown) against it.")
-    p.add_argument("--tta", action="store_true",
-                   help="Run with test-time augmentation (inference.tta: each window over its 8 flips and quarter "
-                        "turns) into <root>/run_tta.")  # fmt: skip
+    p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=True,
+                   help="Test-time augmentation (inference.tta, the default: each window over its 8 flips and "
+                        "quarter turns) into <root>/run; --no-tta: one view, into <root>/run_plain.")  # fmt: skip
     args = p.parse_args()
     print_header("region (rtsflow run, real-size blocks)")
     root = args.root.resolve()
@@ -128,7 +128,7 @@ def main() -> None:
         sh("ingest-reference", str(region / "reference_dem.tif"), "--cube", str(cube))
     print(f"prepared {len(products)} products, cube {cube} ({args.blocks}² blocks of {b}² px) in "
           f"{time.perf_counter() - t0:.0f} s", flush=True)  # fmt: skip
-    run_name = "run_tta" if args.tta else "run"
+    run_name = "run" if args.tta else "run_plain"
     config = {"name": "region-2x2", "output": str(root / run_name), "cube": str(cube), "pairs": [[2010, 2016]],
               "model": str(args.model.resolve()), "reference": "reference_dem", "coregister": True,
               "inference": {"halo": 32, "tta": args.tta}, "densities": {"cell_size": [10000]},

@@ -332,16 +332,18 @@ def _train(out: Path, features: list[Path], labels: list[Path], key: dict, *, tr
 
 
 def _record_demo_scene(model: Path, *, seed: int, size_km: float, metrics: dict, grow_outlines=None,
-                       filters=None) -> None:  # fmt: skip
+                       filters=None, tta: bool | None = None) -> None:  # fmt: skip
     """Keep the demo scene's scores in the model's record: what the shipped model must reproduce (a test checks),
-    with the outline growth (``None``: the outlines as drawn) and the post-processing filters they were scored
-    with (``None``: the library's defaults)."""
+    with the outline growth (``None``: the outlines as drawn), the post-processing filters (``None``: the
+    library's defaults) and the test-time augmentation (``None``: the run config's default) they were scored with."""
+    from rtsflow.config import Inference
     from rtsflow.postprocess import DEFAULT_FILTERS
 
     keys = ("detection_f1", "detection_precision", "detection_recall", "pixel_iou", "n_reference", "n_predicted")
     growth = dataclasses.asdict(grow_outlines) if grow_outlines is not None else None
     _add_to_training_record(model, demo_scene={"seed": seed, "size_km": size_km, "grow_outlines": growth,
-                                               "filters": dataclasses.asdict(filters or DEFAULT_FILTERS)}
+                                               "filters": dataclasses.asdict(filters or DEFAULT_FILTERS),
+                                               "tta": Inference().tta if tta is None else tta}
                             | {k: metrics[k] for k in keys})  # fmt: skip
 
 
@@ -420,7 +422,7 @@ def run_demo(
     m = summary.get("metrics", {})
     if retrained and m:
         _record_demo_scene(model, seed=seed, size_km=size_km, metrics=m, grow_outlines=run_config.grow_outlines,
-                           filters=run_config.filters)  # fmt: skip
+                           filters=run_config.filters, tta=run_config.inference.tta)  # fmt: skip
     years = summary["years"]
     say("done")
     print()

@@ -197,7 +197,8 @@ def test_engine_raises_a_failed_read_and_runs_again(spec):
     with pytest.raises(OSError, match="strip 3"):
         engine.run(broken, rows=(0, 384), cols=(0, 384))
     again = engine.run(fetch, rows=(0, 384), cols=(0, 384))
-    whole = predict(_features(n=384), spec=spec, bands=BANDS, halo=32, tile=128).compute(scheduler="sync").values
+    whole = predict(_features(n=384), spec=spec, bands=BANDS, halo=32, tile=128, tta=False)  # as the engine: one view
+    whole = whole.compute(scheduler="sync").values
     np.testing.assert_array_equal(again, whole)
 
 
@@ -233,22 +234,25 @@ def test_test_time_augmentation_sees_the_ground_the_same_whichever_way_it_is_tur
     maps = [predict(_features(n=256, chunk=c), spec=spec, bands=BANDS, halo=32, tile=128, tta=True)
             .compute(scheduler="sync").values for c in (96, 256)]  # fmt: skip
     np.testing.assert_array_equal(maps[0], maps[1])
-    plain = predict(_features(n=256, chunk=256), spec=spec, bands=BANDS, halo=32, tile=128)
+    plain = predict(_features(n=256, chunk=256), spec=spec, bands=BANDS, halo=32, tile=128, tta=False)
+    assert "8 flips" not in plain.attrs["description"]
     plain = plain.compute(scheduler="sync").values
     np.testing.assert_array_equal(np.isnan(maps[0]), np.isnan(plain))
     inside = maps[0][np.isfinite(maps[0])]
     assert ((inside >= 0) & (inside <= 1)).all() and np.abs(inside - plain[np.isfinite(plain)]).max() > 1e-3
+    # On by default, in the lazy API as in a run.
     part = predict_window(_features(n=256, chunk=256), rows=slice(128, 256), cols=slice(0, 128), spec=spec,
-                          bands=BANDS, halo=32, tile=128, tta=True)  # fmt: skip
+                          bands=BANDS, halo=32, tile=128)  # fmt: skip
     np.testing.assert_array_equal(part.compute(scheduler="sync").values, maps[1][128:256, 0:128])
     assert "8 flips and quarter turns" in part.attrs["description"]
-    # A run asks for it in its config (the stage passes it to the same engine as the lazy map).
+    # On by default in a run too; a run's config can switch it off (the stage passes it to the same engine as
+    # the lazy map).
     from rtsflow.config import ConfigError, parse_config
 
     (tmp_path / "cube.zarr").mkdir()
     doc = {"name": "t", "cube": "cube.zarr", "pairs": [[2010, 2016]]}
-    assert parse_config({**doc, "inference": {"tta": True}}, base=tmp_path).inference.tta is True
-    assert parse_config(doc, base=tmp_path).inference.tta is False
+    assert parse_config({**doc, "inference": {"tta": False}}, base=tmp_path).inference.tta is False
+    assert parse_config(doc, base=tmp_path).inference.tta is True
     with pytest.raises(ConfigError, match=r"inference\.tta: expected bool, got 'yes'"):
         parse_config({**doc, "inference": {"tta": "yes"}}, base=tmp_path)
 

@@ -104,7 +104,7 @@ def predict_block(
     batch_size: int | None = None,
     device: str = "auto",
     precision: str = "auto",
-    tta: bool = False,
+    tta: bool = True,
     block_info: dict | None = None,
 ) -> np.ndarray:
     """Probability of one block padded by ``pad``: ``(band, y + 2p, x + 2p)`` → ``(y + 2p, x + 2p)``.
@@ -158,15 +158,16 @@ def predict(
     device: str = "auto",
     precision: str = "auto",
     grid=None,
-    tta: bool = False,
+    tta: bool = True,
 ) -> xr.DataArray:
     """Lazy probability map of a feature dataset (``float32``, NaN where no valid input).
 
     With ``grid`` (the rtsflow grid of ``features``) the tile lattice is anchored
     to the global grid, so overlapping regions get identical probabilities;
     without it, to the array's first pixel. Results never depend on chunking.
-    ``tta``: each window's probability is the mean over its eight flips and quarter turns
-    (:func:`rtsflow.model.engine.dihedral_mean`).
+    ``tta`` (default, as the run config's ``inference.tta``): each window's probability is the
+    mean over its eight flips and quarter turns (:func:`rtsflow.model.engine.dihedral_mean`);
+    ``False``: one view, eight times less model work.
 
     Submit it to GPU workers with ``client.compute(prob, resources={"GPU": 1})``
     (annotations set while building the graph are dropped by fusion).
@@ -191,7 +192,7 @@ def predict(
 
 
 def _as_probability(
-    prob: da.Array, like: xr.Dataset, *, spec: ModelSpec, tile: int, halo: int, tta: bool = False
+    prob: da.Array, like: xr.Dataset, *, spec: ModelSpec, tile: int, halo: int, tta: bool = True
 ) -> xr.DataArray:
     out = xr.DataArray(prob, dims=("y", "x"), coords={"x": like["x"], "y": like["y"]}, name="probability")
     out.attrs = {"long_name": "RTS probability", "units": "1", "model_sha256": spec.sha256,
@@ -199,7 +200,7 @@ def _as_probability(
     return out
 
 
-def probability_description(*, tile: int, halo: int, tta: bool = False) -> str:
+def probability_description(*, tile: int, halo: int, tta: bool = True) -> str:
     """The ``description`` attribute of a probability map (the lazy API and the probability stage)."""
     views = "; mean over their 8 flips and quarter turns." if tta else "."
     return f"Sigmoid of the model output; {tile} px cells, {tile + halo} px windows{views}"
@@ -223,7 +224,7 @@ def predict_window(
     device: str = "auto",
     precision: str = "auto",
     grid=None,
-    tta: bool = False,
+    tta: bool = True,
 ) -> xr.DataArray:
     """Lazy probability of one window of ``features`` (e.g. a grid block of a run), one task.
 
