@@ -457,10 +457,13 @@ def train(
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True,
               help="auto: bf16 autocast on a GPU, fp32 on CPU.")  # fmt: skip
 @click.option("--dtype", type=click.Choice(["uint8", "float16"]), default="uint8", show_default=True)
+@click.option("--tta/--no-tta", default=True, show_default=True,
+              help="Test-time augmentation: each window's mean over its 8 flips and quarter turns (8x the model's "
+                   "work; as a run's inference.tta); --no-tta: one view.")  # fmt: skip
 @click.option("--overwrite", is_flag=True)
 @click.option("--cluster", default="local", show_default=True, help=CLUSTER_HELP)
 def predict(
-    features_path, model_path, out, halo, tile, batch_size, device, precision, dtype, overwrite, cluster
+    features_path, model_path, out, halo, tile, batch_size, device, precision, dtype, tta, overwrite, cluster
 ) -> None:
     """Run the model over a feature store and write the RTS probability (Zarr, with the model's sha256)."""
     from rtsflow.cluster import connect, gpu_resources
@@ -490,6 +493,7 @@ def predict(
         device=device,
         precision=precision,
         grid=grid,
+        tta=tta,
     )
     with connect(cluster) as client:
         resources = gpu_resources(client)

@@ -349,6 +349,14 @@ def test_cli_train_then_predict_writes_probability_store(tmp_path):
     p = prob.values
     assert np.isnan(p[:40, :40]).all() and np.isfinite(p[area.valid]).all()
     assert 0 <= np.nanmin(p) and np.nanmax(p) <= 1
+    # Test-time augmentation is on by default, as in a run; --no-tta predicts one view: same cells, other values.
+    one = ["predict", str(tmp_path / "f.zarr"), "--model", str(tmp_path / "model"), "--out", str(tmp_path / "p1.zarr"),
+           "--halo", "32", "--no-tta"]  # fmt: skip
+    r = runner.invoke(main, one, catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    one_view = open_probability(tmp_path / "p1.zarr").values
+    np.testing.assert_array_equal(np.isnan(one_view), np.isnan(p))
+    assert np.nanmax(np.abs(one_view - p)) > 0.01
     # A pickle "checkpoint" is refused with a message naming the file.
     (tmp_path / "model.pt").write_bytes(b"\x80\x04.")
     r = runner.invoke(main, ["predict", str(tmp_path / "f.zarr"), "--model", str(tmp_path / "model.pt"), "--out",
