@@ -6,6 +6,8 @@ import numpy as np
 
 __all__ = ["gradient_horn", "slope_horn"]
 
+_GATHER = 1 << 18  # pixels next to voids handled per batch by slope_horn (~20 MB of (n, 3, 3) float64)
+
 
 def slope_horn(dem: np.ndarray, *, resolution: float) -> np.ndarray:
     """Slope in degrees with Horn's (1981) 3 × 3 finite differences, tolerant of voids.
@@ -33,15 +35,16 @@ def slope_horn(dem: np.ndarray, *, resolution: float) -> np.ndarray:
     dzdy = ((g + 2 * h + i) - (a + 2 * b + c)) / (8.0 * resolution)
     inner = np.degrees(np.arctan(np.hypot(dzdx, dzdy)))
     inner[np.isnan(z[1:-1, 1:-1])] = np.nan  # Horn's formula skips the centre: a void pixel has no slope
-    # Valid pixels with a void among their neighbours (few: gathered, so a 4096² block needs no full-size temporaries).
+    # Valid pixels with a void among their neighbours: gathered in batches of _GATHER pixels, so that a 4096²
+    # block full of speckled voids needs no (n, 3, 3) temporaries of many times the block's size.
     iy, ix = np.nonzero(np.isnan(inner) & np.isfinite(z[1:-1, 1:-1]))
-    if iy.size:
-        iy, ix = iy + 1, ix + 1
-        step = np.arange(-1, 2)
-        near = z[iy[:, None, None] + step[None, :, None], ix[:, None, None] + step[None, None, :]]  # (n, 3, 3)
+    step = np.arange(-1, 2)
+    for k in range(0, iy.size, _GATHER):
+        ry, rx = iy[k : k + _GATHER] + 1, ix[k : k + _GATHER] + 1
+        near = z[ry[:, None, None] + step[None, :, None], rx[:, None, None] + step[None, None, :]]  # (n, 3, 3)
         gx = _derivative_with_voids(near, resolution=resolution)
         gy = _derivative_with_voids(near.transpose(0, 2, 1), resolution=resolution)
-        inner[iy - 1, ix - 1] = np.degrees(np.arctan(np.hypot(gx, gy)))
+        inner[ry - 1, rx - 1] = np.degrees(np.arctan(np.hypot(gx, gy)))
     out[1:-1, 1:-1] = inner
     return out.astype(np.float32)
 
