@@ -137,7 +137,7 @@ class SceneResult:
     outline: dict | None = None
 
 
-def run_scene(root: Path, config, model: Path, *, client, grow_outlines: bool = True, tta: bool = True) -> SceneResult:
+def run_scene(root: Path, config, model: Path, *, client, grow_outlines: bool = True, tta: bool) -> SceneResult:
     """Synthesise + ingest + ``run_region``; the run's summary, polygons, truth and the dDEM path over the truth."""
     import geopandas as gpd
 

@@ -99,6 +99,7 @@ def new_stages(cube: Path, run: Path, model: Path, client) -> list[tuple[str, in
     from rtsflow.graph.coreg import CoregConfig
     from rtsflow.graph.dem import CompositeConfig
     from rtsflow.model.checkpoint import ModelSpec, read_record
+    from rtsflow.model.inference import DEFAULT_TTA
     from rtsflow.stages.base import _run_block
     from rtsflow.stages.composite import composite_stage, coreg_obs_stage
     from rtsflow.stages.features import coreg_pair_stage, features_stage
@@ -135,7 +136,7 @@ def new_stages(cube: Path, run: Path, model: Path, client) -> list[tuple[str, in
                                fits=run / "coreg_pair.zarr", years=6.0, out=run / "features.zarr", **pcommon),
         lambda: probability_stage(features=run / "features.zarr", spec=spec, record=record, halo=64, batch_size=4,
                                   device="cpu", precision="fp32", dtype="uint8", resources=None,
-                                  out=run / "probability.zarr", **pcommon),
+                                  out=run / "probability.zarr", tta=DEFAULT_TTA, **pcommon),
         lambda: polygons_stage(key="2010_2016", probability=run / "probability.zarr", grid=plan.grid,
                                domain=plan.domain, blocks=plan.blocks, threshold=0.5),
         lambda: zonal_stage(key="2010_2016", polygons=empty, features=run / "features.zarr", grid=plan.grid,

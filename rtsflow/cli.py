@@ -457,9 +457,9 @@ def train(
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True,
               help="auto: bf16 autocast on a GPU, fp32 on CPU.")  # fmt: skip
 @click.option("--dtype", type=click.Choice(["uint8", "float16"]), default="uint8", show_default=True)
-@click.option("--tta/--no-tta", default=True, show_default=True,
+@click.option("--tta/--no-tta", default=None,
               help="Test-time augmentation: each window's mean over its 8 flips and quarter turns (8x the model's "
-                   "work; as a run's inference.tta); --no-tta: one view.")  # fmt: skip
+                   "work; default as a run's inference.tta: on); --no-tta: one view.")  # fmt: skip
 @click.option("--overwrite", is_flag=True)
 @click.option("--cluster", default="local", show_default=True, help=CLUSTER_HELP)
 def predict(
@@ -493,7 +493,7 @@ def predict(
         device=device,
         precision=precision,
         grid=grid,
-        tta=tta,
+        **({} if tta is None else {"tta": tta}),  # unset: the library's default
     )
     with connect(cluster) as client:
         resources = gpu_resources(client)

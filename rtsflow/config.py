@@ -49,6 +49,7 @@ import yaml
 
 from rtsflow.carbon import CarbonError, CarbonModel, profile_from_doc
 from rtsflow.kernels.grow import DEFAULT_GROWTH, OutlineGrowth
+from rtsflow.model.inference import DEFAULT_TTA
 from rtsflow.postprocess import FilterConfig
 
 __all__ = ["ConfigError", "Densities", "Inference", "RunConfig", "Truth", "Workers", "load_config", "parse_config"]
@@ -66,10 +67,7 @@ class Inference:
     device: str = "auto"
     dtype: str = "uint8"
     compile: bool = False  # torch.compile the model on each worker
-    # Test-time augmentation: mean over each window's 8 flips and quarter turns (8x the model's work). On by
-    # default: the map no longer depends on which way the ground faces the grid, and the detector's false
-    # positives on noise went 6 → 0 on the generalisation bench (benchmarks/RESULTS.md).
-    tta: bool = True
+    tta: bool = DEFAULT_TTA  # mean over each window's 8 flips and quarter turns (rtsflow.model.inference)
 
     @property
     def batch(self) -> int | None:

@@ -122,7 +122,6 @@ def test_horn_slope_plane_and_brute_force():
             assert s[i, j] == pytest.approx(np.degrees(np.arctan(np.hypot(dx, dy))), rel=1e-5)
 
 
-
 def test_horn_slope_keeps_valid_pixels_next_to_voids():
     """Speckled voids (layover, shadow) cost only their own pixels: on a plane every valid pixel keeps the exact
     slope whatever its neighbours; where all nine are valid the result is Horn's, bit for bit; void pixels stay

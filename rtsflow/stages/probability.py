@@ -38,7 +38,7 @@ def probability_block(
     precision: str,
     out: str,
     compile: bool = False,
-    tta: bool = True,
+    tta: bool,
 ) -> dict:
     """RTS probability of one block, through the worker's :class:`~rtsflow.model.engine.InferenceEngine`.
 
@@ -83,7 +83,7 @@ def probability_stage(
     out: Path,
     skip: Sequence[tuple[int, int]] = (),
     compile: bool = False,
-    tta: bool = True,
+    tta: bool,
 ) -> Stage:
     """The probability stage of one pair (``skip``: blocks known to hold no valid feature pixel)."""
     from rtsflow.io.probability import PROBABILITY_DTYPES
