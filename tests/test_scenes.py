@@ -8,12 +8,36 @@ from pipelines.demo import RealisticRecipe, _training_regions, training_key
 from pipelines.scenes import TERRAINS, WINTER_COHERENCE, randomised, realistic, terrain_path
 
 
+def _bench_seeds(*, seed: int = 100, scenes: int = 6) -> set[int]:
+    """The synthesis seeds of ``benchmarks/bench_generalisation.py``'s scenes (default: its own defaults)."""
+    import importlib
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    try:
+        bench = importlib.import_module("bench_generalisation")
+    finally:
+        sys.path.pop(0)
+    out = [bench.scene_seed(seed, t=t, k=k, slumps=slumps)
+           for t in range(len(TERRAINS)) for k in range(scenes) for slumps in (True, False)]  # fmt: skip
+    assert len(set(out)) == len(out)  # no two scenes of a run share a seed
+    return set(out)
+
+
+def test_the_benchmark_keeps_its_first_three_scenes_and_adds_sets_of_three():
+    seeds = _bench_seeds()
+    assert seeds >= {100 + t + 3 * k for t in range(3) for k in range(3)} | {110 + t + 3 * k for t in range(3)
+                                                                             for k in range(3)}  # fmt: skip
+    assert len(seeds) == 2 * 3 * 6 and max(seeds) < 1000
+
+
 def test_the_recipe_covers_every_terrain_with_slumps_and_rts_free_regions_none_a_benchmark_scene():
     recipe = RealisticRecipe()
     scenes = recipe.scenes()
     assert len(scenes) == len(TERRAINS) * (recipe.per_terrain + recipe.negatives_per_terrain)
     seeds = [c.seed for _, c in scenes]
-    assert len(set(seeds)) == len(seeds) and not set(seeds) & set(range(100, 120))  # bench scenes: seeds 100-118
+    assert len(set(seeds)) == len(seeds) and not set(seeds) & _bench_seeds()
     assert {c.terrain for _, c in scenes} == {str(p) if p else None for p in TERRAINS.values()}
     negatives = [c for name, c in scenes if "negatives" in name]
     assert len(negatives) == len(TERRAINS) * recipe.negatives_per_terrain
