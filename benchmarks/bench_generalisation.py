@@ -62,7 +62,7 @@ from pathlib import Path
 
 from common import print_header
 
-from pipelines.scenes import TERRAINS, realistic
+from pipelines.scenes import TERRAINS, bench_scene_seed, realistic
 
 MIN_COVERAGE = 0.5  # reference slumps with less valid dDEM are not scored (truth.min_coverage)
 
@@ -438,25 +438,13 @@ def main() -> None:
     (args.root / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
 
 
-def scene_seed(seed: int, *, t: int, k: int, slumps: bool) -> int:
-    """The synthesis seed of scene ``k`` of terrain index ``t``: scenes come in sets of three.
-
-    Set ``j = k // 3`` starts ``600 j`` past ``seed``; within it scene ``i = k % 3`` has ``seed + t + 3i``
-    (RTS-free: 10 more), so no two scenes of a run share a seed (nor, for the default seed 100, a
-    training region of ``pipelines.demo``: 1 000 and 3 000 up) and the first three are the scenes the
-    three-scene benchmark ran before 2026-12-06.
-    """
-    j, i = divmod(k, 3)
-    return seed + 600 * j + (0 if slumps else 10) + t + 3 * i
-
-
 def scene_of(args, *, terrain: str, t: int, k: int, slumps: bool) -> tuple[object, Path]:
     """Scene ``k`` of terrain index ``t`` (with slumps or RTS-free): its SynthConfig and directory.
 
     Scene 0 keeps the directory names of the one-scene benchmark (``test_<terrain>``, ``negatives``
     for the analytic terrain, ``negatives_<terrain>``); the others add ``_<k>``.
     """
-    seed = scene_seed(args.seed, t=t, k=k, slumps=slumps)
+    seed = bench_scene_seed(args.seed, t=t, k=k, slumps=slumps)
     config = realistic(seed=seed, size_km=args.size_km, terrain=terrain, slumps=slumps, terrain_part="bench")
     name = f"test_{terrain}" if slumps else ("negatives" if terrain == "analytic" else f"negatives_{terrain}")
     return config, args.root / (name if k == 0 else f"{name}_{k}")

@@ -5,21 +5,12 @@ from __future__ import annotations
 import pytest
 
 from pipelines.demo import RealisticRecipe, _training_regions, training_key
-from pipelines.scenes import TERRAINS, WINTER_COHERENCE, randomised, realistic, terrain_path
+from pipelines.scenes import TERRAINS, WINTER_COHERENCE, bench_scene_seed, randomised, realistic, terrain_path
 
 
 def _bench_seeds(*, seed: int = 100, scenes: int = 6) -> set[int]:
     """The synthesis seeds of ``benchmarks/bench_generalisation.py``'s scenes (default: its own defaults)."""
-    import importlib
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    try:
-        bench = importlib.import_module("bench_generalisation")
-    finally:
-        sys.path.pop(0)
-    out = [bench.scene_seed(seed, t=t, k=k, slumps=slumps)
+    out = [bench_scene_seed(seed, t=t, k=k, slumps=slumps)
            for t in range(len(TERRAINS)) for k in range(scenes) for slumps in (True, False)]  # fmt: skip
     assert len(set(out)) == len(out)  # no two scenes of a run share a seed
     return set(out)
