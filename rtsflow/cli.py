@@ -558,7 +558,7 @@ def _length_or_auto(value: str, param) -> float | str:
     default="auto",
     show_default=True,
     callback=lambda ctx, param, v: _length_or_auto(v, param),
-    help="DEM-error model for the volume σ: 'auto' fits a two-range variogram on stable terrain; "
+    help="DEM-error model for the volume σ: 'auto' fits a three-range variogram on stable terrain; "
     "a number is one fixed correlation length (m).",
 )
 @click.option("--cell-size", type=float, multiple=True, help="Regular-grid densities (m), e.g. 10000; repeatable.")

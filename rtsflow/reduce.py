@@ -68,7 +68,7 @@ def detect_rts(
     features
         Pair features (``ddem``, ``ddem_sigma``, ``water``, ``quality``).
     correlation_length
-        ``"auto"`` (a two-range DEM-error variogram fitted on stable terrain) or a fixed length (m); see
+        ``"auto"`` (a three-range DEM-error variogram fitted on stable terrain) or a fixed length (m); see
         :func:`rtsflow.graph.masswasting.measure`.
     dem
         The pre-disturbance surface (the earlier composite): adds each polygon's elevation, slope,

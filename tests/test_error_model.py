@@ -75,6 +75,26 @@ def test_fitted_model_predicts_the_error_of_area_means(short_px, long_share):
         assert predicted == pytest.approx(sd, rel=0.15), (radius_px, model)
 
 
+def test_a_slow_rise_of_the_variogram_is_kept_for_hectare_sized_means():
+    """Short-range error with a few-pixel tail and 5 % of its variance over kilometres (as on the realistic
+    scenes): the tail takes a range of its own, and the long share still reaches 2–7 ha means (within 15 %)."""
+    rng = np.random.default_rng(11)
+
+    def part(field):
+        return field / field.std()
+
+    z = (np.sqrt(0.75) * part(ndimage.gaussian_filter(rng.standard_normal((2048, 2048)), 1.5))
+         + np.sqrt(0.20) * part(ndimage.uniform_filter(rng.standard_normal((2048, 2048)), 4))
+         + np.sqrt(0.05) * part(ndimage.gaussian_filter(rng.standard_normal((2048, 2048)), 40.0)))  # fmt: skip
+    sums, counts = semivariance_sums(z[:512, :512])
+    model = fit_variogram(sums, counts, resolution=10.0)
+    assert len(model.ranges) == 3 and max(model.ranges[1:]) <= 1280.0  # no range beyond the longest lag
+    for radius_px in (1.5, 5.0, 9.0, 15.0):
+        sd, n_px = _disk_mean_sd(z, radius_px)
+        predicted = float(np.sqrt(model.mean_error_variance(np.array(n_px * 100.0))))
+        assert predicted == pytest.approx(sd, rel=0.15), (radius_px, model)
+
+
 def _features(z: np.ndarray, chunks: int) -> xr.Dataset:
     x, y = GRID.coords(Window(WINDOW.row, WINDOW.col, *z.shape))
     sigma = np.full(z.shape, 2.0, "float32")
@@ -100,7 +120,7 @@ def test_lazy_and_eager_fits_agree_and_do_not_depend_on_chunking():
 
 def test_too_little_stable_terrain_falls_back_to_the_fixed_length():
     z = _noise(WINDOW.shape, seed=6, short_px=2.0)
-    z[:, 10:] = np.nan  # 15 000 pixels: too few pairs (< 50 000) for two ranges
+    z[:, 10:] = np.nan  # 15 000 pixels: too few pairs (< 50 000) for a variogram
     feats = _features(z, 512)
     assert fit_error_model(feats, None, grid=GRID) is None
     x, y = GRID.coords(WINDOW)

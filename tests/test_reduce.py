@@ -237,6 +237,30 @@ def test_vectorised_zonal_stats_equal_per_polygon_mask(ellesmere, tmp_path):
             assert out.max_abs_dh_m.iloc[k] == pytest.approx(np.abs(v).max(), rel=1e-6)
 
 
+def test_a_void_adds_its_area_times_the_spread_of_dh(ellesmere):
+    """Where part of a polygon has no dDEM, σ_V gains (A − A_valid) · SD(dh over the valid pixels) in quadrature."""
+    ref, _, window = ellesmere
+    ref = ref.iloc[:40]
+    feats, labels, dh = _constant_dh_features(ref, window, 1024)
+    rng = np.random.default_rng(1)
+    dh = np.where(np.isfinite(dh), dh + rng.normal(0, 2, dh.shape), np.nan)
+    rows = np.arange(window.height)[:, None] * np.ones(window.width)
+    voided = (labels % 2 == 1) & (rows % 3 == 0)  # every other polygon loses a third of its rows
+    dh = np.where(voided, np.nan, dh).astype("float32")
+    feats["ddem"] = (("y", "x"), da.from_array(dh, chunks=1024))
+    out = measure(ref, feats, grid=GRID).compute(scheduler="sync")
+    for k in range(len(ref)):
+        v = dh[labels == k + 1]
+        valid = v[np.isfinite(v)]
+        if k % 2 == 1:  # labels k + 1 even: untouched
+            assert out.volume_void_sigma_m3.iloc[k] == 0.0
+            continue
+        missing = out.area_m2.iloc[k] * (1.0 - valid.size / v.size)  # (pixel areas vary by < 0.1 % in one slump)
+        assert out.volume_void_sigma_m3.iloc[k] == pytest.approx(missing * valid.std(ddof=1), rel=2e-3)
+    assert (out.volume_sigma_m3 >= out.volume_void_sigma_m3).all()
+    assert (out.volume_local_sigma_m3.dropna() >= out.volume_void_sigma_m3[out.volume_local_sigma_m3.notna()]).all()
+
+
 def test_filters_keep_an_audit_trail():
     t = pd.DataFrame({
         "area_nominal_m2": [5000, 900, 5000, 5000, 5000],

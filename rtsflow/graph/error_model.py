@@ -7,7 +7,7 @@ independent of chunking). In each window the standardised dDEM (dh / σ) off
 stable terrain is left out (RTS polygons, buffered; water; the quality mask;
 values beyond 4 NMADs of the window's median) and semivariance sums are kept.
 Windows are added in order, up to ``PER_BLOCK_PAIRS`` pixel pairs per block and
-``TARGET_PAIRS`` in all, and a two-range variogram is fitted
+``TARGET_PAIRS`` in all, and a three-range variogram is fitted
 (:mod:`rtsflow.kernels.variogram`).
 
 :func:`error_model` builds the model lazily; the reduce stage

@@ -113,7 +113,7 @@ def measure(
     features
         Pair features with ``ddem``, ``ddem_sigma`` (and ``water``, ``quality``).
     correlation_length
-        ``"auto"``: fit a two-range variogram of the standardised dDEM on stable
+        ``"auto"``: fit a three-range variogram of the standardised dDEM on stable
         terrain (outside the polygons; :mod:`rtsflow.graph.error_model`) for the
         correlated volume uncertainty; a number: one fixed correlation length (m).
 

@@ -42,6 +42,13 @@ def mass_wasting_table(
         (π L²)) independent patches of correlation length L
         (``correlation_length``, m) and σ_V = σ_rms · A / √n_eff: for a slump
         smaller than one correlation area the error is fully correlated (σ_rms · A).
+        Where part of the polygon has no valid dDEM (layover, shadow, the quality
+        mask: often the steep headwall), its mean is carried over that part, and
+        the unknown difference between the two means adds (A − A_valid) · s_dh
+        in quadrature, s_dh being the spread (SD) of dh over the valid pixels:
+        the missing part is taken to differ from the rest by as much as the
+        observed pixels differ among themselves (``volume_void_sigma_m3``; an
+        assumption, not a bound: a void over the whole headwall can differ more).
 
     Local reference (:mod:`rtsflow.kernels.local_reference`)
     ---------------------------------------------------------
@@ -54,7 +61,7 @@ def mass_wasting_table(
         surroundings, e.g. regional subsidence, which it removes too).
     ``volume_local_sigma_m3``
         Its 1σ: the error of the difference of the two area means under the same error
-        model (the long range cancels), with the ring's own RMS σ.
+        model (the long range cancels), with the ring's own RMS σ. The void term above adds in quadrature.
 
     Parameters
     ----------
@@ -69,7 +76,7 @@ def mass_wasting_table(
     correlation_length
         L of the fixed-length error model (m), used without ``error_model``.
     error_model
-        The pair's fitted two-range error model.
+        The pair's fitted three-range error model.
     resolution
         Pixel size (m) of the raster the ring terms are integrated on.
     """
@@ -81,6 +88,10 @@ def mass_wasting_table(
         area = f["area_all_m2"]
         volume = f["volume_m3"] * scale
         sigma_rms = np.sqrt(f["sum_sigma2"] / f["n_sigma"])
+        n = f["n_pixels"]
+        # SD of dh over the valid pixels (NaN from fewer than two: no spread to carry over a void)
+        spread = np.sqrt(np.maximum(f["sum_dh2"] - f["sum_dh"] ** 2 / n, 0.0) / (n - 1.0))
+        void_sigma = np.where(coverage < 1.0, (area - f["area_m2"]) * spread, 0.0)
         if error_model is not None:
             mean_sd = np.sqrt(error_model.mean_error_variance(np.nan_to_num(area)))
         else:
@@ -100,7 +111,8 @@ def mass_wasting_table(
                 "loss_m3": f["loss_m3"] * scale,
                 "gain_m3": f["gain_m3"] * scale,
                 "volume_sigma_eq8_m3": np.sqrt(f["var_volume_m6"]) * scale,
-                "volume_sigma_m3": sigma_rms * area * mean_sd,
+                "volume_sigma_m3": np.hypot(sigma_rms * area * mean_sd, void_sigma),
+                "volume_void_sigma_m3": void_sigma,
                 "water_fraction": f["n_water"] / f["n_total"],
                 "quality_fraction": f["n_quality"] / f["n_total"],
             }
@@ -115,7 +127,7 @@ def mass_wasting_table(
         out["reference_dh_m"] = reference
         out["reference_n_pixels"] = n_ring.astype(np.int64)
         out["volume_local_m3"] = volume - reference * area
-        out["volume_local_sigma_m3"] = area * np.sqrt(np.maximum(var_local, 0.0))
+        out["volume_local_sigma_m3"] = np.hypot(area * np.sqrt(np.maximum(var_local, 0.0)), void_sigma)
         for i, (top, bottom) in enumerate(DEPTH_LAYERS):
             name = f"loss_{top:g}_{bottom:g}m_m3" if np.isfinite(bottom) else f"loss_below_{top:g}m_m3"
             out[name] = f[f"loss_layer_{i}_m3"] * scale

@@ -1,4 +1,4 @@
-"""Spatially correlated dDEM error: empirical variogram, two-range fit, error of an area mean (pure NumPy).
+"""Spatially correlated dDEM error: empirical variogram, multi-range fit, error of an area mean (pure NumPy).
 
 The volume of an RTS is mean(dh) · A, so its error is the error of a mean over
 an area. With DEM errors correlated over short (multi-looking, a few pixels)
@@ -6,8 +6,8 @@ and long (residual ramps and undulations, kilometres) ranges that error is far
 from both extremes: independent pixels (Eq. 8 of Maier et al. 2025, too
 optimistic) and one fully correlated offset (too pessimistic). Following
 Rolstad et al. (2009) and Hugonnet et al. (2022), the variogram of the
-standardised dDEM (dh / σ) on stable terrain is fitted by a sum of two
-spherical models and integrated over a disk of the RTS's area.
+standardised dDEM (dh / σ) on stable terrain is fitted by a sum of a
+Gaussian and two spherical models and integrated over a disk of the RTS's area.
 
 xdem.spatialstats implements the same steps but needs scikit-gstat (with numba,
 and an older SciPy than ours) for even the model functions; on a regular grid
@@ -61,7 +61,7 @@ def semivariance_sums(z: np.ndarray, *, lags: tuple[int, ...] = LAGS_PX) -> tupl
 class VariogramModel:
     """A sum of spherical variograms of the standardised error dh / σ (ranges in m, sills in σ² units).
 
-    One range and partial sill per model of ``forms`` (fitted: a Gaussian and a spherical one).
+    One range and partial sill per model of ``forms`` (fitted: a Gaussian and two spherical ones).
     """
 
     ranges: tuple[float, ...]
@@ -125,17 +125,25 @@ def fit_variogram(
     min_pairs: int = 50_000,
     short: str = "gaussian",
 ) -> VariogramModel:
-    """Fit a ``short`` (Gaussian) plus a spherical model to summed semivariances (:func:`semivariance_sums`).
+    """Fit a ``short`` (Gaussian) plus two spherical models to summed semivariances (:func:`semivariance_sums`).
 
-    Smooth short-range error (multi-looking) plus long-range error (residual
-    ramps, undulations); neither range is forced, as the data may have only one.
+    Smooth short-range error (multi-looking), its tail (compositing, a few
+    pixels more) and long-range error (residual ramps, undulations); no range is
+    forced, as the data may have fewer (a component's sill may be 0). Two
+    components are not enough: the short-range shape takes both, and the slow
+    rise of the variogram over hundreds of metres, a few per cent of the sill
+    but shared by every pixel of an RTS, is left out; the standard deviation of
+    the mean over 2–5 ha of stable ground was then 9–39 % too small on our
+    realistic scenes, and is 0.85–1.01 of the measured one with three
+    (benchmarks/RESULTS.md, "Three ranges").
 
     Weighted least squares (errors ∝ (γ + 5 % of the largest γ) / √pairs, so the
     short lags, where γ is small, still count), from several starting ranges;
-    the better fit is kept. Ranges lie between the white-noise limit (a
+    the best fit is kept. Ranges lie between the white-noise limit (a
     covariance integrating to one pixel's area: 2·res/√π Gaussian, res·√(5/π)
-    spherical) and 4× the longest lag. Raises ``ValueError`` when there are fewer than ``min_pairs`` pairs at
-    the first lag.
+    spherical) and the longest lag (4× for the Gaussian): beyond it a range
+    and its sill are an extrapolation the data cannot bound. Raises
+    ``ValueError`` when there are fewer than ``min_pairs`` pairs at the first lag.
     """
     counts = np.asarray(counts, dtype=float)
     if counts[0] < min_pairs:
@@ -147,26 +155,30 @@ def fit_variogram(
     if not top > 0:
         raise ValueError("the standardised dDEM does not vary on stable terrain: no variogram to fit")
 
-    def model(h, a1, c1, a2, c2):
-        return _FORMS[short](h, a1, c1) + spherical(h, a2, c2)
+    def model(h, a1, c1, a2, c2, a3, c3):
+        return _FORMS[short](h, a1, c1) + spherical(h, a2, c2) + spherical(h, a3, c3)
 
     # Shortest ranges: covariances that integrate to one pixel's area (Gaussian π a²/4, spherical π a²/5), the
     # white-noise limit on this grid; a shorter one would let the mean of N independent pixels vary less than 1/N.
     a_min = {"gaussian": 2.0 * resolution / np.sqrt(np.pi), "spherical": resolution * np.sqrt(5.0 / np.pi)}
-    bounds = ([a_min[short], 0.0, a_min["spherical"], 0.0], [4 * h[-1], 2 * top, 4 * h[-1], 2 * top])
+    longest = h[-1]
+    bounds = ([a_min[short], 0.0, a_min["spherical"], 0.0, a_min["spherical"], 0.0],
+              [4 * longest, 2 * top, longest, 2 * top, longest, 2 * top])  # fmt: skip
     errors = (gamma + 0.05 * top) / np.sqrt(counts[ok])
     best, best_cost = None, np.inf
-    for a1 in (2 * resolution, 8 * resolution, h[-1] / 2):
-        p0 = [max(a1, 1.01 * a_min[short]), 0.8 * top, min(4 * h[-1] * 0.99, 4 * a1), 0.2 * top]
-        try:
-            p, _ = curve_fit(model, h, gamma, p0=p0, bounds=bounds, sigma=errors, maxfev=20_000)
-        except RuntimeError:
-            continue
-        cost = float(np.sum(((model(h, *p) - gamma) / errors) ** 2))
-        if cost < best_cost:
-            best, best_cost = p, cost
+    for a1 in (2 * resolution, 8 * resolution, longest / 2):
+        for a3 in (longest / 4, 0.99 * longest):
+            p0 = [max(a1, 1.01 * a_min[short]), 0.8 * top, min(0.99 * longest, 4 * a1), 0.1 * top, a3, 0.1 * top]
+            try:
+                p, _ = curve_fit(model, h, gamma, p0=p0, bounds=bounds, sigma=errors, maxfev=20_000)
+            except RuntimeError:
+                continue
+            cost = float(np.sum(((model(h, *p) - gamma) / errors) ** 2))
+            if cost < best_cost:
+                best, best_cost = p, cost
     if best is None:
         raise RuntimeError("the variogram fit did not converge")
-    a1, c1, a2, c2 = best
-    return VariogramModel(ranges=(float(a1), float(a2)), sills=(float(c1), float(c2)), n_pairs=int(counts[0]),
-                          forms=(short, "spherical"))  # fmt: skip
+    a1, c1, *spherical_parts = (float(v) for v in best)
+    (a2, c2), (a3, c3) = sorted(zip(spherical_parts[::2], spherical_parts[1::2], strict=True))
+    return VariogramModel(ranges=(a1, a2, a3), sills=(c1, c2, c3), n_pairs=int(counts[0]),
+                          forms=(short, "spherical", "spherical"))  # fmt: skip

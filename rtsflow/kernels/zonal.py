@@ -21,6 +21,7 @@ ZONAL_FIELDS = (
     "area_m2",  # true ground area of the finite pixels
     "area_all_m2",  # true ground area of all pixels
     "sum_dh",  # Σ dh (for the mean)
+    "sum_dh2",  # Σ dh² (for the spread of dh inside the polygon)
     "volume_m3",  # Σ dh · a (net)
     "loss_m3",  # Σ min(dh, 0) · a
     "gain_m3",  # Σ max(dh, 0) · a
@@ -97,6 +98,7 @@ def zonal_sums(
         "area_m2": bc(np.where(ok, a, 0.0)),
         "area_all_m2": bc(a),
         "sum_dh": bc(dz),
+        "sum_dh2": bc(dz**2),
         "volume_m3": bc(dz * a),
         "loss_m3": bc(loss * a),
         "gain_m3": bc(np.maximum(dz, 0.0) * a),
