@@ -68,7 +68,7 @@ def test_fitted_model_predicts_the_error_of_area_means(short_px, long_share):
     """What volumes need: the SD of the mean error over RTS-sized disks, within 15 % of brute force."""
     z = _noise((1536, 1536), seed=3, short_px=short_px, long_px=40.0, long_share=long_share)
     sums, counts = semivariance_sums(z[:512, :512])
-    model = fit_variogram(sums, counts, resolution=10.0)
+    model = fit_variogram(sums, counts, resolution=10.0, variance=float(np.var(z[:512, :512])))
     for radius_px in (1.5, 3.0, 5.0, 9.0):
         sd, n_px = _disk_mean_sd(z, radius_px)
         predicted = float(np.sqrt(model.mean_error_variance(np.array(n_px * 100.0))))
@@ -86,10 +86,32 @@ def test_a_slow_rise_of_the_variogram_is_kept_for_hectare_sized_means():
     z = (np.sqrt(0.75) * part(ndimage.gaussian_filter(rng.standard_normal((2048, 2048)), 1.5))
          + np.sqrt(0.20) * part(ndimage.uniform_filter(rng.standard_normal((2048, 2048)), 4))
          + np.sqrt(0.05) * part(ndimage.gaussian_filter(rng.standard_normal((2048, 2048)), 40.0)))  # fmt: skip
-    sums, counts = semivariance_sums(z[:512, :512])
-    model = fit_variogram(sums, counts, resolution=10.0)
-    assert len(model.ranges) == 3 and max(model.ranges[1:]) <= 1280.0  # no range beyond the longest lag
+    sample = z[:512, :512]
+    sums, counts = semivariance_sums(sample)
+    model = fit_variogram(sums, counts, resolution=10.0, variance=float(np.var(sample)))
+    assert len(model.ranges) == 3
+    # The sill extrapolated beyond the longest lag is bounded by the sample's variance.
+    assert model.sill <= max(float(np.var(sample)), float(model(1280.0))) + 1e-9
     for radius_px in (1.5, 5.0, 9.0, 15.0):
+        sd, n_px = _disk_mean_sd(z, radius_px)
+        predicted = float(np.sqrt(model.mean_error_variance(np.array(n_px * 100.0))))
+        assert predicted == pytest.approx(sd, rel=0.15), (radius_px, model)
+
+
+def test_long_range_error_beyond_the_lags_is_bounded_by_the_sampled_variance():
+    """A ~2 km long-range share (25 % of the variance) beyond the 1.28 km lags: the slope over the lags is
+    extrapolated, the sill bounded by the variance over the whole sample; hectare means within 15 %."""
+    rng = np.random.default_rng(0)
+    z = ndimage.gaussian_filter(rng.standard_normal((2048, 2048)), 2.0)
+    z *= np.sqrt(0.75) / z.std()
+    coarse = ndimage.gaussian_filter(rng.standard_normal((128, 128)), 6.0)
+    z += np.kron(coarse * (np.sqrt(0.25) / coarse.std()), np.ones((16, 16)))
+    windows = [z[r : r + 256, c : c + 256] for r in range(0, 2048, 512) for c in range(0, 2048, 512)]
+    sums, counts = (np.sum(a, axis=0) for a in zip(*(semivariance_sums(w) for w in windows), strict=True))
+    variance = float(np.var(np.concatenate([w.ravel() for w in windows])))
+    model = fit_variogram(sums, counts, resolution=10.0, variance=variance)
+    assert model.sill <= variance + 1e-9
+    for radius_px in (3.0, 9.0, 15.0):
         sd, n_px = _disk_mean_sd(z, radius_px)
         predicted = float(np.sqrt(model.mean_error_variance(np.array(n_px * 100.0))))
         assert predicted == pytest.approx(sd, rel=0.15), (radius_px, model)

@@ -5,10 +5,11 @@ and the windows in each, are taken in a fixed pseudo-random order of their
 global lattice index (spread over the region, the same for any region, and
 independent of chunking). In each window the standardised dDEM (dh / σ) off
 stable terrain is left out (RTS polygons, buffered; water; the quality mask;
-values beyond 4 NMADs of the window's median) and semivariance sums are kept.
-Windows are added in order, up to ``PER_BLOCK_PAIRS`` pixel pairs per block and
-``TARGET_PAIRS`` in all, and a three-range variogram is fitted
-(:mod:`rtsflow.kernels.variogram`).
+values beyond 4 NMADs of the window's median) and semivariance sums are kept,
+with the moments (n, Σz, Σz²) of what is left: the variance of dh / σ over all
+the sampled windows, which bounds the fit's total sill. Windows are added in
+order, up to ``PER_BLOCK_PAIRS`` pixel pairs per block and ``TARGET_PAIRS`` in
+all, and a three-range variogram is fitted (:mod:`rtsflow.kernels.variogram`).
 
 :func:`error_model` builds the model lazily; the reduce stage
 (:func:`rtsflow.stages.polygons.fit_error_model`, in one task) reads block by
@@ -70,8 +71,13 @@ def sample_plan(domain: Window, *, grid: Grid) -> list[tuple[Window, list[Window
 
 
 def window_sums(ddem, sigma, water, quality, polygons: gpd.GeoDataFrame | None, *, grid: Grid,
-                window: Window) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
-    """Semivariance sums and pair counts of dh / σ over one window's stable terrain (zeros if too little)."""
+                window: Window) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
+    """Semivariance sums, pair counts and moments (n, Σz, Σz²) of z = dh / σ over one window's stable terrain.
+
+    Zeros where there is too little. The semivariances are of z less the window's
+    median (the same differences); the moments are of z itself, so that windows
+    add up to the variance over the whole sample, long-range error included.
+    """
     ddem, sigma = np.asarray(ddem, dtype=np.float64), np.asarray(sigma, dtype=np.float64)
     stable = np.isfinite(ddem) & np.isfinite(sigma) & (sigma > 0)
     if water is not None:
@@ -86,30 +92,36 @@ def window_sums(ddem, sigma, water, quality, polygons: gpd.GeoDataFrame | None, 
             stable &= gdal.rasterize(shapes, out_shape=window.shape, transform=grid.transform(window), fill=0,
                                      dtype="uint8") == 0  # fmt: skip
     if stable.sum() < MIN_STABLE:
-        return np.zeros(len(LAGS_PX)), np.zeros(len(LAGS_PX))
+        return np.zeros(len(LAGS_PX)), np.zeros(len(LAGS_PX)), np.zeros(3)
     z = np.where(stable, ddem / np.where(stable, sigma, 1.0), np.nan)
-    z -= np.nanmedian(z)
-    z[np.abs(z) > OUTLIER_NMAD * nmad(z)] = np.nan
-    return semivariance_sums(z)
+    median = np.nanmedian(z)
+    z[np.abs(z - median) > OUTLIER_NMAD * nmad(z - median)] = np.nan
+    kept = z[np.isfinite(z)]
+    return *semivariance_sums(z - median), np.array([kept.size, kept.sum(), (kept**2).sum()])
 
 
-def _select(blocks) -> tuple[np.ndarray, np.ndarray]:
-    """Add window sums in sampling order: up to ``PER_BLOCK_PAIRS`` per block, until ``TARGET_PAIRS`` in all."""
-    sums, counts = np.zeros(len(LAGS_PX)), np.zeros(len(LAGS_PX))
+def _select(blocks) -> tuple[np.ndarray, np.ndarray, float | None]:
+    """Add window sums in sampling order: up to ``PER_BLOCK_PAIRS`` per block, until ``TARGET_PAIRS`` in all.
+
+    Returns the summed semivariances, pair counts and the variance of z over the selected windows.
+    """
+    sums, counts, moments = np.zeros(len(LAGS_PX)), np.zeros(len(LAGS_PX)), np.zeros(3)
     for windows in blocks:
         in_block = 0.0
-        for s, c in windows:
+        for s, c, m in windows:
             if in_block >= PER_BLOCK_PAIRS or counts[0] >= TARGET_PAIRS:
                 break
-            sums, counts, in_block = sums + s, counts + c, in_block + c[0]
-    return sums, counts
+            sums, counts, moments, in_block = sums + s, counts + c, moments + m, in_block + c[0]
+    n, total, squares = moments
+    variance = float(squares / n - (total / n) ** 2) if n > 1 else None
+    return sums, counts, variance
 
 
 def stable_variogram(blocks, *, resolution: float) -> VariogramModel | None:
     """Select window sums (per block, in sampling order) and fit; ``None`` (logged) where that fails."""
-    sums, counts = _select(blocks)
+    sums, counts, variance = _select(blocks)
     try:
-        return fit_variogram(sums, counts, resolution=resolution)
+        return fit_variogram(sums, counts, resolution=resolution, variance=variance)
     except (ValueError, RuntimeError) as e:
         log.warning("error model: %s; using the fixed correlation length", e)
         return None

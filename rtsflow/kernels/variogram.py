@@ -121,6 +121,7 @@ def fit_variogram(
     counts: np.ndarray,
     *,
     resolution: float,
+    variance: float | None = None,
     lags: tuple[int, ...] = LAGS_PX,
     min_pairs: int = 50_000,
     short: str = "gaussian",
@@ -134,15 +135,18 @@ def fit_variogram(
     rise of the variogram over hundreds of metres, a few per cent of the sill
     but shared by every pixel of an RTS, is left out; the standard deviation of
     the mean over 2–5 ha of stable ground was then 9–39 % too small on our
-    realistic scenes, and is 0.85–1.01 of the measured one with three
-    (benchmarks/RESULTS.md, "Three ranges").
+    realistic scenes (benchmarks/RESULTS.md, "Three ranges").
 
     Weighted least squares (errors ∝ (γ + 5 % of the largest γ) / √pairs, so the
     short lags, where γ is small, still count), from several starting ranges;
     the best fit is kept. Ranges lie between the white-noise limit (a
     covariance integrating to one pixel's area: 2·res/√π Gaussian, res·√(5/π)
-    spherical) and the longest lag (4× for the Gaussian): beyond it a range
-    and its sill are an extrapolation the data cannot bound. Raises
+    spherical) and 4× the longest lag. A range beyond the longest lag is an
+    extrapolation of the variogram's slope, whose sill the lags cannot bound:
+    ``variance``, the variance of dh / σ over the whole sample (the windows
+    spread over the region), can. Where the fitted sill exceeds it (and the
+    model's own value at the longest lag), the longest component's sill and
+    range shrink together, keeping its slope over the lags. Raises
     ``ValueError`` when there are fewer than ``min_pairs`` pairs at the first lag.
     """
     counts = np.asarray(counts, dtype=float)
@@ -161,14 +165,14 @@ def fit_variogram(
     # Shortest ranges: covariances that integrate to one pixel's area (Gaussian π a²/4, spherical π a²/5), the
     # white-noise limit on this grid; a shorter one would let the mean of N independent pixels vary less than 1/N.
     a_min = {"gaussian": 2.0 * resolution / np.sqrt(np.pi), "spherical": resolution * np.sqrt(5.0 / np.pi)}
-    longest = h[-1]
+    a_max = 4.0 * h[-1]
     bounds = ([a_min[short], 0.0, a_min["spherical"], 0.0, a_min["spherical"], 0.0],
-              [4 * longest, 2 * top, longest, 2 * top, longest, 2 * top])  # fmt: skip
+              [a_max, 2 * top, a_max, 2 * top, a_max, 2 * top])  # fmt: skip
     errors = (gamma + 0.05 * top) / np.sqrt(counts[ok])
     best, best_cost = None, np.inf
-    for a1 in (2 * resolution, 8 * resolution, longest / 2):
-        for a3 in (longest / 4, 0.99 * longest):
-            p0 = [max(a1, 1.01 * a_min[short]), 0.8 * top, min(0.99 * longest, 4 * a1), 0.1 * top, a3, 0.1 * top]
+    for a1 in (2 * resolution, 8 * resolution, h[-1] / 2):
+        for a3 in (h[-1] / 4, h[-1], 0.99 * a_max):
+            p0 = [max(a1, 1.01 * a_min[short]), 0.8 * top, min(0.99 * a_max, 4 * a1), 0.1 * top, a3, 0.1 * top]
             try:
                 p, _ = curve_fit(model, h, gamma, p0=p0, bounds=bounds, sigma=errors, maxfev=20_000)
             except RuntimeError:
@@ -180,5 +184,12 @@ def fit_variogram(
         raise RuntimeError("the variogram fit did not converge")
     a1, c1, *spherical_parts = (float(v) for v in best)
     (a2, c2), (a3, c3) = sorted(zip(spherical_parts[::2], spherical_parts[1::2], strict=True))
+    if variance is not None and c3 > 0:
+        cap = max(float(variance), float(model(h[-1], a1, c1, a2, c2, a3, c3)))
+        excess = c1 + c2 + c3 - cap
+        if excess > 0:
+            shrink = max(c3 - excess, 0.0) / c3
+            c3, a3 = c3 * shrink, max(a3 * shrink, a_min["spherical"])
+            (a2, c2), (a3, c3) = sorted([(a2, c2), (a3, c3)])
     return VariogramModel(ranges=(a1, a2, a3), sills=(c1, c2, c3), n_pairs=int(counts[0]),
                           forms=(short, "spherical", "spherical"))  # fmt: skip

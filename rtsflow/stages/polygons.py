@@ -179,7 +179,7 @@ def fit_error_model(features: xr.Dataset, polygons: gpd.GeoDataFrame | None, *, 
             continue
         others = dask.compute(*others, scheduler="sync")
         blocks.append(em.block_window_sums(ddem, *others, polygons, grid=grid, block=block, windows=windows))
-        pairs += sum(c[0] for _, c in blocks[-1])
+        pairs += sum(c[0] for _, c, _ in blocks[-1])
     return em.stable_variogram(blocks, resolution=grid.resolution)
 
 
