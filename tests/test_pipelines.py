@@ -103,7 +103,7 @@ def test_reference_run_has_status_versions_report(reference):
     assert yaml.safe_load((run / "config.yaml").read_text())["pairs"] == [[2010, 2016]]
     # The volume σ used the DEM-error variogram fitted on this pair's stable terrain.
     model = yaml.safe_load((run / "summary_2010_2016.json").read_text())["error_model"]
-    assert model["forms"] == ["gaussian", "spherical"] and model["n_pairs"] >= 50_000
+    assert model["forms"] == ["gaussian", "spherical", "spherical"] and model["n_pairs"] >= 50_000
     summary = reference.pairs["2010_2016"]
     assert summary["n_polygons"] > 0 and "metrics" in summary
     # truth.min_coverage 0.9: slumps with < 90 % valid dDEM are not scored (counted here from the features).
