@@ -135,7 +135,7 @@ def fit_variogram(
     rise of the variogram over hundreds of metres, a few per cent of the sill
     but shared by every pixel of an RTS, is left out; the standard deviation of
     the mean over 2–5 ha of stable ground was then 9–39 % too small on our
-    realistic scenes (benchmarks/RESULTS.md, "Three ranges").
+    realistic scenes (benchmarks/RESULTS.md, "The volume σ: three ranges").
 
     Weighted least squares (errors ∝ (γ + 5 % of the largest γ) / √pairs, so the
     short lags, where γ is small, still count), from several starting ranges;
