@@ -95,9 +95,10 @@ def window_sums(ddem, sigma, water, quality, polygons: gpd.GeoDataFrame | None, 
         return np.zeros(len(LAGS_PX)), np.zeros(len(LAGS_PX)), np.zeros(3)
     z = np.where(stable, ddem / np.where(stable, sigma, 1.0), np.nan)
     median = np.nanmedian(z)
-    z[np.abs(z - median) > OUTLIER_NMAD * nmad(z - median)] = np.nan
-    kept = z[np.isfinite(z)]
-    return *semivariance_sums(z - median), np.array([kept.size, kept.sum(), (kept**2).sum()])
+    z -= median
+    z[np.abs(z) > OUTLIER_NMAD * nmad(z)] = np.nan
+    kept = z[np.isfinite(z)] + median
+    return *semivariance_sums(z), np.array([kept.size, kept.sum(), (kept**2).sum()])
 
 
 def _select(blocks) -> tuple[np.ndarray, np.ndarray, float | None]:
