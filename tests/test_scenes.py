@@ -190,3 +190,36 @@ def test_training_regions_and_benchmark_scenes_lie_on_separate_parts_of_a_real_d
     assert {c.terrain_offset_km for _, c in RealisticRecipe().scenes()} == {(0.0, 0.0)}
     with pytest.raises(ValueError, match="part must be None, 'bench' or 'train', got 'test'"):
         terrain_window(terrain="longyearbyen", part="test", size_km=size, seed=1)
+
+
+def test_bench_ceilings_are_what_a_perfect_detector_scores(monkeypatch):
+    """The benchmark's ceilings at kσ: a detector that outlines exactly the valid dDEM of every scored slump
+    with |V| ≥ kσ, and nothing else, scores the printed recall and pixel IoU (evaluate_polygons on polygons)."""
+    import importlib
+    from pathlib import Path
+
+    import geopandas as gpd
+    import numpy as np
+    from shapely import box
+
+    from rtsflow.evaluate import evaluate_polygons
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    bench = importlib.import_module("bench_generalisation")
+    # Four 10 × 10 px slumps on a 10 m grid; the valid dDEM covers the left n_valid/10 columns of each.
+    # |V| / σ = 6, 3.5, 1 and 8 (the last not scored: under half valid).
+    n_valid = np.array([80.0, 100.0, 60.0, 30.0])
+    truth = gpd.GeoDataFrame(geometry=[box(200.0 * i, 0.0, 200.0 * i + 100.0, 100.0) for i in range(4)],
+                             crs="EPSG:3413")  # fmt: skip
+    a = {"t": np.array([-100.0, -100.0, -100.0, -100.0]), "v": np.array([-60.0, -35.0, -10.0, -80.0]),
+         "s": np.full(4, 10.0), "v_local": np.full(4, -50.0), "s_local": np.full(4, 10.0),
+         "scored": n_valid / 100.0 >= bench.MIN_COVERAGE, "found": np.zeros(4, bool),
+         "n_pixels": np.full(4, 100.0), "n_valid": n_valid}  # fmt: skip
+    ceiling = bench.outline_scores(a)["ceiling"]
+    for k, expect_found in [("2", [0, 1]), ("3", [0, 1]), ("4", [0]), ("5", [0])]:
+        oracle = gpd.GeoSeries([box(200.0 * i, 0.0, 200.0 * i + n_valid[i], 100.0) for i in expect_found],
+                               crs=truth.crs)  # fmt: skip
+        m = evaluate_polygons(oracle, truth, ignore=~a["scored"])
+        assert ceiling[k]["recall"] == pytest.approx(m.detection_recall)
+        assert ceiling[k]["pixel_iou"] == pytest.approx(m.pixel_iou)
+    assert ceiling["2"]["pixel_iou"] == pytest.approx(180.0 / 300.0)  # 80 + 100 valid of 3 × 100 scored pixels
