@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from functools import cached_property
 
 import numpy as np
+import shapely
 from affine import Affine
 from pyproj import CRS, Proj, Transformer
 from shapely import geometry as sgeom
@@ -319,7 +320,7 @@ class Grid:
         if geom.is_empty:
             raise ValueError("region geometry is empty")
         window = self.snap(self.window_from_bounds(geom.bounds), to="block")
-        pg = prep(geom)
+        pg = prep(shapely.from_wkb(geom.wkb))  # a copy: prep() prepares in place, and the geometry is the caller's
         touched = []
         for (br, bc), part in self.blocks(window):
             if pg.intersects(sgeom.box(*self.bounds(part))):

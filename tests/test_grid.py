@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import shapely
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from pyproj import Transformer
@@ -117,6 +118,7 @@ def test_region_from_lonlat_bbox_and_polygon():
     # A thin diagonal polygon touches fewer blocks than its bounding window holds.
     poly = Polygon([(0, 0), (2e5, 2e5), (2e5 + 1e3, 2e5), (1e3, 0)])
     pwin, touched = g.region_from_geometry(poly)
+    assert not shapely.is_prepared(poly)  # the caller's geometry is left as it was (prepared ones are not thread-safe)
     n_all = (pwin.height // g.block_size) * (pwin.width // g.block_size)
     assert 0 < len(touched) < n_all
     for br, bc in touched:

@@ -126,6 +126,54 @@ def test_rasterising_in_threads_equals_one_at_a_time_and_warns_nothing(ellesmere
     assert not [w for w in caught if issubclass(w.category, rasterio.errors.NotGeoreferencedWarning)]
 
 
+def test_block_tasks_in_threads_may_share_one_polygon_table(monkeypatch):
+    """Every block task of a worker gets the same GeoDataFrame; threads select from it together.
+
+    GEOS predicates on shared geometries are not thread-safe once a geometry is prepared
+    (``contains_xy`` and ``prep`` leave one on the object): ``.cx``'s ``intersects`` in
+    ``polygon_labels`` crashed the process (segfault) in the lazy API's threaded runs here, and hung CI.
+    So the lazy API hands out no prepared geometry, and block functions select by bounding boxes.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from rtsflow.graph.error_model import window_sums
+    from rtsflow.graph.masswasting import polygon_labels
+    from rtsflow.kernels.select import polygons_in_box
+
+    # Hundreds of polygons, most of them cut by the 128-px windows: many tasks meet each one.
+    n, b = 512, 128
+    rng = np.random.default_rng(1)
+    mask = ndimage.gaussian_filter(rng.normal(size=(n, n)), 3) > 0.12
+    window = Window(GRID.block_size * 40, GRID.block_size * 40, n, n)
+    polygons = vectorize(_as_array(mask, window, b), grid=GRID, threshold=0.5).compute(scheduler="threads")
+    geoms = np.asarray(polygons.geometry.values, dtype=object)
+    assert len(geoms) > 300 and not shapely.is_prepared(geoms).any()
+    windows = [Window(window.row + r, window.col + c, b, b) for r in range(0, n, b) for c in range(0, n, b)]
+    ddem = rng.normal(size=(b, b))
+    for w in windows:
+        box = GRID.bounds(w)
+        # The box test selects what .cx selects and more (boxes meeting, shapes not); the labels burn the mask.
+        assert set(polygons.cx[box[0] : box[2], box[1] : box[3]].index) <= set(polygons_in_box(polygons, box).index)
+        r, c = w.row - window.row, w.col - window.col
+        np.testing.assert_array_equal(polygon_labels(polygons, grid=GRID, window=w) > 0, mask[r : r + b, c : c + b])
+
+    def task(w):
+        return (polygon_labels(polygons, grid=GRID, window=w),
+                window_sums(ddem, np.ones_like(ddem), None, None, polygons, grid=GRID, window=w))  # fmt: skip
+
+    alone = [task(w) for w in windows]
+    shapely.prepare(geoms)  # as a user's own table may come
+    for name in ("intersects", "within", "contains", "covers", "covered_by", "overlaps", "touches", "crosses"):
+        monkeypatch.setattr(shapely, name, lambda *a, _n=name, **k: pytest.fail(f"GEOS predicate {_n} in a block task"))
+    with ThreadPoolExecutor(4) as pool:
+        for _ in range(5):
+            together = list(pool.map(task, windows * 3))
+            for (la, sa), (lt, st) in zip(alone * 3, together, strict=True):
+                np.testing.assert_array_equal(la, lt)
+                for x, y in zip(sa, st, strict=True):
+                    np.testing.assert_array_equal(x, y)
+
+
 def test_threshold_and_nan(ellesmere):
     _, _, window = ellesmere
     prob = np.zeros((512, 512), "float32")

@@ -29,6 +29,7 @@ from dask.delayed import Delayed
 from rtsflow.grid import Grid, Window
 from rtsflow.kernels import gdal
 from rtsflow.kernels.coreg import nmad
+from rtsflow.kernels.select import polygons_in_box
 from rtsflow.kernels.variogram import LAGS_PX, VariogramModel, fit_variogram, semivariance_sums
 
 __all__ = ["block_bands", "block_window_sums", "error_model", "sample_plan", "stable_variogram", "window_sums"]
@@ -86,7 +87,7 @@ def window_sums(ddem, sigma, water, quality, polygons: gpd.GeoDataFrame | None, 
         stable &= np.asarray(quality) == 0
     if polygons is not None and len(polygons) and stable.sum() >= MIN_STABLE:
         box, pad = grid.bounds(window), POLYGON_BUFFER_M
-        sub = polygons.cx[box[0] - pad : box[2] + pad, box[1] - pad : box[3] + pad]
+        sub = polygons_in_box(polygons, (box[0] - pad, box[1] - pad, box[2] + pad, box[3] + pad))
         if len(sub):
             shapes = ((g, 1) for g in sub.geometry.buffer(pad))
             stable &= gdal.rasterize(shapes, out_shape=window.shape, transform=grid.transform(window), fill=0,

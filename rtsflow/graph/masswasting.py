@@ -14,6 +14,7 @@ from rtsflow.grid import Grid, Window
 from rtsflow.kernels import gdal
 from rtsflow.kernels.local_reference import ring_halo_px, ring_labels
 from rtsflow.kernels.masswasting import mass_wasting_table
+from rtsflow.kernels.select import polygons_in_box
 from rtsflow.kernels.zonal import MAX_FIELDS, ZONAL_FIELDS, combine_zonal, zonal_sums
 
 __all__ = ["FIXED_CORRELATION_LENGTH", "assemble_measures", "block_sums", "measure", "polygon_labels"]
@@ -28,7 +29,7 @@ def polygon_labels(polygons: gpd.GeoDataFrame, *, grid: Grid, window: Window) ->
     if len(polygons) == 0:
         return None
     box = grid.bounds(window)
-    sub = polygons.cx[box[0] : box[2], box[1] : box[3]]
+    sub = polygons_in_box(polygons, box)  # not .cx: tasks in other threads share `polygons`
     if len(sub) == 0:
         return None
     index = polygons.index.get_indexer(sub.index)

@@ -65,6 +65,9 @@ def polygons_from_mask(pieces: list[BlockPieces], *, grid: Grid) -> gpd.GeoDataF
     centroid = geoms.centroid
     # A stable id: the global flat index of the polygon's first pixel (north-west-most, row-major).
     first = np.array([_first_pixel(g, grid) for g in geoms], dtype=np.int64).reshape(-1, 2)  # (0, 2): none found
+    # contains_xy (in _first_pixel) leaves each geometry prepared; prepared GEOS geometries are not safe in
+    # concurrent threads, and this table goes to every block task (rtsflow.kernels.select).
+    shapely.destroy_prepared(np.asarray(geoms.values, dtype=object))
     rts_id = first[:, 0] * grid.n_pixels + first[:, 1]
     to_lonlat = Transformer.from_crs(GRID_CRS, "EPSG:4326", always_xy=True)
     lon, lat = to_lonlat.transform(centroid.x.to_numpy(), centroid.y.to_numpy())  # arrays: no float(Series)
