@@ -1,21 +1,29 @@
 # Two commands on a fresh machine:  `make demo`  and  `make test`.
 # Each creates .venv and installs rtsflow (with torch + torchvision from the
-# registry) on first use; later calls reuse it.
+# registry) on first use; later calls reuse it. Every package is pinned by
+# constraints.txt (the versions the suite last passed with; `make lock` renews it), so a
+# new upstream release cannot change what CI runs.
 PY ?= python3
 VENV := .venv
-STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+UV_VERSION := 0.13.9
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
 
-.PHONY: demo default-model test lint bench install
+.PHONY: demo default-model test lint bench install lock
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	@test -x $(VENV)/bin/python || $(PY) -m venv $(VENV)
-	$(VENV)/bin/python -m pip install -qq --upgrade pip uv
+	$(VENV)/bin/python -m pip install -qq --upgrade pip uv==$(UV_VERSION)
 	@# --compile-bytecode: .pyc files written once here, so no process (CLI call, dask worker) compiles
 	@# torch & co. from source at import (~13 s instead of ~5 s where PYTHONDONTWRITEBYTECODE is set).
-	$(VENV)/bin/uv pip install --compile-bytecode --python $(VENV)/bin/python -e '.[dev]'
+	$(VENV)/bin/uv pip install --compile-bytecode --python $(VENV)/bin/python -c constraints.txt -e '.[dev]'
 	@rm -f $(VENV)/.installed-* && touch $@
 
 install: $(STAMP)
+
+# Renew the pins to the newest releases pyproject.toml allows; then run `make test` before committing them.
+lock:
+	@test -x $(VENV)/bin/uv || { $(PY) -m venv $(VENV) && $(VENV)/bin/python -m pip install -qq uv==$(UV_VERSION); }
+	$(VENV)/bin/uv pip compile pyproject.toml --extra dev --upgrade --no-header --annotation-style line -o constraints.txt
 
 demo: $(STAMP)
 	$(VENV)/bin/rtsflow demo

@@ -6,11 +6,11 @@ GEOS predicates are not safe there: a geometry that was ever *prepared* — whic
 ``shapely.contains_xy``, ``shapely.prepare`` and ``shapely.prepared.prep`` leave on
 the object — makes ``shapely.intersects`` (and so ``GeoDataFrame.cx``) use GEOS'
 prepared-geometry path, whose lazily built indexes are not thread-safe
-(libgeos/geos#825). With Shapely 2.2 / GEOS 3.14 that crashed the process
-(segmentation fault, or a hang) within seconds of four threads selecting from one
-table. A bounding-box test reads only each geometry's envelope, never a predicate,
-and gives the same rasters: a polygon whose box meets the window but not its
-pixels burns nothing.
+(libgeos/geos#825). Four threads calling ``shapely.intersects`` on one prepared
+table crash the process (segmentation fault, or a hang) within a second, with
+Shapely 2.1.2 / GEOS 3.13.1 and 2.2.0 / GEOS 3.14.1 alike. A bounding-box test
+reads only each geometry's envelope, never a predicate, and gives the same
+rasters: a polygon whose box meets the window but not its pixels burns nothing.
 """
 
 from __future__ import annotations
